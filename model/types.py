@@ -1,0 +1,253 @@
+"""Plain data types of the predictor API: prompts in, features, results out.
+
+Everything here is in *original image pixels* (x right, y down) unless a name says
+otherwise; the predictor maps to and from the model's resized/padded input.
+These types are what `pipeline/` and `serving/` exchange with `model/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Literal, Sequence, Union
+
+import numpy as np
+import torch
+
+FEATURE_FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- prompts
+@dataclass(frozen=True)
+class Point:
+    """A click. Rasterised as a 3x3 square in model-input pixels (the reference's click)."""
+
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box (x0, y0) top-left to (x1, y1) bottom-right, inclusive.
+
+    SEEM v1 has no box encoder: a box is the filled rectangle, as in the reference.
+    """
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class Scribble:
+    """A free-hand stroke: a polyline through `path`, `width` model-input pixels wide."""
+
+    path: tuple[tuple[float, float], ...]
+    positive: bool = True
+    width: int = 1
+
+
+@dataclass(frozen=True)
+class Polygon:
+    """A filled polygon through `points` (at least 3)."""
+
+    points: tuple[tuple[float, float], ...]
+    positive: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class MaskPrompt:
+    """A binary mask (H x W bool, original image size) used as a visual prompt."""
+
+    mask: np.ndarray
+    positive: bool = True
+
+
+SpatialPrompt = Union[Point, Box, Scribble, Polygon, MaskPrompt]
+
+
+@dataclass(eq=False)
+class ReferringRegion:
+    """A region of *another* image (the referring image) whose look is the prompt.
+
+    `features` are that image's encoded features; `region` are spatial prompts in that
+    image's original pixels. Semantics (ours; the reference's v1 path crashes): the
+    region's spatial tokens and its mean mask feature are sampled from the referring
+    image and fed to the target image's decoder as if they were the target's own visual
+    prompt, so the decoder looks for "the same kind of thing" in the target image.
+    """
+
+    features: "ImageFeatures"
+    region: tuple[SpatialPrompt, ...]
+
+
+@dataclass(eq=False)
+class Prompts:
+    """Everything that describes ONE target object; the parts compose freely.
+
+    - `text`: a referring phrase ("the red circle").
+    - `spatial`: clicks, boxes, scribbles, polygons, masks on this image, positive or negative.
+    - `referring`: regions of other images.
+    Text alone runs the grounding path; any visual part runs the spatial path (with the
+    phrase's tokens visible to the spatial queries when text is given too).
+    """
+
+    text: str | None = None
+    spatial: tuple[SpatialPrompt, ...] = ()
+    referring: tuple[ReferringRegion, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.spatial = tuple(self.spatial)
+        self.referring = tuple(self.referring)
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text prompt is empty")
+
+    @property
+    def is_empty(self) -> bool:
+        return self.text is None and not self.spatial and not self.referring
+
+    @property
+    def has_visual(self) -> bool:
+        return bool(self.spatial) or bool(self.referring)
+
+
+# --------------------------------------------------------------------------- features
+FeatureStage = Literal["pixel_decoder", "backbone"]
+
+
+@dataclass(eq=False)
+class ImageFeatures:
+    """Encoded features of ONE image plus the geometry needed to map back to it.
+
+    `tensors` are unbatched (C x H x W each):
+      stage "pixel_decoder": `mask_features` (stride 4), `ms0`, `ms1`, `ms2` (strides 32, 16, 8)
+      stage "backbone":      `res2` .. `res5` (the pixel decoder is run on use)
+    Sizes are (height, width). `input_size` is the resized image fed to the network,
+    `padded_size` that size padded to the model's size divisibility.
+    """
+
+    model_id: str
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    tensors: dict[str, torch.Tensor]
+    stage: FeatureStage = "pixel_decoder"
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ImageFeatures":
+        return dataclasses.replace(self, tensors={k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.tensors.values())).dtype
+
+    def metadata(self) -> dict[str, str]:
+        """String metadata for serialisation (safetensors metadata is str -> str)."""
+        return {
+            "format_version": str(FEATURE_FORMAT_VERSION),
+            "model_id": self.model_id,
+            "stage": self.stage,
+            "original_size": json.dumps(list(self.original_size)),
+            "input_size": json.dumps(list(self.input_size)),
+            "padded_size": json.dumps(list(self.padded_size)),
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "ImageFeatures":
+        version = int(metadata.get("format_version", "0"))
+        if version != FEATURE_FORMAT_VERSION:
+            raise ValueError(f"unsupported feature format version {version} (expected {FEATURE_FORMAT_VERSION})")
+        stage = metadata["stage"]
+        if stage not in ("pixel_decoder", "backbone"):
+            raise ValueError(f"unknown feature stage {stage!r}")
+        return cls(
+            model_id=metadata["model_id"],
+            original_size=tuple(json.loads(metadata["original_size"])),
+            input_size=tuple(json.loads(metadata["input_size"])),
+            padded_size=tuple(json.loads(metadata["padded_size"])),
+            tensors=dict(tensors),
+            stage=stage,  # type: ignore[arg-type]
+        )
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(eq=False)
+class MaskResult:
+    """One output mask in original image pixels.
+
+    `score` ranks masks of one request (grounding similarity, spatial selection logit,
+    or panoptic confidence); `label` is the best vocabulary class of the mask's query
+    with `label_score` its softmax probability.
+    """
+
+    mask: np.ndarray
+    score: float
+    label: str | None = None
+    label_score: float | None = None
+    category_id: int | None = None
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """COCO box (x, y, width, height) of the mask; zeros for an empty mask."""
+        ys, xs = np.nonzero(self.mask)
+        if len(xs) == 0:
+            return (0, 0, 0, 0)
+        return (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+
+
+@dataclass(eq=False)
+class Segmentation:
+    """The answer to one target: masks best first, and the memory for the next round.
+
+    `memory` is the chosen mask's logits at stride 4 of the padded input; pass it back as
+    `previous_mask` for an exact next round (a boolean mask in original pixels works too).
+    """
+
+    masks: list[MaskResult]
+    memory: torch.Tensor | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class PanopticResult:
+    """Panoptic segmentation: `segment_map` (H x W int32, 0 = void, ids from 1) + segments."""
+
+    segment_map: np.ndarray
+    segments: list[dict]
+    masks: list[MaskResult]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Class names for open-vocabulary labels; `stuff` names merge into one segment each."""
+
+    names: tuple[str, ...]
+    stuff: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, value: "Vocabulary | Sequence[str] | None", default: "Vocabulary") -> "Vocabulary":
+        if value is None:
+            return default
+        if isinstance(value, Vocabulary):
+            return value
+        names = tuple(str(v) for v in value)
+        if not names:
+            raise ValueError("vocabulary is empty")
+        if len(set(names)) != len(names):
+            raise ValueError("vocabulary has duplicate names")
+        return cls(names=names, stuff=frozenset(n for n in names if n in default.stuff))
+
+    def is_thing(self, index: int) -> bool:
+        return self.names[index] not in self.stuff
