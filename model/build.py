@@ -1,0 +1,102 @@
+"""Named model configurations and builders.
+
+`build_model("seem-focalt-v1")` gives the architecture of the official Focal-T v1
+checkpoint (random weights until `load_checkpoint`); `build_model("seem-tiny")` the
+project's own small model with its shipped weights; any config file (ours, or the
+reference's YAML such as the fixtures' `config.yaml`) works too.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .checkpoint import load_checkpoint
+from .coco_classes import COCO_PANOPTIC_CLASSES, COCO_STUFF_CLASSES
+from .config import (DecoderConfig, FocalConfig, InferenceConfig, PixelDecoderConfig, SeemConfig, TextConfig,
+                     load_config_file)
+from .seem import Seem
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# The official v1 models: values from the reference's configs/seem/focal{t,l}_unicl_lang_v1.yaml,
+# with the demo's resize (shortest edge 512) and object-mask threshold 0.8.
+_COCO = dict(default_vocabulary=COCO_PANOPTIC_CLASSES, default_stuff=COCO_STUFF_CLASSES)
+SEEM_FOCALT_V1 = SeemConfig(
+    name="seem-focalt-v1",
+    backbone=FocalConfig(variant="focal_dw", embed_dim=96, depths=(2, 2, 6, 2),
+                         focal_levels=(3, 3, 3, 3), focal_windows=(3, 3, 3, 3)),
+    **_COCO,
+)
+SEEM_FOCALL_V1 = SeemConfig(
+    name="seem-focall-v1",
+    backbone=FocalConfig(variant="focal", embed_dim=192, depths=(2, 2, 18, 2),
+                         focal_levels=(4, 4, 4, 4), focal_windows=(3, 3, 3, 3)),
+    **_COCO,
+)
+
+
+def _shapes_world_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    try:
+        from training.shapes_world import default_vocabulary
+    except ImportError:  # a model-only install without the training package
+        return (), ()
+    vocab = default_vocabulary()
+    return vocab.names, tuple(sorted(vocab.stuff))
+
+
+def seem_tiny_config() -> SeemConfig:
+    """seem-tiny: the same architecture with small dims, trained by the project on Shapes World."""
+    names, stuff = _shapes_world_vocabulary()
+    return SeemConfig(
+        name="seem-tiny",
+        backbone=FocalConfig(variant="focal_dw", embed_dim=32, depths=(1, 1, 2, 1), focal_levels=(2, 2, 2, 2),
+                             focal_windows=(3, 3, 3, 3), drop_path_rate=0.0),
+        pixel_decoder=PixelDecoderConfig(conv_dim=64, mask_dim=64, num_groups=16, transformer_layers=1, nheads=4,
+                                         dim_feedforward=256),
+        text=TextConfig(width=64, heads=4, layers=2),
+        decoder=DecoderConfig(hidden_dim=64, num_queries=24, nheads=4, dim_feedforward=256, num_layers=6,
+                              mask_dim=64, dim_proj=64, spatial_memories=8),
+        inference=InferenceConfig(resize_shortest_edge=256, resize_max_size=512, object_mask_threshold=0.5),
+        default_vocabulary=names,
+        default_stuff=stuff,
+    )
+
+
+MODEL_REGISTRY = {
+    "seem-focalt-v1": lambda: SEEM_FOCALT_V1,
+    "seem-focall-v1": lambda: SEEM_FOCALL_V1,
+    "seem-tiny": seem_tiny_config,
+}
+DEFAULT_MODEL = "seem-tiny"
+DEFAULT_WEIGHTS = {"seem-tiny": WEIGHTS_DIR / "seem-tiny.safetensors"}
+
+
+def get_config(name_or_path: str | Path | SeemConfig) -> SeemConfig:
+    """A registered name, a config file path, or a config object."""
+    if isinstance(name_or_path, SeemConfig):
+        return name_or_path
+    key = str(name_or_path)
+    if key in MODEL_REGISTRY:
+        return MODEL_REGISTRY[key]()
+    path = Path(key)
+    if path.is_file():
+        return load_config_file(path)
+    raise ValueError(f"unknown model {key!r}: expected one of {sorted(MODEL_REGISTRY)} or a config file")
+
+
+def build_model(name_or_path: str | Path | SeemConfig = DEFAULT_MODEL, weights: str | Path | None = "default") -> Seem:
+    """Builds the network. `weights`: "default" (the shipped weights of a registered model,
+    if any), None (random initialisation), or a checkpoint path / s3:// URI."""
+    cfg = get_config(name_or_path)
+    model = Seem(cfg)
+    if weights == "default":
+        weights = DEFAULT_WEIGHTS.get(cfg.name)
+        if weights is not None and not Path(weights).is_file():
+            log.warning("default weights for %s not found at %s; using random weights", cfg.name, weights)
+            weights = None
+    if weights is not None:
+        load_checkpoint(model, weights)
+    model.eval()
+    return model

@@ -1,0 +1,257 @@
+"""Typed configuration of SEEM v1 and its reader for the reference's YAML format.
+
+One dataclass per network part; `SeemConfig` gathers them with the inference settings.
+Hyper-parameters of the named models live in `model/build.py`; this module only knows how
+to represent them, read a config file (ours or the reference's) and hash them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class FocalConfig:
+    """Focal modulation backbone.
+
+    `variant` "focal_dw" is SEEM's Focal-T v1 block (depthwise 3x3 convs before the
+    modulation and before the MLP, post-LN after each residual); "focal" is the plain
+    FocalNet block used by Focal-L (post-LN inside each branch, no depthwise convs).
+    """
+
+    variant: str = "focal_dw"
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    focal_levels: tuple[int, ...] = (3, 3, 3, 3)
+    focal_windows: tuple[int, ...] = (3, 3, 3, 3)
+    mlp_ratio: float = 4.0
+    patch_size: int = 4
+    use_conv_embed: bool = True
+    patch_norm: bool = True
+    use_postln: bool = True
+    use_postln_in_modulation: bool = False
+    use_layerscale: bool = True
+    scaling_modulator: bool = True
+    drop_path_rate: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("focal_dw", "focal"):
+            raise ValueError(f"unknown Focal variant {self.variant!r} (expected 'focal_dw' or 'focal')")
+        if not (len(self.depths) == len(self.focal_levels) == len(self.focal_windows) == 4):
+            raise ValueError("Focal backbone needs 4 stages (depths, focal_levels, focal_windows)")
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+
+@dataclass(frozen=True)
+class PixelDecoderConfig:
+    """Transformer-encoder FPN: a transformer on res5, then a top-down FPN to stride 4."""
+
+    conv_dim: int = 512
+    mask_dim: int = 512
+    num_groups: int = 32  # GroupNorm groups ("GN")
+    transformer_layers: int = 6
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    pre_norm: bool = False
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """CLIP-like causal text transformer."""
+
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The SEEM v1 decoder (`seem_v1`)."""
+
+    hidden_dim: int = 512
+    num_queries: int = 101
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    num_layers: int = 9  # the reference's DEC_LAYERS minus one (the learnable-query round)
+    pre_norm: bool = False
+    mask_dim: int = 512
+    dim_proj: int = 512
+    spatial_memories: int = 32
+    queries_per_prompt: int = 3
+    max_spatial_len: tuple[int, ...] = (512, 512, 512, 512)
+    num_feature_levels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.dim_proj != self.hidden_dim:
+            # Grounding tokens (projected text space) are concatenated with the queries.
+            raise ValueError(f"dim_proj ({self.dim_proj}) must equal hidden_dim ({self.hidden_dim})")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Pre- and post-processing, as the reference's demo and evaluation do them."""
+
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    size_divisibility: int = 32
+    resize_shortest_edge: int | None = 512  # None: feed the image at its own size
+    resize_max_size: int | None = None
+    object_mask_threshold: float = 0.8
+    overlap_threshold: float = 0.8
+    detections_per_image: int = 100
+    grounding_temperature_max: float = 100.0  # the reference clamps exp(logit_scale) for grounding
+
+
+@dataclass(frozen=True)
+class SeemConfig:
+    """A whole SEEM v1 model."""
+
+    name: str = "custom"
+    backbone: FocalConfig = field(default_factory=FocalConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    # Names used by panoptic inference when the caller gives no vocabulary.
+    default_vocabulary: tuple[str, ...] = ()
+    default_stuff: tuple[str, ...] = ()
+
+    def replace(self, **changes: Any) -> "SeemConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SeemConfig":
+        def part(kind: type, values: dict[str, Any] | None) -> Any:
+            values = dict(values or {})
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(values) - names
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
+            for f in dataclasses.fields(kind):
+                if f.name in values and isinstance(values[f.name], list):
+                    values[f.name] = tuple(values[f.name])
+            return kind(**values)
+
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(
+            name=data.get("name", "custom"),
+            backbone=part(FocalConfig, data.get("backbone")),
+            pixel_decoder=part(PixelDecoderConfig, data.get("pixel_decoder")),
+            text=part(TextConfig, data.get("text")),
+            decoder=part(DecoderConfig, data.get("decoder")),
+            inference=part(InferenceConfig, data.get("inference")),
+            default_vocabulary=tuple(data.get("default_vocabulary", ())),
+            default_stuff=tuple(data.get("default_stuff", ())),
+        )
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything that changes what the model computes."""
+        payload = json.dumps(self.to_dict(), sort_keys=True, default=list).encode()
+        return hashlib.sha256(payload).hexdigest()
+
+
+def from_reference_yaml(data: dict[str, Any], name: str = "custom") -> SeemConfig:
+    """Reads the reference's resolved YAML (e.g. the fixtures' config.yaml).
+
+    Only what changes the computation is read. The demo resize (shortest edge 512) is
+    not part of the reference's model config; fixtures feed images at their own size,
+    so the caller decides `inference.resize_shortest_edge`.
+    """
+    model = data["MODEL"]
+    if model.get("NAME") not in ("seem_model_v1", "seem_model_v0", "seem_model_demo"):
+        raise ValueError(f"unsupported model {model.get('NAME')!r}: only SEEM v1 (and v0/demo weights) are supported")
+    backbone = model["BACKBONE"]
+    if backbone["NAME"] not in ("focal_dw", "focal"):
+        raise ValueError(f"unsupported backbone {backbone['NAME']!r}: only the Focal backbones are implemented")
+    encoder = model["ENCODER"]
+    if encoder["NAME"] != "transformer_encoder_fpn":
+        raise ValueError(f"unsupported pixel decoder {encoder['NAME']!r}")
+    focal = backbone["FOCAL"]
+    dec = model["DECODER"]
+    text = model["TEXT"]
+    arch = data.get("ATTENTION_ARCH", {})
+    test = dec.get("TEST", {})
+    inp = data.get("INPUT", {})
+    return SeemConfig(
+        name=name,
+        backbone=FocalConfig(
+            variant=backbone["NAME"],
+            embed_dim=int(focal["EMBED_DIM"]),
+            depths=tuple(focal["DEPTHS"]),
+            focal_levels=tuple(focal["FOCAL_LEVELS"]),
+            focal_windows=tuple(focal["FOCAL_WINDOWS"]),
+            mlp_ratio=float(focal.get("MLP_RATIO", 4.0)),
+            patch_size=int(focal.get("PATCH_SIZE", 4)),
+            use_conv_embed=bool(focal.get("USE_CONV_EMBED", False)),
+            patch_norm=bool(focal.get("PATCH_NORM", True)),
+            use_postln=bool(focal.get("USE_POSTLN", False)),
+            use_postln_in_modulation=bool(focal.get("USE_POSTLN_IN_MODULATION", False)),
+            use_layerscale=bool(focal.get("USE_LAYERSCALE", False)),
+            scaling_modulator=bool(focal.get("SCALING_MODULATOR", False)),
+            drop_path_rate=float(focal.get("DROP_PATH_RATE", 0.0)),
+        ),
+        pixel_decoder=PixelDecoderConfig(
+            conv_dim=int(encoder["CONVS_DIM"]),
+            mask_dim=int(encoder["MASK_DIM"]),
+            transformer_layers=int(encoder["TRANSFORMER_ENC_LAYERS"]),
+            nheads=int(dec["NHEADS"]),
+            dim_feedforward=int(dec["DIM_FEEDFORWARD"]),
+            pre_norm=bool(dec.get("PRE_NORM", False)),
+        ),
+        text=TextConfig(
+            context_length=int(text["CONTEXT_LENGTH"]),
+            width=int(text["WIDTH"]),
+            heads=int(text["HEADS"]),
+            layers=int(text["LAYERS"]),
+        ),
+        decoder=DecoderConfig(
+            hidden_dim=int(dec["HIDDEN_DIM"]),
+            num_queries=int(dec["NUM_OBJECT_QUERIES"]),
+            nheads=int(dec["NHEADS"]),
+            dim_feedforward=int(dec["DIM_FEEDFORWARD"]),
+            num_layers=int(dec["DEC_LAYERS"]) - 1,
+            pre_norm=bool(dec.get("PRE_NORM", False)),
+            mask_dim=int(encoder["MASK_DIM"]),
+            dim_proj=int(model["DIM_PROJ"]),
+            spatial_memories=int(arch.get("SPATIAL_MEMORIES", 32)),
+            queries_per_prompt=int(arch.get("QUERY_NUMBER", 3)),
+            max_spatial_len=tuple(dec.get("MAX_SPATIAL_LEN", (512, 512, 512, 512))),
+        ),
+        inference=InferenceConfig(
+            pixel_mean=tuple(inp.get("PIXEL_MEAN", (123.675, 116.28, 103.53))),
+            pixel_std=tuple(inp.get("PIXEL_STD", (58.395, 57.12, 57.375))),
+            size_divisibility=int(dec.get("SIZE_DIVISIBILITY", 32)),
+            resize_shortest_edge=512,
+            object_mask_threshold=float(test.get("OBJECT_MASK_THRESHOLD", 0.8)),
+            overlap_threshold=float(test.get("OVERLAP_THRESHOLD", 0.8)),
+            detections_per_image=int(data.get("TEST", {}).get("DETECTIONS_PER_IMAGE", 100)),
+        ),
+    )
+
+
+def load_config_file(path: str | Path) -> SeemConfig:
+    """A config file: ours (the keys of `SeemConfig`) or the reference's resolved YAML/JSON."""
+    path = Path(path)
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a mapping")
+    if "MODEL" in data:
+        return from_reference_yaml(data, name=path.stem)
+    return SeemConfig.from_dict(data)
