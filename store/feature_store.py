@@ -1,0 +1,432 @@
+"""Content-addressed store of encoded image features (DESIGN §5).
+
+Layout under the store root (a local directory or `s3://bucket/prefix`)::
+
+    {model_id}/features/{sha256[:2]}/{sha256}.safetensors   one object per (model, image)
+    {model_id}/manifest/part-….parquet                      see store.manifest
+
+`sha256` is the hash of the *image bytes*, so the same bytes under two URIs are encoded
+and stored once, and an object never changes once written (put() never rewrites it).
+
+Object format: a plain safetensors file (readable by any safetensors reader; loading it
+never executes code, unlike pickle). Its string metadata holds `ImageFeatures.metadata()`
+plus `store.*` keys:
+
+- `store.format`      "seem-ray-features/1"
+- `store.image_sha256` the image hash the object is filed under (checked on read)
+- `store.codec`       "none", "zlib", "zstd", "shuffle+zlib" or "shuffle+zstd"
+- `store.tensors`     JSON {name: {"dtype", "shape"}} of the *logical* tensors
+- `store.checksum`    "sha256:<hex>" over the other metadata and every stored tensor's bytes
+
+Uncompressed, each feature map is stored as itself (dtype float16/bfloat16/float32).
+Compressed, each one is stored as a 1-D uint8 tensor holding the codec's output for the
+tensor's raw bytes; "shuffle" first groups the bytes by significance (all first bytes,
+then all second bytes, …), which is what lets general-purpose codecs find redundancy in
+floating-point data. zlib is the standard library's; zstd is the codec bundled in pyarrow
+(a hard dependency), so neither adds a package.
+
+Reads verify the safetensors header (offsets, sizes, no trailing bytes) and the checksum
+before decompressing anything, and raise `CorruptObject` naming the object otherwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+import zlib
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from model.types import ImageFeatures
+from store.backends import CorruptObject, ObjectNotFound, ObjectStore, check_model_id, open_store
+from store.manifest import Manifest
+
+__all__ = [
+    "FeatureStore",
+    "PutResult",
+    "serialize_features",
+    "deserialize_features",
+    "content_sha256",
+    "feature_key",
+    "CODECS",
+    "OBJECT_FORMAT",
+]
+
+OBJECT_FORMAT = "seem-ray-features/1"
+CODECS = ("none", "zlib", "zstd", "shuffle+zlib", "shuffle+zstd")
+#: What `compress=True` means. Chosen from bench/store_formats.py; see docs/benchmarks.md.
+DEFAULT_CODEC = "shuffle+zstd"
+
+StoreDType = Literal["float16", "bfloat16", "float32"]
+_STORE_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
+# safetensors header dtype names <-> torch dtypes (only what the store writes/reads).
+_ST_DTYPES: dict[str, torch.dtype] = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "BOOL": torch.bool,
+}
+_TORCH_NAMES: dict[torch.dtype, str] = {dt: str(dt).replace("torch.", "") for dt in _ST_DTYPES.values()}
+_NAME_TO_TORCH: dict[str, torch.dtype] = {v: k for k, v in _TORCH_NAMES.items()}
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_HEADER = 100 << 20  # safetensors' own limit; a larger length field means garbage
+
+
+def content_sha256(data: bytes | bytearray | memoryview) -> str:
+    """Hex sha256 of image bytes: the content address used by the store and the API."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_sha256(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
+        raise ValueError(f"invalid image sha256 {sha256!r}: expected 64 lowercase hex digits")
+    return sha256
+
+
+def feature_key(model_id: str, sha256: str) -> str:
+    """The object key (relative to the store root) of one image's features."""
+    check_model_id(model_id)
+    _check_sha256(sha256)
+    return f"{model_id}/features/{sha256[:2]}/{sha256}.safetensors"
+
+
+# --------------------------------------------------------------------------- codecs
+def _raw_bytes(t: torch.Tensor) -> np.ndarray:
+    """The tensor's bytes as a uint8 array (no copy for contiguous CPU tensors)."""
+    flat = t.contiguous().reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    return flat.view(torch.uint8).numpy()
+
+
+def _resolve_codec(compress: bool | str) -> str:
+    if compress is False or compress is None:
+        return "none"
+    if compress is True:
+        return DEFAULT_CODEC
+    if compress not in CODECS:
+        raise ValueError(f"unknown compression {compress!r}; choose one of {CODECS} or True/False")
+    return str(compress)
+
+
+def _encode_blob(raw: np.ndarray, itemsize: int, codec: str, level: int | None) -> bytes:
+    shuffle, _, name = codec.rpartition("+")
+    if shuffle and itemsize > 1:
+        raw = np.ascontiguousarray(raw.reshape(-1, itemsize).T)  # byte planes: all 1st bytes, all 2nd, ...
+    if name == "zlib":
+        return zlib.compress(raw, 1 if level is None else level)
+    if name == "zstd":
+        import pyarrow as pa
+
+        codec_obj = pa.Codec("zstd", compression_level=3 if level is None else level)
+        return codec_obj.compress(pa.py_buffer(raw), asbytes=True)
+    raise AssertionError(codec)
+
+
+def _decode_blob(blob: memoryview | bytes, nbytes: int, itemsize: int, codec: str) -> np.ndarray:
+    shuffle, _, name = codec.rpartition("+")
+    if name == "zlib":
+        raw = zlib.decompress(blob, bufsize=max(nbytes, 1))
+    elif name == "zstd":
+        import pyarrow as pa
+
+        raw = pa.Codec("zstd").decompress(blob, decompressed_size=nbytes, asbytes=True)
+    else:
+        raise ValueError(f"unknown codec {codec!r}")
+    if len(raw) != nbytes:
+        raise ValueError(f"decompressed {len(raw)} bytes, expected {nbytes}")
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    if shuffle and itemsize > 1:
+        return arr.reshape(itemsize, -1).T.reshape(-1)  # back to element order (a writable copy)
+    return arr.copy()  # frombuffer(bytes) is read-only; torch wants writable memory
+
+
+# --------------------------------------------------------------------------- checksum
+def _checksum(metadata: dict[str, str], chunks: list[tuple[str, Any]]) -> str:
+    """sha256 over the metadata (minus the checksum itself) and every stored tensor.
+
+    Covering the metadata too means a flipped digit in e.g. `original_size` is caught,
+    not only damage to the tensor bytes.
+    """
+    h = hashlib.sha256()
+    meta = {k: v for k, v in metadata.items() if k != "store.checksum"}
+    h.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    for name, data in sorted(chunks, key=lambda c: c[0]):
+        view = memoryview(data).cast("B")
+        h.update(b"\0" + name.encode() + b"\0" + struct.pack("<Q", len(view)))
+        h.update(view)
+    return "sha256:" + h.hexdigest()
+
+
+# --------------------------------------------------------------------------- (de)serialise
+def serialize_features(
+    features: ImageFeatures,
+    image_sha256: str,
+    *,
+    dtype: StoreDType | torch.dtype = "float16",
+    compress: bool | str = False,
+    level: int | None = None,
+) -> bytes:
+    """The store object for `features`: safetensors bytes (see the module docstring).
+
+    Floating tensors are cast to `dtype`; other tensors keep theirs. `compress` is
+    False, True (the default codec) or a codec name from `CODECS`; `level` is the
+    codec's compression level (zlib 1, zstd 3 when None).
+    """
+    from safetensors.torch import save
+
+    _check_sha256(image_sha256)
+    check_model_id(features.model_id)
+    store_dtype = _STORE_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if store_dtype not in _STORE_DTYPES.values():
+        raise ValueError(f"unsupported store dtype {dtype!r}; choose float16, bfloat16 or float32")
+    codec = _resolve_codec(compress)
+    if not features.tensors:
+        raise ValueError("ImageFeatures has no tensors")
+
+    logical: dict[str, torch.Tensor] = {}
+    for name, t in features.tensors.items():
+        t = t.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(store_dtype)
+        logical[name] = t.contiguous()
+
+    cast = ImageFeatures(
+        model_id=features.model_id,
+        original_size=features.original_size,
+        input_size=features.input_size,
+        padded_size=features.padded_size,
+        tensors=logical,
+        stage=features.stage,
+    )
+    metadata = dict(cast.metadata())
+    metadata.update(
+        {
+            "store.format": OBJECT_FORMAT,
+            "store.image_sha256": image_sha256,
+            "store.codec": codec,
+            "store.tensors": json.dumps(
+                {n: {"dtype": _TORCH_NAMES[t.dtype], "shape": list(t.shape)} for n, t in logical.items()},
+                sort_keys=True,
+            ),
+        }
+    )
+
+    stored: dict[str, torch.Tensor] = {}
+    chunks: list[tuple[str, Any]] = []
+    for name, t in logical.items():
+        if codec == "none":
+            stored[name] = t
+            chunks.append((name, _raw_bytes(t)))
+        else:
+            blob = _encode_blob(_raw_bytes(t), t.element_size(), codec, level)
+            stored[name] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8)
+            chunks.append((name, blob))
+    metadata["store.checksum"] = _checksum(metadata, chunks)
+    return save(stored, metadata=metadata)
+
+
+class _Header(NamedTuple):
+    metadata: dict[str, str]
+    entries: dict[str, dict[str, Any]]
+    data_start: int
+
+
+def _parse_header(data: bytes, uri: str) -> _Header:
+    """Validate the safetensors framing ourselves so a damaged object gets a clear error."""
+    if len(data) < 8:
+        raise CorruptObject(uri, f"only {len(data)} bytes (truncated)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > _MAX_HEADER or 8 + header_len > len(data):
+        raise CorruptObject(uri, f"header length {header_len} does not fit in {len(data)} bytes (truncated or not safetensors)")
+    try:
+        header = json.loads(bytes(data[8 : 8 + header_len]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptObject(uri, f"unreadable safetensors header: {e}") from None
+    if not isinstance(header, dict):
+        raise CorruptObject(uri, "safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptObject(uri, "safetensors metadata is not a str -> str map")
+    data_len = len(data) - 8 - header_len
+    end_max = 0
+    for name, entry in header.items():
+        try:
+            dt = _ST_DTYPES[entry["dtype"]]
+            shape = [int(s) for s in entry["shape"]]
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CorruptObject(uri, f"bad header entry for tensor {name!r}") from None
+        numel = 1
+        for s in shape:
+            if s < 0:
+                raise CorruptObject(uri, f"negative dimension in tensor {name!r}")
+            numel *= s
+        itemsize = torch.empty(0, dtype=dt).element_size()
+        if not 0 <= begin <= end or end - begin != numel * itemsize:
+            raise CorruptObject(uri, f"tensor {name!r}: offsets {begin}..{end} do not match shape {shape}")
+        if end > data_len:
+            raise CorruptObject(uri, f"tensor {name!r} ends at byte {end} of a {data_len}-byte data section (truncated)")
+        end_max = max(end_max, end)
+    if end_max != data_len:
+        raise CorruptObject(uri, f"data section has {data_len} bytes, tensors cover {end_max} (trailing garbage)")
+    return _Header(metadata, header, 8 + header_len)
+
+
+def deserialize_features(
+    data: bytes,
+    *,
+    uri: str = "<bytes>",
+    dtype: torch.dtype | None = torch.float32,
+    expect_sha256: str | None = None,
+    expect_model_id: str | None = None,
+) -> ImageFeatures:
+    """Verify and decode a store object. Floating tensors are cast to `dtype` (None keeps
+    the stored dtype). Raises `CorruptObject` (naming `uri`) when verification fails."""
+    from safetensors.torch import load
+
+    header = _parse_header(data, uri)
+    meta = header.metadata
+    if meta.get("store.format") != OBJECT_FORMAT:
+        raise CorruptObject(uri, f"not a seem-ray feature object (format {meta.get('store.format')!r})")
+    view = memoryview(data)
+    chunks = []
+    for name, entry in header.entries.items():
+        begin, end = entry["data_offsets"]
+        chunks.append((name, view[header.data_start + begin : header.data_start + end]))
+    if _checksum(meta, chunks) != meta.get("store.checksum"):
+        raise CorruptObject(uri, "checksum mismatch (object damaged)")
+    if expect_sha256 is not None and meta.get("store.image_sha256") != expect_sha256:
+        raise CorruptObject(uri, f"object holds image {meta.get('store.image_sha256')!r}, expected {expect_sha256!r}")
+    if expect_model_id is not None and meta.get("model_id") != expect_model_id:
+        raise CorruptObject(uri, f"object holds model {meta.get('model_id')!r}, expected {expect_model_id!r}")
+
+    codec = meta.get("store.codec", "none")
+    try:
+        logical = json.loads(meta["store.tensors"])
+        if set(logical) != set(header.entries):
+            raise ValueError("tensor list does not match the header")
+        stored = load(bytes(data) if not isinstance(data, bytes) else data)
+        tensors: dict[str, torch.Tensor] = {}
+        for name, spec in logical.items():
+            want = _NAME_TO_TORCH[spec["dtype"]]
+            shape = tuple(int(s) for s in spec["shape"])
+            t = stored[name]
+            if codec == "none":
+                if t.dtype != want or tuple(t.shape) != shape:
+                    raise ValueError(f"tensor {name!r} is {t.dtype}{tuple(t.shape)}, metadata says {want}{shape}")
+            else:
+                itemsize = torch.empty(0, dtype=want).element_size()
+                nbytes = itemsize * int(np.prod(shape, dtype=np.int64))
+                raw = _decode_blob(t.numpy().data, nbytes, itemsize, codec)
+                t = torch.from_numpy(raw).view(want).reshape(shape)
+            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                t = t.to(dtype)
+            tensors[name] = t
+        return ImageFeatures.from_parts(tensors, meta)
+    except CorruptObject:
+        raise
+    except Exception as e:  # checksum passed, so this is a foreign/inconsistent object
+        raise CorruptObject(uri, f"cannot decode: {type(e).__name__}: {e}") from e
+
+
+# --------------------------------------------------------------------------- store
+class PutResult(NamedTuple):
+    """Outcome of `FeatureStore.put_info`: the key, the object's size, and whether this
+    call wrote it (False when it already existed)."""
+
+    key: str
+    size: int
+    written: bool
+
+
+class FeatureStore:
+    """Image features by (model id, image sha256) under `root_uri` (DESIGN §5).
+
+    Picklable (Ray ships it to actors); S3 clients are re-created in each process.
+    """
+
+    def __init__(self, root_uri: str, endpoint_url: str | None = None, *, backend: ObjectStore | None = None) -> None:
+        self.backend = backend if backend is not None else open_store(root_uri, endpoint_url=endpoint_url)
+        self.root_uri = self.backend.root_uri
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.root_uri!r})"
+
+    def key(self, model_id: str, sha256: str) -> str:
+        """Object key of one image's features, relative to the store root."""
+        return feature_key(model_id, sha256)
+
+    def uri(self, model_id: str, sha256: str) -> str:
+        """Full URI (or path) of one image's features object."""
+        return self.backend.uri(self.key(model_id, sha256))
+
+    def has(self, model_id: str, sha256: str) -> bool:
+        """Whether features of this image are stored for this model."""
+        return self.backend.exists(self.key(model_id, sha256))
+
+    def put(
+        self,
+        features: ImageFeatures,
+        sha256: str,
+        *,
+        dtype: StoreDType | torch.dtype = "float16",
+        compress: bool | str = False,
+    ) -> str:
+        """Store `features` of the image whose bytes hash to `sha256`; returns the key.
+
+        Content-addressed and immutable: when the object exists nothing is written.
+        """
+        return self.put_info(features, sha256, dtype=dtype, compress=compress).key
+
+    def put_info(
+        self,
+        features: ImageFeatures,
+        sha256: str,
+        *,
+        dtype: StoreDType | torch.dtype = "float16",
+        compress: bool | str = False,
+    ) -> PutResult:
+        """As `put`, also returning the object's size (the manifest's `bytes`) and
+        whether this call wrote it."""
+        key = self.key(features.model_id, sha256)
+        try:
+            return PutResult(key, self.backend.stat(key).size, False)
+        except ObjectNotFound:
+            pass
+        data = serialize_features(features, sha256, dtype=dtype, compress=compress)
+        if self.backend.put_atomic(key, data, overwrite=False):
+            return PutResult(key, len(data), True)
+        # Lost a race to another writer of the same image: its object stands.
+        return PutResult(key, self.backend.stat(key).size, False)
+
+    def get(self, model_id: str, sha256: str, *, dtype: torch.dtype | None = torch.float32) -> ImageFeatures:
+        """Load and verify features; raises `ObjectNotFound` or `CorruptObject`."""
+        key = self.key(model_id, sha256)
+        data = self.backend.get(key)
+        return deserialize_features(
+            data, uri=self.backend.uri(key), dtype=dtype, expect_sha256=sha256, expect_model_id=model_id
+        )
+
+    def delete(self, model_id: str, sha256: str) -> None:
+        """Remove one object (e.g. one that failed verification, before re-encoding it)."""
+        self.backend.delete(self.key(model_id, sha256))
+
+    def manifest(self, model_id: str) -> Manifest:
+        """The manifest of `model_id` in this store."""
+        return Manifest(self.backend, model_id)
+

@@ -1,0 +1,174 @@
+"""FeatureStore: round trips per dtype/codec, immutability, verification, dedup."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from model.types import ImageFeatures
+from store import CorruptObject, FeatureStore, ObjectNotFound, content_sha256, deserialize_features, feature_key
+from store.feature_store import CODECS, serialize_features
+
+MODEL = "seem-test-0123abcd"
+
+
+def make_features(seed: int = 0, model_id: str = MODEL) -> ImageFeatures:
+    g = torch.Generator().manual_seed(seed)
+    # Smooth-ish content like real feature maps, small enough to keep tests fast.
+    base = torch.randn(8, 6, 8, generator=g)
+    mask_features = torch.nn.functional.interpolate(base[None], size=(24, 32), mode="bilinear")[0]
+    return ImageFeatures(
+        model_id=model_id,
+        original_size=(45, 61),
+        input_size=(24, 32),
+        padded_size=(32, 32),
+        tensors={
+            "mask_features": mask_features,
+            "ms0": torch.randn(8, 1, 1, generator=g),
+            "ms1": torch.randn(8, 2, 2, generator=g),
+            "ms2": torch.randn(8, 4, 4, generator=g) * 100,
+        },
+    )
+
+
+@pytest.fixture(params=["local", "s3"])
+def fstore(request, tmp_path):
+    if request.param == "local":
+        return FeatureStore(str(tmp_path / "store"))
+    bucket = request.getfixturevalue("s3_bucket")
+    return FeatureStore(bucket.uri("features-root"), endpoint_url=bucket.endpoint_url)
+
+
+SHA = content_sha256(b"image bytes")
+
+
+def test_key_layout(fstore):
+    key = fstore.put(make_features(), SHA)
+    assert key == f"{MODEL}/features/{SHA[:2]}/{SHA}.safetensors" == feature_key(MODEL, SHA)
+    assert fstore.uri(MODEL, SHA).endswith(f"/{MODEL}/features/{SHA[:2]}/{SHA}.safetensors")
+    assert fstore.has(MODEL, SHA) and not fstore.has(MODEL, content_sha256(b"other"))
+    assert not fstore.has("other-model", SHA)
+
+
+@pytest.mark.parametrize(
+    "dtype, tol", [("float32", 0.0), ("float16", 1e-3), ("bfloat16", 8e-3)]
+)
+@pytest.mark.parametrize("compress", [False, "zlib", "shuffle+zstd"])
+def test_round_trip(tmp_path, dtype, tol, compress):
+    fstore = FeatureStore(str(tmp_path))
+    features = make_features()
+    fstore.put(features, SHA, dtype=dtype, compress=compress)
+    got = fstore.get(MODEL, SHA)
+    assert got.model_id == MODEL and got.stage == "pixel_decoder"
+    assert got.original_size == (45, 61) and got.input_size == (24, 32) and got.padded_size == (32, 32)
+    assert set(got.tensors) == set(features.tensors)
+    for name, want in features.tensors.items():
+        have = got.tensors[name]
+        assert have.dtype == torch.float32 and have.shape == want.shape
+        if tol == 0.0:
+            assert torch.equal(have, want)
+        else:  # relative error of the format's mantissa
+            assert torch.allclose(have, want, rtol=tol, atol=tol * want.abs().max().item())
+    native = fstore.get(MODEL, SHA, dtype=None)
+    assert native.dtype == getattr(torch, dtype)
+
+
+def test_s3_round_trip(fstore):
+    features = make_features()
+    fstore.put(features, SHA, dtype="float32", compress=True)
+    got = fstore.get(MODEL, SHA)
+    assert all(torch.equal(got.tensors[k], v) for k, v in features.tensors.items())
+
+
+def test_immutable(fstore):
+    first = fstore.put_info(make_features(seed=0), SHA)
+    assert first.written and first.size > 0
+    version = fstore.backend.stat(first.key).version
+    # A second put (even with different content/dtype) must not rewrite the object.
+    second = fstore.put_info(make_features(seed=1), SHA, dtype="float32")
+    assert second == (first.key, first.size, False)
+    assert fstore.backend.stat(first.key).version == version
+    got = fstore.get(MODEL, SHA)
+    assert torch.allclose(got.tensors["ms2"], make_features(seed=0).tensors["ms2"], rtol=1e-3, atol=0.2)
+
+
+def test_same_bytes_two_uris_stored_once(tmp_path):
+    fstore = FeatureStore(str(tmp_path))
+    image = b"\x89PNG same bytes in two folders"
+    for _uri in ("/data/a/cat.png", "/data/b/copy-of-cat.png"):
+        fstore.put(make_features(), content_sha256(image))
+    assert len(list(fstore.backend.list(f"{MODEL}/features/"))) == 1
+
+
+def test_missing(fstore):
+    with pytest.raises(ObjectNotFound) as info:
+        fstore.get(MODEL, SHA)
+    assert SHA in str(info.value)
+
+
+@pytest.mark.parametrize("compress", [False, "shuffle+zlib"])
+def test_corrupt_objects_detected(fstore, compress):
+    key = fstore.put(make_features(), SHA, compress=compress)
+    good = fstore.backend.get(key)
+    damaged = {
+        "truncated": good[: len(good) - 7],
+        "truncated-header": good[:20],
+        "empty": b"",
+        "garbage": b"not a safetensors file at all" * 10,
+        "bit-flip-data": good[:-10] + bytes([good[-10] ^ 0x01]) + good[-9:],
+        "trailing-bytes": good + b"\0\0\0",
+    }
+    # A flipped digit in the metadata (header) must be caught too.
+    at = good.index(b'"original_size":"[45, 61]"')
+    damaged["metadata-edit"] = good[:at] + b'"original_size":"[46, 61]"' + good[at + 26 :]
+    for name, data in damaged.items():
+        fstore.backend.put_atomic(key, data)
+        with pytest.raises(CorruptObject) as info:
+            fstore.get(MODEL, SHA)
+        assert key in str(info.value) or fstore.uri(MODEL, SHA) in str(info.value), name
+    fstore.backend.put_atomic(key, good)
+    fstore.get(MODEL, SHA)
+
+
+def test_object_filed_under_wrong_hash(tmp_path):
+    fstore = FeatureStore(str(tmp_path))
+    other = content_sha256(b"other image")
+    data = serialize_features(make_features(), other)
+    fstore.backend.put_atomic(feature_key(MODEL, SHA), data)
+    with pytest.raises(CorruptObject, match="expected"):
+        fstore.get(MODEL, SHA)
+
+
+def test_plain_safetensors_reader_and_no_pickle(tmp_path):
+    """The object is a standard safetensors file: any reader loads it, no code runs."""
+    from safetensors.torch import load
+
+    data = serialize_features(make_features(), SHA, dtype="float32")
+    assert b"pickle" not in data and not data.startswith(b"\x80")  # not a pickle stream
+    tensors = load(data)
+    assert torch.equal(tensors["ms1"], make_features().tensors["ms1"])
+
+
+def test_validation():
+    with pytest.raises(ValueError):
+        feature_key(MODEL, "ABC")
+    with pytest.raises(ValueError):
+        feature_key("bad/model", SHA)
+    with pytest.raises(ValueError):
+        serialize_features(make_features(), SHA, compress="lzma")
+    with pytest.raises(ValueError):
+        serialize_features(make_features(), SHA, dtype="int8")
+    assert set(CODECS) >= {"none", "zlib"}
+
+
+def test_deserialize_bytes_directly():
+    data = serialize_features(make_features(), SHA, dtype="bfloat16", compress="zstd")
+    got = deserialize_features(data, dtype=torch.float16)
+    assert got.tensors["mask_features"].dtype == torch.float16
+
+
+def test_store_pickles(fstore):
+    fstore.put(make_features(), SHA)
+    clone = pickle.loads(pickle.dumps(fstore))
+    assert clone.has(MODEL, SHA)
