@@ -219,7 +219,11 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     if mode in ("I", "F"):
         gray = _scale_to_u8(np.asarray(im), assume_16bit=False)
         return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or im.has_transparency_data:
+    # `has_transparency_data` covers palette/"transparency" keys and alpha modes (Pillow >= 10.1).
+    has_transparency = getattr(im, "has_transparency_data", None)
+    if has_transparency is None:
+        has_transparency = "transparency" in im.info
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or has_transparency:
         if mode == "La":  # premultiplied: Pillow converts La only to LA
             im = im.convert("LA")
         if mode == "RGBa":
