@@ -296,6 +296,27 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             pass
 
+    def remove_stale_temp(self, max_age_s: float = 24 * 3600) -> int:
+        """Delete temporary files older than `max_age_s` (left by writers that were
+        killed mid-write; they are invisible to readers but take space). Returns how
+        many were removed. The age threshold keeps in-flight writes safe."""
+        import time
+
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                path = os.path.join(directory, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
     def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         prefix = _check_prefix(prefix)
         # Start the walk at the deepest directory the prefix names, then filter.

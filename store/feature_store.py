@@ -30,6 +30,7 @@ before decompressing anything, and raise `CorruptObject` naming the object other
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -57,8 +58,22 @@ __all__ = [
 
 OBJECT_FORMAT = "seem-ray-features/1"
 CODECS = ("none", "zlib", "zstd", "shuffle+zlib", "shuffle+zstd")
-#: What `compress=True` means. Chosen from bench/store_formats.py; see docs/benchmarks.md.
-DEFAULT_CODEC = "shuffle+zstd"
+
+
+@functools.lru_cache(maxsize=1)
+def _zstd_available() -> bool:
+    try:
+        import pyarrow as pa
+
+        return bool(pa.Codec.is_available("zstd"))
+    except Exception:
+        return False
+
+
+#: What `compress=True` means. Provisional: on synthetic features (bench/store_formats.py)
+#: shuffle+zstd gave the fewest bytes and was the fastest codec both ways; confirm with
+#: real features and record in docs/benchmarks.md.
+DEFAULT_CODEC = "shuffle+zstd" if _zstd_available() else "shuffle+zlib"
 
 StoreDType = Literal["float16", "bfloat16", "float32"]
 _STORE_DTYPES: dict[str, torch.dtype] = {
@@ -120,6 +135,8 @@ def _resolve_codec(compress: bool | str) -> str:
         return DEFAULT_CODEC
     if compress not in CODECS:
         raise ValueError(f"unknown compression {compress!r}; choose one of {CODECS} or True/False")
+    if str(compress).endswith("zstd") and not _zstd_available():
+        raise ValueError("zstd compression needs a pyarrow built with zstd; use 'shuffle+zlib'")
     return str(compress)
 
 

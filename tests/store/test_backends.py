@@ -98,6 +98,11 @@ def test_local_temp_files_never_listed(tmp_path):
     (tmp_path / "d" / f"{TEMP_PREFIX}deadbeef").write_bytes(b"partial")
     assert list(store.list()) == [("d/a.bin", 1)]
     assert list(store.list("d/.seem")) == []
+    assert store.remove_stale_temp(max_age_s=3600) == 0  # might be an in-flight write
+    old = tmp_path / "d" / f"{TEMP_PREFIX}deadbeef"
+    os.utime(old, (1, 1))
+    assert store.remove_stale_temp(max_age_s=3600) == 1 and not old.exists()
+    assert store.get("d/a.bin") == b"a"
 
 
 def test_s3_multipart_and_failed_upload(s3_bucket, monkeypatch):
