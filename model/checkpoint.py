@@ -181,5 +181,5 @@ def state_digest(module: nn.Module) -> str:
     for key, value in sorted(module.state_dict().items()):
         h.update(key.encode())
         h.update(str(tuple(value.shape)).encode())
-        h.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -10,7 +10,9 @@ Parameter names follow the official checkpoints (`sem_seg_head.predictor.lang_en
 
 Speed: the transformer is causal and the sentence feature is read at the first end
 token, so nothing after it can change the result: sequences are cut right after their
-end token and batched by length instead of being padded to 77.
+end token and batched by length instead of being padded to 77. For the same reason the
+templates' common prefixes ("<sot> a photo of a") are run once and their keys/values
+reused for every class name.
 """
 from __future__ import annotations
 
@@ -85,6 +87,21 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(y, y, y, causal_mask)
         return x + self.mlp(layer_norm_fp32(x, self.ln_2))
 
+    def forward_cached(self, x: torch.Tensor, past_k: torch.Tensor | None, past_v: torch.Tensor | None,
+                       mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Causal step over new positions x (B x L x W) given earlier positions' keys/values
+        (B x heads x P x d). mask: B x 1 x L x (P + L), True = blocked. Returns (x, k, v)."""
+        attn = self.attn
+        y = layer_norm_fp32(x, self.ln_1)
+        q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = attn._split(q) * attn.head_dim ** -0.5, attn._split(k), attn._split(v)
+        keys = k if past_k is None else torch.cat([past_k, k], dim=2)
+        values = v if past_v is None else torch.cat([past_v, v], dim=2)
+        probs = torch.matmul(q, keys.transpose(-2, -1)).masked_fill(mask, float("-inf")).softmax(-1)
+        out = torch.matmul(probs, values).transpose(1, 2).reshape(x.shape)
+        x = x + attn.out_proj(out)
+        return x + self.mlp(layer_norm_fp32(x, self.ln_2)), k, v
+
 
 class TextTransformer(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
@@ -110,6 +127,31 @@ class TextTransformer(nn.Module):
             x = block(x, causal)
         return layer_norm_fp32(x, self.ln_final)
 
+    def forward_cached(self, input_ids: torch.Tensor, start: torch.Tensor,
+                       past: list[tuple[torch.Tensor, torch.Tensor]] | None, past_padding: torch.Tensor | None,
+                       ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Continues sequences whose first `start[b]` positions were already run.
+
+        input_ids B x L: the new tokens; past: per layer (keys, values) B x heads x P x d of the
+        earlier positions, `past_padding` B x P marking unused past slots. Returns hidden
+        states after ln_final (B x L x width) and the new positions' keys/values per layer.
+        """
+        b, length = input_ids.shape
+        device = input_ids.device
+        positions = start[:, None] + torch.arange(length, device=device)[None]
+        x = self.token_embedding(input_ids) + self.positional_embedding[positions]
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)[None, None].expand(b, 1, -1, -1)
+        if past is not None:
+            mask = torch.cat([past_padding[:, None, None, :].expand(-1, 1, length, -1), causal], dim=-1)
+        else:
+            mask = causal
+        new_kv = []
+        for i, block in enumerate(self.resblocks):
+            pk, pv = past[i] if past is not None else (None, None)
+            x, k, v = block.forward_cached(x, pk, pv, mask)
+            new_kv.append((k, v))
+        return layer_norm_fp32(x, self.ln_final), new_kv
+
 
 class LanguageEncoder(nn.Module):
     """Text transformer + `lang_proj` + `logit_scale`, with caches for inference."""
@@ -124,6 +166,7 @@ class LanguageEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones([]))
         self._class_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._phrase_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._prefix_cache: tuple | None = None
         self.cache_size = 4096
         # Weights changing (loading, training) invalidates the caches.
         self.register_load_state_dict_post_hook(lambda module, keys: module.clear_cache())
@@ -131,6 +174,7 @@ class LanguageEncoder(nn.Module):
     def clear_cache(self) -> None:
         self._class_cache.clear()
         self._phrase_cache.clear()
+        self._prefix_cache = None
 
     def train(self, mode: bool = True) -> "LanguageEncoder":
         self.clear_cache()
@@ -178,14 +222,16 @@ class LanguageEncoder(nn.Module):
         """One unit vector per name (cached by name at inference)."""
         use_cache = not torch.is_grad_enabled()
         missing = [n for n in dict.fromkeys(names) if not (use_cache and n in self._class_cache)]
+        fresh: dict[str, torch.Tensor] = {}
         if missing:
-            prompts = [t.format(clean_class_name(n)) for n in missing for t in PROMPT_TEMPLATES]
-            feats = self.encode_sentences(prompts).view(len(missing), len(PROMPT_TEMPLATES), -1)
+            if torch.is_grad_enabled():
+                prompts = [t.format(clean_class_name(n)) for n in missing for t in PROMPT_TEMPLATES]
+                feats = self.encode_sentences(prompts)
+            else:
+                feats = self._template_sentences(missing)
+            feats = feats.view(len(missing), len(PROMPT_TEMPLATES), -1)
             means = feats.mean(dim=1)
-            means = means / means.norm(dim=-1, keepdim=True)
-            fresh = dict(zip(missing, means))
-        else:
-            fresh = {}
+            fresh = dict(zip(missing, means / means.norm(dim=-1, keepdim=True)))
         result = []
         for n in names:
             if n in fresh:
@@ -199,6 +245,61 @@ class LanguageEncoder(nn.Module):
                 self._class_cache.move_to_end(n)
             result.append(emb)
         return torch.stack(result)
+
+    def _template_prefixes(self) -> tuple[list[list[int]], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Token ids, per-layer keys/values and padding of every template's prefix
+        ("<sot> a photo of a"), computed once: the prefix is the same for every class name
+        and, the encoder being causal, its states do not depend on what follows."""
+        if self._prefix_cache is None:
+            prefixes = [self._sequence(t.split("{}")[0].strip())[:-1] for t in PROMPT_TEMPLATES]  # drop the EOT
+            length = max(len(p) for p in prefixes)
+            ids = torch.full((len(prefixes), length), self.tokenizer.eot_token_id, dtype=torch.long)
+            for i, p in enumerate(prefixes):
+                ids[i, : len(p)] = torch.tensor(p)
+            ids = ids.to(self.lang_proj.device)
+            _, kv = self.lang_encoder.forward_cached(ids, torch.zeros(len(prefixes), dtype=torch.long, device=ids.device),
+                                                     None, None)
+            lengths = torch.tensor([len(p) for p in prefixes], device=ids.device)
+            padding = torch.arange(length, device=ids.device)[None] >= lengths[:, None]
+            self._prefix_cache = (prefixes, kv, padding)
+        return self._prefix_cache
+
+    def _template_sentences(self, names: list[str]) -> torch.Tensor:
+        """Normalised sentence features of every (name, template) pair, name-major.
+
+        Only the part after each template's cached prefix is run; pairs whose tokens do not
+        split at the prefix (or exceed the context) are run whole.
+        """
+        prefixes, kv, padding = self._template_prefixes()
+        pairs: list[tuple[int, int, list[int]]] = []  # (row, template, remaining ids)
+        whole: list[tuple[int, list[int]]] = []
+        for n_i, name in enumerate(names):
+            for t_i, template in enumerate(PROMPT_TEMPLATES):
+                row = n_i * len(PROMPT_TEMPLATES) + t_i
+                ids = self._sequence(template.format(clean_class_name(name)))
+                prefix = prefixes[t_i]
+                if len(ids) < self.cfg.context_length and ids[: len(prefix)] == prefix and len(ids) > len(prefix):
+                    pairs.append((row, t_i, ids[len(prefix):]))
+                else:
+                    whole.append((row, ids))
+        out = torch.empty((len(names) * len(PROMPT_TEMPLATES), self.lang_proj.shape[1]), device=self.lang_proj.device)
+        by_length: dict[int, list[tuple[int, int, list[int]]]] = {}
+        for pair in pairs:
+            by_length.setdefault(len(pair[2]), []).append(pair)
+        for length, group in by_length.items():
+            for start in range(0, len(group), max(1, 8192 // length)):
+                chunk = group[start:start + max(1, 8192 // length)]
+                rows = torch.tensor([r for r, _, _ in chunk], device=out.device)
+                tmpl = torch.tensor([t for _, t, _ in chunk], device=out.device)
+                ids = torch.tensor([ids for _, _, ids in chunk], device=out.device)
+                starts = (~padding[tmpl]).sum(1)
+                past = [(k[tmpl], v[tmpl]) for k, v in kv]
+                hidden, _ = self.lang_encoder.forward_cached(ids, starts, past, padding[tmpl])
+                out[rows] = hidden[:, -1] @ self.lang_proj
+        if whole:
+            states = self._encode_ragged([ids for _, ids in whole])
+            out[torch.tensor([r for r, _ in whole], device=out.device)] = torch.stack([s[-1] for s in states])
+        return out / (out.norm(dim=-1, keepdim=True) + 1e-7)
 
     def vocabulary_embeddings(self, names: list[str] | tuple[str, ...]) -> torch.Tensor:
         """(K + 1) x D: the class names and then "background" (the no-object column)."""

@@ -227,6 +227,7 @@ class PanopticResult:
     segments: list[dict]
     masks: list[MaskResult]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    semantic: np.ndarray | None = None  # K x H x W soft semantic map, when asked for
 
 
 @dataclass(frozen=True)

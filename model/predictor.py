@@ -1,0 +1,364 @@
+"""The predictor: the one API the rest of seem-ray uses.
+
+    predictor = SeemPredictor.from_pretrained("seem-tiny")
+    features = predictor.encode([image])[0]                        # heavy, once per image
+    result = predictor.decode(features, Prompts(spatial=(Point(120, 80),)))   # cheap, per prompt
+    result.masks[0].mask, result.masks[0].label
+
+Pre-processing (resize, normalise, pad, prompt rasterisation) and post-processing (back to
+original pixels, selection, labels) live here; the network never sees a numpy array.
+
+Randomness: where the reference draws (the object queries spatial queries start from,
+point subsets beyond `max_spatial_len`, the memory -> prompt assignment in every layer)
+the predictor draws from a `torch.Generator` seeded with `seed` (per call, so equal calls
+give equal results) in the reference's order; `Draws` injects explicit values.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .build import DEFAULT_MODEL, build_model
+from .checkpoint import state_digest
+from .decoder import GROUNDING, OBJECT, SPATIAL
+from .postprocess import (grounding_scores, instance_inference, panoptic_keep, panoptic_merge,
+                          semantic_inference, spatial_selection_logits, to_original)
+from .seem import Seem
+from .transforms import PromptError, PromptRasterizer, mask_to_memory, padded_size, resize_image, resized_size
+from .types import (ImageFeatures, MaskResult, PanopticResult, Prompts, ReferringRegion, Segmentation, Vocabulary)
+from .visual_sampler import SpatialTokens
+
+__all__ = ["SeemPredictor", "Draws", "PromptError"]
+
+
+@dataclass
+class Draws:
+    """Explicit values for the reference's random draws (for reproducing its outputs).
+
+    query_source: (queries_per_prompt * num_prompts) object-query indices;
+    memory_prompt: M or num_layers x M prompt index per memory query.
+    """
+
+    query_source: torch.Tensor | None = None
+    memory_prompt: torch.Tensor | None = None
+
+
+class SeemPredictor:
+    def __init__(self, model: Seem, *, device: str | torch.device | None = None, seed: int = 0,
+                 model_id: str | None = None, encode_batch_size: int = 4, autocast_bf16: bool | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.cfg = model.cfg
+        self.seed = seed
+        self.encode_batch_size = encode_batch_size
+        # bf16 autocast for the image encoder on GPUs (the reference demo runs fp16 autocast).
+        self.autocast_bf16 = (self.device.type == "cuda") if autocast_bf16 is None else autocast_bf16
+        self.model_id = model_id or self._model_id()
+        self.default_vocabulary = Vocabulary(self.cfg.default_vocabulary, frozenset(self.cfg.default_stuff))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, weights: str | Path | None = "default",
+                        **kwargs) -> "SeemPredictor":
+        """A registered model ("seem-tiny", "seem-focalt-v1", ...) or a config file, with
+        its default weights, random weights (None) or a checkpoint path / s3:// URI."""
+        return cls(build_model(name_or_path, weights=weights), **kwargs)
+
+    def _model_id(self) -> str:
+        """Short hash of config (incl. preprocessing) and weights: the feature store's key."""
+        weights = getattr(self.model, "weights_digest", None) or state_digest(self.model)
+        digest = hashlib.sha256(f"{self.cfg.fingerprint()}:{weights}".encode()).hexdigest()
+        return f"{self.cfg.name}-{digest[:12]}"
+
+    # ------------------------------------------------------------------ encode
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        inf = self.cfg.inference
+        return resized_size(height, width, inf.resize_shortest_edge, inf.resize_max_size)
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray | Sequence[np.ndarray], *, stage: str = "pixel_decoder") -> list[ImageFeatures]:
+        """H x W x 3 uint8 RGB images of any sizes -> one `ImageFeatures` each.
+
+        Images are batched only with images of the same padded size: the backbone's global
+        context and the pixel decoder's transformer see the padding, so mixing sizes would
+        change results. A batch therefore gives exactly what single calls give.
+        stage "backbone" stops before the pixel decoder (smaller to store; see `materialize`).
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        if stage not in ("pixel_decoder", "backbone"):
+            raise ValueError("stage must be 'pixel_decoder' or 'backbone'")
+        prepared = []
+        for image in images:
+            h, w = image.shape[:2]
+            size = self.input_size(h, w)
+            prepared.append((resize_image(image, size), (h, w), size))
+        div = self.cfg.inference.size_divisibility
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (_, _, size) in enumerate(prepared):
+            groups.setdefault(padded_size(size, div), []).append(i)
+        out: list[ImageFeatures | None] = [None] * len(prepared)
+        for pad, idx in groups.items():
+            for start in range(0, len(idx), self.encode_batch_size):
+                chunk = idx[start:start + self.encode_batch_size]
+                pixels = self.model.normalize_and_pad([prepared[i][0] for i in chunk])
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+                    feats = self.model.encode_backbone(pixels)
+                    if stage == "pixel_decoder":
+                        mask_features, ms = self.model.encode_pixels(feats)
+                        feats = {"mask_features": mask_features, **{f"ms{l}": m for l, m in enumerate(ms)}}
+                for j, i in enumerate(chunk):
+                    _, original, size = prepared[i]
+                    tensors = {k: v[j].float().contiguous() for k, v in feats.items()}
+                    out[i] = ImageFeatures(self.model_id, original, size, pad, tensors, stage)  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def materialize(self, features: ImageFeatures) -> ImageFeatures:
+        """Pixel-decoder features, running the pixel decoder if `features` stop at the backbone."""
+        if features.model_id != self.model_id:
+            raise ValueError(f"features are from model {features.model_id}, this predictor is {self.model_id}")
+        if features.stage == "pixel_decoder":
+            return features
+        backbone = {k: v[None].to(self.device, torch.float32) for k, v in features.tensors.items()}
+        mask_features, ms = self.model.encode_pixels(backbone)
+        tensors = {"mask_features": mask_features[0], **{f"ms{l}": m[0] for l, m in enumerate(ms)}}
+        return ImageFeatures(features.model_id, features.original_size, features.input_size,
+                             features.padded_size, tensors, "pixel_decoder")
+
+    def _maps(self, features: ImageFeatures) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        f = self.materialize(features)
+        t = {k: v.to(self.device, torch.float32)[None] for k, v in f.tensors.items()}
+        return t["mask_features"], [t["ms0"], t["ms1"], t["ms2"]]
+
+    # ------------------------------------------------------------------ vocabulary
+    def vocabulary(self, vocabulary: Vocabulary | Sequence[str] | None) -> Vocabulary:
+        vocab = Vocabulary.of(vocabulary, self.default_vocabulary)
+        if not vocab.names:
+            raise ValueError("no vocabulary given and the model has no default vocabulary")
+        return vocab
+
+    @torch.inference_mode()
+    def vocabulary_embeddings(self, vocabulary: Vocabulary | Sequence[str] | None = None) -> torch.Tensor:
+        """(K + 1) x D embeddings (names, then "background"); cached per name."""
+        return self.model.text_encoder.vocabulary_embeddings(self.vocabulary(vocabulary).names)
+
+    def _label(self, class_emb: torch.Tensor, vocab: Vocabulary, vocab_emb: torch.Tensor) -> tuple[str, float, int]:
+        """Best real class of one query (no-object excluded) and its softmax probability."""
+        probs = self.model.class_logits(class_emb[None], vocab_emb)[0].softmax(-1)
+        k = int(probs[:-1].argmax())
+        return vocab.names[k], float(probs[k]), k
+
+    # ------------------------------------------------------------------ decode
+    @torch.inference_mode()
+    def decode(self, features: ImageFeatures, prompts: Prompts | Sequence[Prompts] | None = None,
+               previous_mask: np.ndarray | torch.Tensor | Sequence | None = None,
+               vocabulary: Vocabulary | Sequence[str] | None = None, max_masks: int = 1,
+               draws: Draws | None = None) -> Segmentation | list[Segmentation]:
+        """Masks for one target (`Prompts`) or several targets at once (a sequence).
+
+        previous_mask: the last round's `Segmentation.memory` (exact) or a boolean mask in
+        original pixels; one per target for several targets. No prompt at all gives the
+        panoptic segments of the image as masks.
+        """
+        if prompts is None or (isinstance(prompts, Prompts) and prompts.is_empty):
+            pan = self.panoptic(features, vocabulary)
+            return Segmentation(masks=pan.masks[:max(max_masks, len(pan.masks))], timings_ms=pan.timings_ms)
+        single = isinstance(prompts, Prompts)
+        targets = [prompts] if single else list(prompts)
+        if any(t.is_empty for t in targets):
+            raise PromptError("a target without any prompt (text, visual or referring)")
+        if previous_mask is None:
+            memories = [None] * len(targets)
+        elif single:
+            memories = [previous_mask]
+        else:
+            memories = list(previous_mask)  # type: ignore[arg-type]
+            if len(memories) != len(targets):
+                raise PromptError(f"{len(memories)} previous masks for {len(targets)} targets")
+        if max_masks < 1:
+            raise PromptError("max_masks must be at least 1")
+        started = time.perf_counter()
+        vocab = self.vocabulary(vocabulary)
+        vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names)
+        mask_features, ms = self._maps(features)
+        results: list[Segmentation | None] = [None] * len(targets)
+        # Text-only targets share one grounding pass (as the reference grounds several phrases);
+        # visual targets without text share one multi-object pass; composed targets run alone.
+        text_only = [i for i, t in enumerate(targets) if not t.has_visual]
+        visual = [i for i, t in enumerate(targets) if t.has_visual and t.text is None]
+        composed = [i for i, t in enumerate(targets) if t.has_visual and t.text is not None]
+        if text_only:
+            for i, seg in zip(text_only, self._grounding(features, mask_features, ms, [targets[i].text for i in text_only],
+                                                          vocab, vocab_emb, max_masks)):
+                results[i] = seg
+        groups = ([visual] if visual else []) + [[i] for i in composed]
+        for group in groups:
+            segs = self._spatial(features, mask_features, ms, [targets[i] for i in group], [memories[i] for i in group],
+                                 vocab, vocab_emb, max_masks, draws)
+            for i, seg in zip(group, segs):
+                results[i] = seg
+        elapsed = (time.perf_counter() - started) * 1000
+        for seg in results:
+            seg.timings_ms.setdefault("decode", elapsed)
+        return results[0] if single else results  # type: ignore[return-value]
+
+    def _grounding(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
+                   texts: list[str], vocab: Vocabulary, vocab_emb: torch.Tensor, max_masks: int) -> list[Segmentation]:
+        m = self.model
+        grounding, phrase_emb = m.grounding_input([texts])
+        out = m.decoder(ms, mask_features, object_queries=False, grounding=grounding)
+        g = out.final[GROUNDING]
+        scores = grounding_scores(g.class_emb[0], phrase_emb[0], m.text_encoder.logit_scale,
+                                  self.cfg.inference.grounding_temperature_max)  # Q x P
+        probs = scores.softmax(0)
+        segs = []
+        for p in range(len(texts)):
+            order = scores[:, p].argsort(descending=True)[:max_masks]
+            logits = to_original(g.masks[0, order], features.padded_size, features.input_size,
+                                 features.original_size, "bicubic")
+            masks = []
+            for j, q in enumerate(order.tolist()):
+                label, label_score, k = self._label(g.class_emb[0, q], vocab, vocab_emb)
+                masks.append(MaskResult((logits[j] > 0).cpu().numpy(), float(probs[q, p]), label, label_score, k))
+            segs.append(Segmentation(masks, memory=g.masks[0, order[0]][None, None].cpu()))
+        return segs
+
+    def _visual_tokens(self, target: Prompts, features: ImageFeatures, mask_features: torch.Tensor,
+                       ms: list[torch.Tensor], generator: torch.Generator) -> SpatialTokens:
+        parts = []
+        if target.spatial:
+            raster = PromptRasterizer(features.original_size, features.input_size)
+            pos, neg = raster.prompt_masks(target.spatial, features.padded_size)
+            parts.append(self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), mask_features[0],
+                                                   [x[0] for x in ms], generator))
+        for ref in target.referring:
+            parts.append(self._referring_tokens(ref, generator))
+        return SpatialTokens.concat(parts)
+
+    def _referring_tokens(self, ref: ReferringRegion, generator: torch.Generator) -> SpatialTokens:
+        """Tokens of a region of another image, sampled on that image's own features."""
+        if not ref.region:
+            raise PromptError("referring prompt: the region is empty")
+        raster = PromptRasterizer(ref.features.original_size, ref.features.input_size)
+        pos, neg = raster.prompt_masks(tuple(ref.region), ref.features.padded_size)
+        if not pos.any():
+            raise PromptError("referring prompt: the region needs a positive part")
+        mf, ms = self._maps(ref.features)
+        return self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), mf[0], [x[0] for x in ms], generator)
+
+    def _memory(self, previous: np.ndarray | torch.Tensor | None, features: ImageFeatures) -> torch.Tensor | None:
+        if previous is None:
+            return None
+        h4, w4 = features.padded_size[0] // 4, features.padded_size[1] // 4
+        if isinstance(previous, torch.Tensor):
+            t = previous.to(self.device, torch.float32)
+            if t.shape[-2:] != (h4, w4):
+                raise PromptError(f"previous mask logits must be {h4} x {w4} for this image, got {tuple(t.shape[-2:])}")
+            return t.reshape(1, 1, h4, w4)
+        mask = np.asarray(previous)
+        if mask.shape != tuple(features.original_size):
+            raise PromptError(f"previous_mask has shape {mask.shape}, the image is {features.original_size}")
+        return mask_to_memory(mask.astype(bool), features.input_size, features.padded_size).to(self.device)
+
+    def _spatial(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
+                 targets: list[Prompts], memories: list, vocab: Vocabulary, vocab_emb: torch.Tensor,
+                 max_masks: int, draws: Draws | None) -> list[Segmentation]:
+        m = self.model
+        generator = torch.Generator().manual_seed(self.seed)
+        per_target = [self._visual_tokens(t, features, mask_features, ms, generator) for t in targets]
+        ns = len(targets)
+        # One token set with a prompt index per target.
+        tokens = SpatialTokens(
+            tokens=[torch.cat([t.tokens[l] for t in per_target]) for l in range(len(per_target[0].tokens))],
+            token_prompt=[torch.cat([t.token_prompt[l] * 0 + i for i, t in enumerate(per_target)])
+                          for l in range(len(per_target[0].tokens))],
+            pos_embed=torch.cat([t.pos_embed for t in per_target]),
+            neg_embed=torch.cat([t.neg_embed for t in per_target]),
+        )
+        draws = draws or Draws()
+        source = draws.query_source if draws.query_source is not None else m.decoder.draw_query_sources(ns, generator)
+        prev = [self._memory(mem, features) for mem in memories]
+        prev_mask = None
+        memory_prompt = None
+        if any(p is not None for p in prev):
+            if any(p is None for p in prev):
+                raise PromptError("give a previous mask for every target of a multi-object request, or for none")
+            prev_mask = torch.cat(prev, dim=1)
+            memory_prompt = draws.memory_prompt if draws.memory_prompt is not None else \
+                m.decoder.draw_memory_assignment(ns, generator)
+        grounding = None
+        text = targets[0].text if len(targets) == 1 else None
+        if text is not None:
+            grounding, _ = m.grounding_input([[text]])
+        spatial = m.spatial_input([tokens], source.to(self.device), prev_mask, memory_prompt, see_text=text is not None)
+        out = m.decoder(ms, mask_features, object_queries=False, grounding=grounding, spatial=spatial)
+        s = out.final[SPATIAL]
+        qpp = self.cfg.decoder.queries_per_prompt
+        sel = spatial_selection_logits(s.mask_emb[0], spatial.pos_embed[0], qpp)  # (ns*q) x ns
+        segs = []
+        for p in range(ns):
+            own = sel[p * qpp:(p + 1) * qpp, p]
+            probs = own.softmax(0)
+            order = (own.argsort(descending=True) + p * qpp)[:max_masks]
+            logits = to_original(s.masks[0, order], features.padded_size, features.input_size,
+                                 features.original_size, "bilinear")
+            masks = []
+            for j, q in enumerate(order.tolist()):
+                label, label_score, k = self._label(s.class_emb[0, q], vocab, vocab_emb)
+                masks.append(MaskResult((logits[j].sigmoid() > 0.5).cpu().numpy(), float(probs[q - p * qpp]),
+                                        label, label_score, k))
+            segs.append(Segmentation(masks, memory=s.masks[0, order[0]][None, None].cpu()))
+        return segs
+
+    # ------------------------------------------------------------------ generic segmentation
+    @torch.inference_mode()
+    def panoptic(self, features: ImageFeatures, vocabulary: Vocabulary | Sequence[str] | None = None,
+                 *, semantic: bool = False) -> PanopticResult:
+        """Panoptic segmentation with an open vocabulary (stuff names merge per class)."""
+        started = time.perf_counter()
+        vocab = self.vocabulary(vocabulary)
+        vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names)
+        mask_features, ms = self._maps(features)
+        out = self.model.decoder(ms, mask_features, object_queries=True)
+        obj = out.final[OBJECT]
+        logits = self.model.class_logits(obj.class_emb, vocab_emb)[0]
+        inf = self.cfg.inference
+        idx, scores, labels = panoptic_keep(logits, inf.object_mask_threshold)
+        masks = to_original(obj.masks[0, idx], features.padded_size, features.input_size, features.original_size)
+        is_thing = [vocab.is_thing(k) for k in range(len(vocab.names))]
+        seg_map, segments = panoptic_merge(scores, labels, masks, is_thing, inf.overlap_threshold)
+        seg_np = seg_map.cpu().numpy()
+        results = []
+        for seg in segments:
+            seg["label"] = vocab.names[seg["category_id"]]
+            mask = seg_np == seg["id"]
+            seg["area"] = int(mask.sum())
+            results.append(MaskResult(mask, seg["score"], seg["label"], seg["score"], seg["category_id"]))
+        timings = {"decode": (time.perf_counter() - started) * 1000}
+        result = PanopticResult(seg_np, segments, results, timings)
+        if semantic:
+            all_masks = to_original(obj.masks[0], features.padded_size, features.input_size, features.original_size)
+            result.semantic = semantic_inference(logits, all_masks).cpu().numpy()
+        return result
+
+    @torch.inference_mode()
+    def instances(self, features: ImageFeatures, vocabulary: Vocabulary | Sequence[str] | None = None,
+                  top_k: int | None = None) -> list[MaskResult]:
+        """Instance segmentation (thing classes), the reference's top-k over query x class."""
+        vocab = self.vocabulary(vocabulary)
+        vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names)
+        mask_features, ms = self._maps(features)
+        obj = self.model.decoder(ms, mask_features, object_queries=True).final[OBJECT]
+        logits = self.model.class_logits(obj.class_emb, vocab_emb)[0]
+        masks = to_original(obj.masks[0], features.padded_size, features.input_size, features.original_size)
+        is_thing = [vocab.is_thing(k) for k in range(len(vocab.names))] if vocab.stuff else None
+        inst = instance_inference(logits, masks, top_k or self.cfg.inference.detections_per_image, is_thing)
+        order = inst["scores"].argsort(descending=True)
+        return [MaskResult(inst["masks"][i].cpu().numpy(), float(inst["scores"][i]), vocab.names[int(inst["labels"][i])],
+                           float(inst["scores"][i]), int(inst["labels"][i])) for i in order.tolist()]
