@@ -97,6 +97,10 @@ def draw_memory_assignment(num_layers: int, num_memories: int, num_prompts: int,
 
 
 class SeemDecoder(nn.Module):
+    # Up to this many queries, intermediate rounds compute stride-4 masks and resize them;
+    # beyond it they compute masks only where the next level's bilinear taps read.
+    STRIDE4_QUERY_LIMIT = 16
+
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -210,12 +214,18 @@ class SeemDecoder(nn.Module):
         resamplers: dict[int, LevelResampler] = {}
         output = DecoderOutput()
 
+        num_head_queries = sum(content[n].shape[1] for n in head_names)
+
         def run_heads(next_level: int, full: bool) -> torch.Tensor:
             """Heads on the cross-attention groups; returns the next layer's attention mask."""
             x = torch.cat([content[n] for n in head_names], dim=1)
-            heads = self.heads(x, mask_features if full else None)
-            if full:
+            # With few queries the stride-4 masks are cheaper than gathering the map's rows.
+            stride4 = full or num_head_queries <= self.STRIDE4_QUERY_LIMIT
+            heads = self.heads(x, mask_features if stride4 else None)
+            if stride4:
                 level_masks = F.interpolate(heads.masks, size=sizes[next_level], mode="bilinear", align_corners=False)
+                if not full:
+                    heads.masks = None
             else:
                 if next_level not in resamplers:
                     resamplers[next_level] = LevelResampler(mask_features, sizes[next_level])

@@ -84,7 +84,12 @@ class LevelResampler:
         rx[torch.arange(ox), col_pos[x1]] += wx1
         self.ry = ry.to(dtype=dtype, device=device)
         self.rx_t = rx.t().contiguous().to(dtype=dtype, device=device)
-        self.sub = mask_features[:, :, rows.to(device)][:, :, :, cols.to(device)].contiguous()
+        sub = mask_features
+        if len(rows) < h:
+            sub = sub.index_select(2, rows.to(device))
+        if len(cols) < w:
+            sub = sub.index_select(3, cols.to(device))
+        self.sub = sub
         self.size = size
 
     def __call__(self, mask_emb: torch.Tensor) -> torch.Tensor:

@@ -97,14 +97,16 @@ class MultiheadAttention(nn.Module):
         )
         if use_input_space:
             # Scores and values in the memory's input space (see the module docstring).
-            wk_h = w_k.view(self.num_heads, self.head_dim, e)
-            qk = torch.matmul(q, wk_h)  # B x h x Nq x E
-            scores = torch.matmul(qk, key.transpose(1, 2).unsqueeze(1))  # B x h x Nq x Nk
+            b, h = query.shape[0], self.num_heads
+            wk_h = w_k.view(h, self.head_dim, e)
+            qk = torch.matmul(q, wk_h).reshape(b, h * nq, e)  # queries moved into the key's input space
+            # Heads folded into rows so the memory is read once, not broadcast per head.
+            scores = torch.bmm(qk, key.transpose(1, 2)).view(b, h, nq, nk)
             probs = _masked_softmax(scores, attn_mask)
-            pooled = torch.matmul(probs, value.unsqueeze(1))  # B x h x Nq x E
-            wv_h = w_v.view(self.num_heads, self.head_dim, e)
+            pooled = torch.bmm(probs.reshape(b, h * nq, nk), value).view(b, h, nq, e)
+            wv_h = w_v.view(h, self.head_dim, e)
             out = torch.matmul(pooled, wv_h.transpose(1, 2))  # B x h x Nq x d
-            out = out + b_v.view(self.num_heads, 1, self.head_dim) * probs.sum(-1, keepdim=True)
+            out = out + b_v.view(h, 1, self.head_dim) * probs.sum(-1, keepdim=True)
         else:
             k = self._split(F.linear(key, w_k, b_k))
             v = self._split(F.linear(value, w_v, b_v))
