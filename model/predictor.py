@@ -148,8 +148,11 @@ class SeemPredictor:
         """(K + 1) x D embeddings (names, then "background"); cached per name."""
         return self.model.text_encoder.vocabulary_embeddings(self.vocabulary(vocabulary).names)
 
-    def _label(self, class_emb: torch.Tensor, vocab: Vocabulary, vocab_emb: torch.Tensor) -> tuple[str, float, int]:
+    def _label(self, class_emb: torch.Tensor, vocab: Vocabulary | None,
+               vocab_emb: torch.Tensor | None) -> tuple[str | None, float | None, int | None]:
         """Best real class of one query (no-object excluded) and its softmax probability."""
+        if vocab is None:
+            return None, None, None
         probs = self.model.class_logits(class_emb[None], vocab_emb)[0].softmax(-1)
         k = int(probs[:-1].argmax())
         return vocab.names[k], float(probs[k]), k
@@ -184,8 +187,9 @@ class SeemPredictor:
         if max_masks < 1:
             raise PromptError("max_masks must be at least 1")
         started = time.perf_counter()
-        vocab = self.vocabulary(vocabulary)
-        vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names)
+        # Labels need a vocabulary; without one (and no default) masks come unlabelled.
+        vocab = self.vocabulary(vocabulary) if vocabulary is not None or self.default_vocabulary.names else None
+        vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names) if vocab else None
         mask_features, ms = self._maps(features)
         results: list[Segmentation | None] = [None] * len(targets)
         # Text-only targets share one grounding pass (as the reference grounds several phrases);
@@ -209,7 +213,7 @@ class SeemPredictor:
         return results[0] if single else results  # type: ignore[return-value]
 
     def _grounding(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
-                   texts: list[str], vocab: Vocabulary, vocab_emb: torch.Tensor, max_masks: int) -> list[Segmentation]:
+                   texts: list[str], vocab: Vocabulary | None, vocab_emb: torch.Tensor | None, max_masks: int) -> list[Segmentation]:
         m = self.model
         grounding, phrase_emb = m.grounding_input([texts])
         out = m.decoder(ms, mask_features, object_queries=False, grounding=grounding)
@@ -267,7 +271,7 @@ class SeemPredictor:
         return mask_to_memory(mask.astype(bool), features.input_size, features.padded_size).to(self.device)
 
     def _spatial(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
-                 targets: list[Prompts], memories: list, vocab: Vocabulary, vocab_emb: torch.Tensor,
+                 targets: list[Prompts], memories: list, vocab: Vocabulary | None, vocab_emb: torch.Tensor | None,
                  max_masks: int, draws: Draws | None) -> list[Segmentation]:
         m = self.model
         generator = torch.Generator().manual_seed(self.seed)

@@ -1,0 +1,126 @@
+"""Per-part semantics of the network, on CPU in seconds (random weights)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.decoder import OBJECT, SPATIAL
+from model.heads import LevelResampler
+from model.text_encoder import PROMPT_TEMPLATES, clean_class_name
+from model.tokenizer import get_tokenizer
+from model.transformer import MultiheadAttention
+
+
+def test_tokenizer_matches_clip_ids() -> None:
+    tok = get_tokenizer()
+    assert tok.tokenize_ids("a photo of a dog", 77) == [49406, 320, 1125, 539, 320, 1929, 49407]
+    ids, mask = tok(["the red circle", "x " * 100], 77)
+    assert ids.shape == (2, 77) and int(mask[0].sum()) == 5
+    assert ids[1, -1] == tok.eot_token_id and int(mask[1].sum()) == 77  # truncated, EOT kept
+    assert tok.decode(tok.encode("Hello, world!")) == "hello , world !"
+
+
+def test_fully_masked_attention_row_gives_zero_update() -> None:
+    torch.manual_seed(0)
+    attn = MultiheadAttention(16, 2).eval()
+    x = torch.randn(1, 4, 16)
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 2] = True  # row 2 blocked everywhere
+    with torch.no_grad():
+        out = attn(x, x, x, mask)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[0, 2], attn.out_proj.bias)  # zero attention, then the bias
+
+
+def test_input_space_attention_equals_projected_attention() -> None:
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4).eval()
+    q, k, v = torch.randn(2, 3, 32), torch.randn(2, 400, 32), torch.randn(2, 400, 32)
+    mask = torch.rand(2, 1, 3, 400) > 0.7
+    with torch.no_grad():
+        fast = attn(q, k, v, mask)  # few queries, long memory: the input-space path
+    slow = attn(q, k, v, mask)  # with grad enabled: the projected path
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_level_resampler_equals_bilinear_resize_of_full_masks() -> None:
+    torch.manual_seed(0)
+    feats = torch.randn(1, 8, 40, 56)
+    emb = torch.randn(1, 5, 8)
+    full = torch.einsum("bqc,bchw->bqhw", emb, feats)
+    for size in ((5, 7), (10, 14), (20, 28)):
+        expected = F.interpolate(full, size=size, mode="bilinear", align_corners=False)
+        assert torch.allclose(LevelResampler(feats, size)(emb), expected, atol=1e-5)
+
+
+def test_object_queries_are_unaffected_by_prompts(tiny_model, tiny_predictor, photo) -> None:
+    f = tiny_predictor.encode([photo])[0]
+    mf, ms = tiny_predictor._maps(f)
+    m = tiny_model
+    with torch.no_grad():
+        plain = m.decoder(ms, mf, object_queries=True).final[OBJECT]
+        pos = torch.zeros(1, *f.padded_size, dtype=torch.bool)
+        pos[0, 40:60, 50:90] = True
+        tokens = m.spatial_tokens(pos, torch.zeros_like(pos), mf[0], [x[0] for x in ms])
+        spatial = m.spatial_input([tokens], torch.tensor([0, 3, 5]))
+        grounding, _ = m.grounding_input([["the red circle"]])
+        both = m.decoder(ms, mf, object_queries=True, spatial=spatial, grounding=grounding).final
+    assert torch.allclose(plain.class_emb, both[OBJECT].class_emb, atol=1e-5)
+    assert torch.allclose(plain.masks, both[OBJECT].masks, atol=1e-4)
+
+
+def test_fully_blocked_cross_attention_rows_are_unblocked(tiny_model, tiny_predictor, photo) -> None:
+    """All masks negative blocks every row everywhere, which must behave like no mask at
+    all; all masks positive blocks nothing. The queries' class embeddings (which only see
+    the masks through attention) must then agree."""
+    f = tiny_predictor.encode([photo])[0]
+    mf, ms = tiny_predictor._maps(f)
+    last = tiny_model.decoder.heads.mask_embed.layers[-1]
+    saved = last.weight.detach().clone(), last.bias.detach().clone()
+    outs = []
+    try:
+        with torch.no_grad():
+            last.weight.zero_()
+            for bias in (-50.0, 50.0):
+                last.bias.fill_(bias)
+                # Constant mask features: every mask logit has the sign of the bias.
+                outs.append(tiny_model.decoder(ms, torch.ones_like(mf), object_queries=True).final[OBJECT].class_emb)
+    finally:
+        with torch.no_grad():
+            last.weight.copy_(saved[0])
+            last.bias.copy_(saved[1])
+    assert torch.isfinite(outs[0]).all()
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_vocabulary_prefix_cache_matches_full_encoding(tiny_model) -> None:
+    te = tiny_model.text_encoder
+    names = ["red circle", "t-shirt", "wall-other-merged", "a" * 30, "sky."]
+    with torch.no_grad():
+        te.clear_cache()
+        fast = te.class_embeddings(names)
+        prompts = [t.format(clean_class_name(n)) for n in names for t in PROMPT_TEMPLATES]
+        full = te.encode_sentences(prompts).view(len(names), len(PROMPT_TEMPLATES), -1).mean(1)
+    full = full / full.norm(dim=-1, keepdim=True)
+    assert torch.allclose(fast, full, atol=1e-5)
+
+
+def test_spatial_queries_only_see_their_own_prompt(tiny_model, tiny_predictor, photo) -> None:
+    """Two prompts in one pass give each prompt the same answer as alone (v1 multi-object)."""
+    f = tiny_predictor.encode([photo])[0]
+    mf, ms = tiny_predictor._maps(f)
+    m = tiny_model
+    a = torch.zeros(1, *f.padded_size, dtype=torch.bool)
+    a[0, 40:43, 50:53] = True
+    b = torch.zeros_like(a)
+    b[0, 100:140, 150:200] = True
+    none = torch.zeros_like(a)
+    with torch.no_grad():
+        tok_a = m.spatial_tokens(a, none, mf[0], [x[0] for x in ms])
+        alone = m.decoder(ms, mf, object_queries=False, spatial=m.spatial_input([tok_a], torch.tensor([1, 2, 3])))
+        tok_ab = m.spatial_tokens(torch.cat([a, b]), torch.cat([none, none]), mf[0], [x[0] for x in ms])
+        pair = m.decoder(ms, mf, object_queries=False,
+                         spatial=m.spatial_input([tok_ab], torch.tensor([1, 2, 3, 4, 5, 6])))
+    assert torch.allclose(alone.final[SPATIAL].masks[0], pair.final[SPATIAL].masks[0, :3], atol=1e-4)

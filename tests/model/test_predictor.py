@@ -1,0 +1,166 @@
+"""The predictor API: batching, determinism, prompts, rounds, geometry, errors."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from model import (Box, Draws, MaskPrompt, Point, Polygon, PromptError, Prompts, ReferringRegion, Scribble,
+                   SeemPredictor, build_model)
+from model.checkpoint import load_checkpoint
+from model.config import load_config_file
+from model.seem import Seem
+from model.transforms import PromptRasterizer, resized_size
+
+from .conftest import TINY_FIXTURE
+
+
+def test_batch_of_two_equals_two_single_calls(tiny_predictor, photo) -> None:
+    other = np.ascontiguousarray(photo[::-1, ::-1])
+    smaller = photo[:100, :150]
+    batch = tiny_predictor.encode([photo, other, smaller])
+    singles = [tiny_predictor.encode([im])[0] for im in (photo, other, smaller)]
+    for b, s in zip(batch, singles):
+        assert b.original_size == s.original_size and b.padded_size == s.padded_size
+        for key in s.tensors:
+            assert torch.allclose(b.tensors[key], s.tensors[key], atol=1e-5), key
+
+
+def test_same_call_twice_gives_the_same_output(tiny_predictor, photo) -> None:
+    f = tiny_predictor.encode([photo])[0]
+    prompts = Prompts(spatial=(Point(60, 50), Box(100, 80, 160, 150), Point(20, 20, positive=False)))
+    a = tiny_predictor.decode(f, prompts, vocabulary=["circle", "sky"], max_masks=3)
+    b = tiny_predictor.decode(f, prompts, vocabulary=["circle", "sky"], max_masks=3)
+    assert [m.score for m in a.masks] == [m.score for m in b.masks]
+    assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a.masks, b.masks))
+    assert torch.equal(a.memory, b.memory)
+
+
+def test_a_negative_click_changes_the_mask(tiny_predictor, photo) -> None:
+    f = tiny_predictor.encode([photo])[0]
+    pos = tiny_predictor.decode(f, Prompts(spatial=(Point(60, 50),)))
+    both = tiny_predictor.decode(f, Prompts(spatial=(Point(60, 50), Point(200, 150, positive=False))))
+    assert pos.masks[0].mask.shape == photo.shape[:2]
+    assert not torch.equal(pos.memory, both.memory)
+
+
+def test_every_prompt_kind_and_composition_decodes(tiny_predictor, photo) -> None:
+    f = tiny_predictor.encode([photo])[0]
+    other = tiny_predictor.encode([photo[:, ::-1].copy()])[0]
+    mask = np.zeros(photo.shape[:2], dtype=bool)
+    mask[30:60, 40:90] = True
+    kinds = [
+        Prompts(text="the red circle"),
+        Prompts(spatial=(Point(10, 10),)),
+        Prompts(spatial=(Box(5, 5, 60, 40),)),
+        Prompts(spatial=(Scribble(((5, 5), (50, 30), (80, 20))),)),
+        Prompts(spatial=(Polygon(((5, 5), (60, 5), (30, 40))),)),
+        Prompts(spatial=(MaskPrompt(mask),)),
+        Prompts(referring=(ReferringRegion(other, (Point(100, 80),)),)),
+        Prompts(text="circle", spatial=(Point(10, 10),)),
+        Prompts(text="circle", referring=(ReferringRegion(other, (Box(10, 10, 50, 50),)),)),
+    ]
+    for prompts in kinds:
+        seg = tiny_predictor.decode(f, prompts, vocabulary=["circle", "square", "sky"], max_masks=2)
+        assert len(seg.masks) == 2
+        assert seg.masks[0].mask.shape == photo.shape[:2] and seg.masks[0].mask.dtype == bool
+        assert seg.masks[0].label in ("circle", "square", "sky")
+        assert 0.0 <= seg.masks[0].score <= 1.0 and seg.masks[0].score >= seg.masks[1].score
+        assert seg.memory.shape == (1, 1, f.padded_size[0] // 4, f.padded_size[1] // 4)
+
+
+def test_multi_object_pass_and_rounds(tiny_predictor, photo) -> None:
+    f = tiny_predictor.encode([photo])[0]
+    targets = [Prompts(spatial=(Point(10, 10),)), Prompts(spatial=(Box(100, 80, 160, 150),))]
+    first = tiny_predictor.decode(f, targets)
+    assert len(first) == 2
+    second = tiny_predictor.decode(f, targets, previous_mask=[s.memory for s in first])
+    assert len(second) == 2
+    # A boolean previous mask in original pixels works too (what the HTTP API sends).
+    boolean = tiny_predictor.decode(f, targets[0], previous_mask=first[0].masks[0].mask)
+    assert boolean.masks[0].mask.shape == photo.shape[:2]
+    with pytest.raises(PromptError, match="previous"):
+        tiny_predictor.decode(f, targets, previous_mask=[first[0].memory])
+
+
+def test_prompts_outside_the_image_are_rejected(tiny_predictor, photo) -> None:
+    f = tiny_predictor.encode([photo])[0]
+    h, w = photo.shape[:2]
+    for bad in (Point(w, 10), Point(-1, 5), Box(0, 0, w + 5, 10), Scribble(((1, 1), (2, h))),
+                Polygon(((1, 1), (2, 2)))):
+        with pytest.raises(PromptError):
+            tiny_predictor.decode(f, Prompts(spatial=(bad,)))
+    with pytest.raises(PromptError, match="shape"):
+        tiny_predictor.decode(f, Prompts(spatial=(MaskPrompt(np.ones((3, 3), dtype=bool)),)))
+    with pytest.raises(ValueError):
+        Prompts(text="   ")
+
+
+def test_rasterised_prompts_land_where_the_user_pointed() -> None:
+    r = PromptRasterizer((100, 200), (128, 256))  # 1.28x upscale
+    m = r.rasterize(Point(100, 50))
+    ys, xs = np.nonzero(m)
+    assert m.sum() == 9 and abs(xs.mean() - (100.5 * 1.28 - 0.5)) <= 0.5 and abs(ys.mean() - (50.5 * 1.28 - 0.5)) <= 0.5
+    b = r.rasterize(Box(10, 20, 29, 39))  # 20 x 20 original pixels
+    ys, xs = np.nonzero(b)
+    assert xs.min() == 12 and xs.max() == 38 and ys.min() == 25 and ys.max() == 51
+
+
+def test_resize_rule_is_shortest_edge_with_cap() -> None:
+    assert resized_size(512, 683, 512) == (512, 683)
+    assert resized_size(1000, 500, 512) == (1024, 512)
+    assert resized_size(100, 1000, 256, 512) == (51, 512)
+    assert resized_size(200, 240, None) == (200, 240)
+
+
+def test_backbone_stage_features_materialise_to_the_same_masks(tiny_predictor, photo) -> None:
+    full = tiny_predictor.encode([photo])[0]
+    early = tiny_predictor.encode([photo], stage="backbone")[0]
+    assert early.nbytes < full.nbytes
+    a = tiny_predictor.decode(full, Prompts(spatial=(Point(60, 50),)))
+    b = tiny_predictor.decode(early, Prompts(spatial=(Point(60, 50),)))
+    assert np.array_equal(a.masks[0].mask, b.masks[0].mask)
+
+
+def test_panoptic_and_instances_cover_the_image_consistently(tiny_predictor, photo) -> None:
+    f = tiny_predictor.encode([photo])[0]
+    pan = tiny_predictor.panoptic(f, ["circle", "square", "sky"], semantic=True)
+    assert pan.segment_map.shape == photo.shape[:2]
+    assert pan.semantic.shape == (3, *photo.shape[:2])
+    for seg, m in zip(pan.segments, pan.masks):
+        assert np.array_equal(m.mask, pan.segment_map == seg["id"]) and m.label == seg["label"]
+    inst = tiny_predictor.instances(f, ["circle", "square"], top_k=5)
+    assert len(inst) == 5 and all(i.mask.shape == photo.shape[:2] for i in inst)
+
+
+@pytest.mark.skipif(not TINY_FIXTURE.is_dir(), reason="reference fixtures (shared/seem-reference) not present")
+def test_predictor_reproduces_the_reference_round_two() -> None:
+    """The predictor's own path (rasterised clicks, selection, resizing to the original size)
+    gives the reference's interactive masks, with the reference's draws injected."""
+    cfg = load_config_file(TINY_FIXTURE / "config.yaml")
+    cfg = cfg.replace(inference=replace(cfg.inference, resize_shortest_edge=None))
+    model = Seem(cfg)
+    load_checkpoint(model, TINY_FIXTURE / "weights.safetensors")
+    predictor = SeemPredictor(model, device="cpu")
+    spec = json.loads((TINY_FIXTURE / "spec.json").read_text())
+    image = np.load(TINY_FIXTURE / "inputs.npz")["image"]
+    f = predictor.encode([image])[0]
+    # The fixture's final masks are at a simulated original size: resize the features' geometry.
+    f = replace(f, original_size=tuple(spec["orig_hw"]))
+    cy, cx = spec["prompts"]["click"]["yx"]
+    ny, nx = spec["prompts"]["neg_click"]["yx"]
+    scale = spec["orig_hw"][0] / image.shape[0]
+    r1 = np.load(TINY_FIXTURE / "spatial_point.npz")
+    r2 = np.load(TINY_FIXTURE / "spatial_point_round2.npz")
+    click = Point((cx + 0.5) * scale - 0.5, (cy + 0.5) * scale - 0.5)
+    first = predictor.decode(f, Prompts(spatial=(click,)),
+                             draws=Draws(query_source=torch.from_numpy(r1["spatial_query_source_idx"])))
+    assert (first.masks[0].mask != r1["final_mask"][0]).sum() <= 5
+    neg = Point((nx + 0.5) * scale - 0.5, (ny + 0.5) * scale - 0.5, positive=False)
+    second = predictor.decode(f, Prompts(spatial=(click, neg)), previous_mask=first.memory,
+                              draws=Draws(query_source=torch.from_numpy(r2["spatial_query_source_idx"]),
+                                          memory_prompt=torch.from_numpy(r2["memory_indices"])))
+    assert (second.masks[0].mask != r2["final_mask"][0]).sum() <= 5

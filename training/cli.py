@@ -1,0 +1,83 @@
+"""`seem train` and `seem eval` (heavy imports stay inside the commands)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    t = subparsers.add_parser(
+        "train", help="train SEEM on Ray Train (Shapes World or a COCO dataset)",
+        description="Trains (or fine-tunes) SEEM with the seeds' losses on Ray Train. A run with the same "
+                    "--name and --storage resumes from its last checkpoint.")
+    t.add_argument("--model", default="seem-tiny", help="registered model name or config file")
+    t.add_argument("--init-weights", default=None, help="start from these weights (fine-tuning)")
+    t.add_argument("--dataset", default="shapes-world", help="'shapes-world' or a COCO annotations JSON")
+    t.add_argument("--images", default=None, help="COCO image folder (default: beside the JSON)")
+    t.add_argument("--steps", type=int, default=20000)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--max-rounds", type=int, default=3, help="interactive rounds simulated per step (0..N)")
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--loss-weights", default=None, help="JSON of loss weights to override, e.g. '{\"grounding_class\": 2}'")
+    t.add_argument("--storage", default="runs", help="checkpoint location: a folder or s3://bucket/prefix")
+    t.add_argument("--name", default="seem-tiny", help="run name (same name + storage resumes)")
+    t.add_argument("--workers", type=int, default=1)
+    t.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    t.add_argument("--cpus-per-worker", type=float, default=1.0)
+    t.add_argument("--endpoint-url", default=None, help="S3 endpoint for --storage (default: AWS environment)")
+    t.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    t.add_argument("--export", default=None, help="write the final weights (safetensors) here")
+    t.set_defaults(func=_train)
+
+    e = subparsers.add_parser(
+        "eval", help="the paper's metrics on held-out Shapes World scenes",
+        description="PQ/mIoU, referring cIoU/mIoU, NoC85/NoC90, 1-IoU per prompt type, text vs text+click.")
+    e.add_argument("--model", default="seem-tiny")
+    e.add_argument("--weights", default="default", help="checkpoint (default: the model's shipped weights)")
+    e.add_argument("--seed", type=int, default=12345, help="first scene of the held-out test split")
+    e.add_argument("--images", type=int, default=200)
+    e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    e.set_defaults(func=_eval)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .losses import LossWeights
+    from .train import TrainConfig, run_training
+
+    loss = LossWeights(**json.loads(args.loss_weights)) if args.loss_weights else LossWeights()
+    cfg = TrainConfig(model=args.model, init_weights=args.init_weights, steps=args.steps, batch_size=args.batch_size,
+                      lr=args.lr, max_rounds=args.max_rounds, seed=args.seed, dataset=args.dataset,
+                      images=args.images, checkpoint_every=args.checkpoint_every, loss=loss)
+    result = run_training(cfg, storage_path=args.storage, name=args.name, num_workers=args.workers,
+                          use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                          endpoint_url=args.endpoint_url, address=args.address)
+    if result.error:
+        print(f"training failed: {result.error}", file=sys.stderr)
+        return 1
+    print(f"final metrics: {json.dumps(result.metrics)}")
+    if result.checkpoint is not None:
+        print(f"last checkpoint: {result.checkpoint.path}")
+        if args.export:
+            with result.checkpoint.as_directory() as d:
+                Path(args.export).write_bytes((Path(d) / "model.safetensors").read_bytes())
+            print(f"weights written to {args.export}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from model.predictor import SeemPredictor
+
+    from .evaluate import evaluate, format_table
+
+    weights = None if args.weights in ("none", "random") else args.weights
+    predictor = SeemPredictor.from_pretrained(args.model, weights=weights)
+    result = evaluate(predictor, seed=args.seed, images=args.images)
+    print(format_table(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0

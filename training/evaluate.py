@@ -1,0 +1,195 @@
+"""`seem eval`: the paper's tables on held-out Shapes World scenes, through the predictor API.
+
+- generic: PQ (panoptic quality, things + stuff, IoU > 0.5 matches per category) and mIoU
+  (per-class IoU of the semantic map, accumulated over the images);
+- referring: cIoU (cumulative intersection over cumulative union of every phrase) and mIoU;
+- interactive: NoC85 / NoC90, the mean number of clicks to reach 85% / 90% IoU (at most
+  20; the first click inside the object, the next ones from the reference's simulator on
+  the previous answer, with the previous mask as memory);
+- 1-IoU per prompt type (point, stroke, scribble, polygon, box): IoU after one prompt;
+- composition: IoU of text alone vs text + one click, on objects that have a phrase.
+Scenes come from the test split (seeds offset into a range training never draws from).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.predictor import SeemPredictor
+from model.types import Point, Prompts
+
+from . import prompt_sampling as ps
+from .data import PROMPT_KINDS, sample_prompt
+from .shapes_world import CATEGORIES, Scene, default_vocabulary, generate_scene, split_seeds
+
+MAX_CLICKS = 20
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@dataclass
+class PanopticAccumulator:
+    """PQ per category from matched segments; per-class intersection/union for mIoU."""
+
+    num_classes: int
+    iou_sum: np.ndarray = field(init=False)
+    tp: np.ndarray = field(init=False)
+    fp: np.ndarray = field(init=False)
+    fn: np.ndarray = field(init=False)
+    inter: np.ndarray = field(init=False)
+    union: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        k = self.num_classes
+        self.iou_sum, self.tp, self.fp, self.fn = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
+        self.inter, self.union = np.zeros(k), np.zeros(k)
+
+    def add_panoptic(self, gt: list[tuple[int, np.ndarray]], pred: list[tuple[int, np.ndarray]]) -> None:
+        """gt / pred: (category, mask) per segment; a match needs the same category and IoU > 0.5."""
+        matched_pred = set()
+        for c, g in gt:
+            best, best_j = 0.0, None
+            for j, (pc, p) in enumerate(pred):
+                if pc != c or j in matched_pred:
+                    continue
+                v = iou(g, p)
+                if v > best:
+                    best, best_j = v, j
+            if best > 0.5:
+                matched_pred.add(best_j)
+                self.tp[c] += 1
+                self.iou_sum[c] += best
+            else:
+                self.fn[c] += 1
+        for j, (pc, _) in enumerate(pred):
+            if j not in matched_pred:
+                self.fp[pc] += 1
+
+    def add_semantic(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        """H x W class maps (-1 = no prediction)."""
+        for c in range(self.num_classes):
+            g, p = gt == c, pred == c
+            self.inter[c] += np.logical_and(g, p).sum()
+            self.union[c] += np.logical_or(g, p).sum()
+
+    def pq(self) -> tuple[float, float, float]:
+        present = (self.tp + self.fp + self.fn) > 0
+        denom = self.tp + 0.5 * self.fp + 0.5 * self.fn
+        pq = np.where(present, self.iou_sum / np.maximum(denom, 1e-9), 0.0)
+        sq = np.where(self.tp > 0, self.iou_sum / np.maximum(self.tp, 1), 0.0)
+        rq = np.where(present, self.tp / np.maximum(denom, 1e-9), 0.0)
+        return float(pq[present].mean()), float(sq[present].mean()), float(rq[present].mean())
+
+    def miou(self) -> float:
+        present = self.union > 0
+        return float((self.inter[present] / self.union[present]).mean())
+
+
+def clicks_to_reach(predictor: SeemPredictor, features, gt: np.ndarray, rng: np.random.Generator,
+                    vocabulary, targets: tuple[float, ...] = (0.85, 0.9)) -> dict[float, int]:
+    """Number of clicks until IoU >= each target (MAX_CLICKS when never reached)."""
+    clicks = [ps.sample_point(gt, rng)]
+    clicked = ps.click_square(clicks[0], gt.shape)
+    reached: dict[float, int] = {}
+    memory = None
+    for n in range(1, MAX_CLICKS + 1):
+        seg = predictor.decode(features, Prompts(spatial=tuple(clicks)), previous_mask=memory, vocabulary=vocabulary)
+        pred = seg.masks[0].mask
+        memory = seg.memory
+        score = iou(gt, pred)
+        for t in targets:
+            if t not in reached and score >= t:
+                reached[t] = n
+        if len(reached) == len(targets) or n == MAX_CLICKS:
+            break
+        nxt = ps.next_click(gt, pred, clicked)
+        if nxt is None:
+            break
+        clicks.append(nxt)
+        clicked |= ps.click_square(nxt, gt.shape)
+    return {t: reached.get(t, MAX_CLICKS) for t in targets}
+
+
+def evaluate(predictor: SeemPredictor, seed: int = 12345, images: int = 200, progress: bool = True) -> dict[str, float]:
+    vocab = default_vocabulary()
+    acc = PanopticAccumulator(len(CATEGORIES))
+    ref_inter = ref_union = 0.0
+    ref_ious: list[float] = []
+    noc: dict[float, list[int]] = {0.85: [], 0.9: []}
+    one: dict[str, list[float]] = {k: [] for k in PROMPT_KINDS}
+    text_alone: list[float] = []
+    text_click: list[float] = []
+    started = time.time()
+    seeds = split_seeds("test", images, start=seed)
+    iterator = seeds
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(seeds, desc="eval", unit="img", file=sys.stderr)
+    for scene_seed in iterator:
+        scene: Scene = generate_scene(scene_seed)
+        rng = np.random.default_rng([seed, scene_seed])
+        features = predictor.encode([scene.image])[0]
+        # Generic segmentation.
+        pan = predictor.panoptic(features, vocab, semantic=True)
+        gt_segments = [(s.category_id, scene.mask(s.id)) for s in scene.segments]
+        pred_segments = [(seg["category_id"], pan.segment_map == seg["id"]) for seg in pan.segments]
+        acc.add_panoptic(gt_segments, pred_segments)
+        gt_sem = np.full(scene.segment_map.shape, -1)
+        for c, m in gt_segments:
+            gt_sem[m] = c
+        acc.add_semantic(gt_sem, pan.semantic.argmax(0))
+        # Referring.
+        for text, seg_id in scene.phrases:
+            gt = scene.mask(seg_id)
+            pred = predictor.decode(features, Prompts(text=text), vocabulary=vocab).masks[0].mask
+            ref_inter += np.logical_and(gt, pred).sum()
+            ref_union += np.logical_or(gt, pred).sum()
+            ref_ious.append(iou(gt, pred))
+        # Interactive, on every thing.
+        phrase_of = {sid: t for t, sid in scene.phrases}
+        for s in scene.things:
+            gt = scene.mask(s.id)
+            reached = clicks_to_reach(predictor, features, gt, rng, vocab)
+            for t in noc:
+                noc[t].append(reached[t])
+            for kind in PROMPT_KINDS:
+                prompt = sample_prompt(kind, gt, rng)
+                pred = predictor.decode(features, Prompts(spatial=(prompt,)), vocabulary=vocab).masks[0].mask
+                one[kind].append(iou(gt, pred))
+            if s.id in phrase_of:
+                text = phrase_of[s.id]
+                alone = predictor.decode(features, Prompts(text=text), vocabulary=vocab).masks[0].mask
+                click: Point = ps.sample_point(gt, rng)
+                both = predictor.decode(features, Prompts(text=text, spatial=(click,)), vocabulary=vocab).masks[0].mask
+                text_alone.append(iou(gt, alone))
+                text_click.append(iou(gt, both))
+    pq, sq, rq = acc.pq()
+    result = {
+        "pq": pq, "sq": sq, "rq": rq, "miou": acc.miou(),
+        "ciou": float(ref_inter / max(ref_union, 1.0)), "referring_miou": float(np.mean(ref_ious)) if ref_ious else 0.0,
+        "noc85": float(np.mean(noc[0.85])), "noc90": float(np.mean(noc[0.9])),
+        **{f"iou1_{k}": float(np.mean(v)) for k, v in one.items()},
+        "text_iou": float(np.mean(text_alone)) if text_alone else 0.0,
+        "text_click_iou": float(np.mean(text_click)) if text_click else 0.0,
+        "images": images, "phrases": len(ref_ious), "objects": len(noc[0.9]),
+        "seconds": time.time() - started,
+    }
+    return result
+
+
+def format_table(r: dict[str, float]) -> str:
+    rows = [
+        ("Generic", f"PQ {100 * r['pq']:.1f} (SQ {100 * r['sq']:.1f}, RQ {100 * r['rq']:.1f})   mIoU {100 * r['miou']:.1f}"),
+        ("Referring", f"cIoU {100 * r['ciou']:.1f}   mIoU {100 * r['referring_miou']:.1f}   ({r['phrases']} phrases)"),
+        ("Interactive", f"NoC85 {r['noc85']:.2f}   NoC90 {r['noc90']:.2f}   ({r['objects']} objects)"),
+        ("1-IoU", "   ".join(f"{k} {100 * r[f'iou1_{k}']:.1f}" for k in PROMPT_KINDS)),
+        ("Composed", f"text {100 * r['text_iou']:.1f}   text + click {100 * r['text_click_iou']:.1f}"),
+    ]
+    return "\n".join(f"{name:<12} {value}" for name, value in rows)
