@@ -1,0 +1,10 @@
+"""Defaults shared by the jobs and the CLI, kept import-free so `seem --help` stays fast.
+
+The stored feature format is decided by measurement: see "Feature store format" in
+docs/benchmarks.md for the table behind these three values.
+"""
+from __future__ import annotations
+
+FEATURE_STAGE = "pixel_decoder"
+FEATURE_DTYPE = "float16"
+FEATURE_CODEC = "none"

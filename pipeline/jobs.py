@@ -1,0 +1,469 @@
+"""Bulk jobs on Ray Data: encode a source into the feature store, segment it (DESIGN §2, §6).
+
+The Ray layer is thin; the work is in `pipeline.stages` (plain classes and functions).
+
+encode_job(src, store)
+    1. driver: list the source (uri, size, etag/mtime) and read the manifest of the model;
+       an item whose size and etag match an ok row is skipped without reading a byte
+       (as is one whose last attempt failed to *decode* the very same object, unless
+       `retry_failed`: that failure would repeat).
+    2. CPU tasks (`map_batches(decode_table)`): read bytes, sha256, "features already
+       stored?" (identical bytes under another name: no encoder work), decode + resize to
+       the model's input. Broken items become error rows.
+    3. encoder actor pool (`map_batches(EncoderWorker, compute=ActorPoolStrategy)`): one
+       GPU per actor when the cluster has GPUs (bf16 autocast there), fractional CPUs
+       otherwise; writes features straight to the store, returns metadata rows only.
+    4. driver: writes the returned rows to the manifest as part files while the job runs
+       (every `manifest_flush_rows` rows or `manifest_flush_s` seconds), so a job killed
+       at any point loses at most the rows in flight; the next run skips what is recorded
+       and reuses features whose objects were written but not yet recorded.
+
+segment_job(src, out, store)
+    runs encode_job (incremental), then a decoder actor pool over the stored features of
+    every listed image (`SegmenterWorker`), and writes masks.parquet, annotations.json,
+    errors.parquet (and overlays) deterministically from the manifest and the features.
+
+Both return summaries (`pipeline.progress`). Ray is started locally unless it is already
+initialised or `address` names a cluster.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
+
+from pipeline.progress import EncodeSummary, Progress, SegmentSummary
+from pipeline.sources import SourceItem, list_source
+from pipeline.stages import (
+    DEFAULT_FEATURE_FORMAT,
+    ENCODED_SCHEMA,
+    ITEM_SCHEMA,
+    SEGMENT_INPUT_SCHEMA,
+    SEGMENTED_SCHEMA,
+    DecodeOptions,
+    EncoderWorker,
+    FeatureFormat,
+    ModelSpec,
+    SegmenterWorker,
+    SegmentSpec,
+    decode_table,
+    error_text,
+    load_predictor,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EncodeOptions", "SegmentOptions", "encode_job", "segment_job", "init_ray", "new_run_id"]
+
+MANIFEST_COLUMNS = ("uri", "size", "etag", "sha256", "width", "height", "feature_key", "bytes", "status", "error")
+_COMPACT_ABOVE_PARTS = 32
+_MAX_BLOCKS = 2000
+
+
+@dataclass
+class EncodeOptions:
+    """Options of the encode pass (also used by segment_job).
+
+    pool: (min, max) encoder actors; None = (1, number of GPUs) on a GPU cluster, else
+    (1, max(1, CPUs // 4)). gpus_per_actor / cpus_per_actor: None = 1 GPU + 1 CPU per
+    actor when the cluster has GPUs, else no GPU and `cpus_per_actor` 0.5 on a small
+    machine (< 4 CPUs, where a whole CPU per actor would starve the decode tasks) or 1.
+    decode_in: "tasks" (separate CPU tasks, the default) or "actor" (inside the encoder).
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    feature_format: FeatureFormat = DEFAULT_FEATURE_FORMAT
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    endpoint_url: str | None = None  # S3 endpoint of the store (the source's is decode.endpoint_url)
+    batch_size: int = 8
+    pool: tuple[int, int] | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float | None = None
+    torch_threads: int | None = None
+    decode_in: str = "tasks"
+    decode_cpus: float = 0.5
+    retry_failed: bool = False
+    manifest_flush_rows: int = 256
+    manifest_flush_s: float = 10.0
+    progress: bool | None = None
+    address: str | None = None
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.decode_in not in ("tasks", "actor"):
+            raise ValueError(f"decode_in must be 'tasks' or 'actor', got {self.decode_in!r}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.pool is not None and not (1 <= self.pool[0] <= self.pool[1]):
+            raise ValueError(f"pool must be (min, max) with 1 <= min <= max, got {self.pool}")
+
+
+@dataclass
+class SegmentOptions:
+    """What segment_job produces. vocabulary None = the model's default (for panoptic);
+    texts alone (no vocabulary) = text prompts only; neither = default panoptic."""
+
+    vocabulary: Sequence[str] | None = None
+    stuff: Sequence[str] | None = None
+    texts: Sequence[str] = ()
+    overlays: bool = False
+    out_endpoint_url: str | None = None
+    batch_size: int = 4
+    pool: tuple[int, int] | None = None
+
+
+def new_run_id() -> str:
+    """Sortable, unique run id: UTC time + random suffix (manifest run ids are [A-Za-z0-9._-])."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+# --------------------------------------------------------------------------- Ray
+def init_ray(address: str | None = None) -> bool:
+    """Connect to Ray: the running one if initialised, `address` if given, else a new
+    local cluster. Returns True when this call started/connected (the caller may shut
+    it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(**kwargs)
+    return True
+
+
+def _configure_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    # Our own bar counts images; Ray Data's per-operator bars would interleave with it.
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class _Resources:
+    pool: tuple[int, int]
+    num_gpus: float
+    num_cpus: float
+    torch_threads: int | None
+
+
+def _actor_resources(pool: tuple[int, int] | None, gpus: float | None, cpus: float | None,
+                     torch_threads: int | None) -> _Resources:
+    import ray
+
+    total = ray.cluster_resources()
+    n_gpus = int(total.get("GPU", 0))
+    n_cpus = float(total.get("CPU", 1))
+    if gpus is None:
+        gpus = 1.0 if n_gpus >= 1 else 0.0
+    if cpus is None:
+        cpus = 1.0 if (gpus > 0 or n_cpus >= 4) else 0.5
+    if pool is None:
+        pool = (1, max(1, int(n_gpus / gpus))) if gpus > 0 else (1, max(1, int(n_cpus // 4)))
+    if torch_threads is None and gpus == 0:
+        # Ray sets OMP_NUM_THREADS to the whole CPUs an actor holds (1 for a fraction);
+        # torch should use what was reserved, at least one thread.
+        torch_threads = max(1, int(cpus))
+    return _Resources(pool, gpus, cpus, torch_threads)
+
+
+def decode_memory_bytes(max_pixels: int) -> int:
+    """Memory a decode task may need: the RGB array of the largest allowed image plus
+    Pillow's working copy and the file's bytes (about 6 bytes a pixel), at least 64 MiB."""
+    return max(64 << 20, 6 * int(max_pixels))
+
+
+def _item_blocks(items: Sequence[SourceItem], batch_size: int) -> list[pa.Table]:
+    """Input blocks of about `batch_size` items (at most _MAX_BLOCKS blocks): small blocks
+    keep the pipeline streaming and the progress bar moving."""
+    per_block = max(batch_size, math.ceil(len(items) / _MAX_BLOCKS))
+    blocks = []
+    for start in range(0, len(items), per_block):
+        chunk = items[start:start + per_block]
+        blocks.append(pa.table({"uri": [i.uri for i in chunk], "size": [i.size for i in chunk],
+                                "etag": [i.etag_or_mtime for i in chunk]}, schema=ITEM_SCHEMA))
+    return blocks
+
+
+# --------------------------------------------------------------------------- encode
+class _ManifestWriter:
+    """Buffers result rows and publishes them as manifest parts as the job goes."""
+
+    def __init__(self, manifest: Any, run_id: str, flush_rows: int, flush_s: float) -> None:
+        self.manifest, self.run_id = manifest, run_id
+        self.flush_rows, self.flush_s = max(1, flush_rows), flush_s
+        self.buffer: list[dict[str, Any]] = []
+        self.last = time.monotonic()
+        self.parts = 0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.buffer.extend({k: r.get(k) for k in MANIFEST_COLUMNS} for r in rows)
+        if len(self.buffer) >= self.flush_rows or time.monotonic() - self.last >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.manifest.write(self.buffer, run_id=self.run_id)
+            self.parts += 1
+            self.buffer = []
+        self.last = time.monotonic()
+
+
+def _should_skip(entry: Any, item: SourceItem, retry_failed: bool) -> bool:
+    if entry is None or not entry.unchanged(item.size, item.etag_or_mtime):
+        return False
+    if entry.status == "ok":
+        return True
+    # The same bytes failed to decode last time: they would fail again.
+    return not retry_failed and entry.error is not None and entry.error.startswith("decode: ")
+
+
+def _done_entries(manifest: Any) -> dict[str, Any]:
+    """uri -> latest manifest row (as a small record with the error message too)."""
+    table = manifest.read()
+    cols = {name: table[name].to_pylist() for name in ("uri", "size", "etag", "sha256", "status", "error")}
+    return {u: _Entry(s, e, h, st, err) for u, s, e, h, st, err in
+            zip(cols["uri"], cols["size"], cols["etag"], cols["sha256"], cols["status"], cols["error"])}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    size: int | None
+    etag: str | None
+    sha256: str | None
+    status: str
+    error: str | None
+
+    def unchanged(self, size: int | None, etag: str | None) -> bool:
+        return self.size == size and self.etag == etag
+
+
+def encode_job(src: str | Sequence[SourceItem], store: str, options: EncodeOptions | None = None) -> EncodeSummary:
+    """Encode every new or changed image of `src` into the feature store at `store`.
+
+    `src`: a folder, s3://bucket/prefix, a .txt/.parquet list of URIs, or already
+    listed `SourceItem`s. Returns the summary; the manifest of the model holds the rows.
+    """
+    summary, _ = _encode(src, store, options or EncodeOptions())
+    return summary
+
+
+def _encode(src: str | Sequence[SourceItem], store_uri: str, opts: EncodeOptions
+            ) -> tuple[EncodeSummary, list[SourceItem]]:
+    from store.feature_store import FeatureStore
+
+    started = time.perf_counter()
+    run_id = opts.run_id or new_run_id()
+    # The driver builds the model once on CPU: its id keys the store and the manifest.
+    predictor = load_predictor(dataclasses.replace(opts.model, device="cpu"))
+    model_id = predictor.model_id
+    fstore = FeatureStore(store_uri, opts.endpoint_url)
+    if isinstance(src, str):
+        items = list(list_source(src, endpoint_url=opts.decode.endpoint_url))
+    else:
+        items = list(src)
+    manifest = fstore.manifest(model_id)
+    done = _done_entries(manifest)
+    todo = [i for i in items if not _should_skip(done.get(i.uri), i, opts.retry_failed)]
+    summary = EncodeSummary(run_id=run_id, model_id=model_id, store=fstore.root_uri, listed=len(items),
+                            skipped=len(items) - len(todo))
+    if todo:
+        writer = _ManifestWriter(manifest, run_id, opts.manifest_flush_rows, opts.manifest_flush_s)
+        pipeline_started = time.perf_counter()
+        with Progress(len(todo), "encode", enabled=opts.progress) as bar:
+            try:
+                for table in _run_encoder(todo, model_id, fstore.root_uri, opts):
+                    rows = table.to_pylist()
+                    for r in rows:
+                        if r["status"] == "error":
+                            summary.failed += 1
+                        elif r["encoded"]:
+                            summary.encoded += 1
+                        else:
+                            summary.reused += 1
+                    writer.add(rows)
+                    bar.update(len(rows), failed=summary.failed)
+            finally:
+                # Whatever finished is recorded, also when the job is interrupted.
+                writer.flush()
+        summary.pipeline_seconds = time.perf_counter() - pipeline_started
+        summary.manifest_parts = writer.parts
+        if len(manifest.parts()) > _COMPACT_ABOVE_PARTS:
+            manifest.compact(run_id=f"{run_id}-compact")
+    summary.seconds = time.perf_counter() - started
+    return summary, items
+
+
+def _run_encoder(todo: list[SourceItem], model_id: str, store_uri: str, opts: EncodeOptions) -> Iterator[pa.Table]:
+    """Stream `ENCODED_SCHEMA` tables for `todo` through decode tasks and encoder actors."""
+    import ray
+    import ray.data
+
+    init_ray(opts.address)
+    _configure_ray_data()
+    res = _actor_resources(opts.pool, opts.gpus_per_actor, opts.cpus_per_actor, opts.torch_threads)
+    ds = ray.data.from_arrow(_item_blocks(todo, opts.batch_size))
+    worker_kwargs: dict[str, Any] = dict(model=opts.model, model_id=model_id, store_uri=store_uri,
+                                         store_endpoint_url=opts.endpoint_url, feature_format=opts.feature_format,
+                                         batch_size=opts.batch_size, torch_threads=res.torch_threads)
+    if opts.decode_in == "tasks":
+        ds = ds.map_batches(
+            decode_table,
+            batch_format="pyarrow",
+            batch_size=opts.batch_size,
+            num_cpus=opts.decode_cpus,
+            # Memory for the largest image the pixel cap allows. Also what keeps decoding
+            # in its own tasks: Ray Data fuses a task map into the next actor map only
+            # when their resource arguments are equal, and the actors reserve none.
+            memory=decode_memory_bytes(opts.decode.max_pixels),
+            fn_kwargs=dict(model_name=opts.model.name, model_id=model_id, store_uri=store_uri,
+                           store_endpoint_url=opts.endpoint_url, options=opts.decode),
+        )
+    else:
+        worker_kwargs["decode_options"] = opts.decode
+    ds = ds.map_batches(
+        EncoderWorker,
+        batch_format="pyarrow",
+        batch_size=opts.batch_size,
+        fn_constructor_kwargs=worker_kwargs,
+        compute=ray.data.ActorPoolStrategy(min_size=res.pool[0], max_size=res.pool[1]),
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus or None,
+    )
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield batch.cast(ENCODED_SCHEMA)
+
+
+# --------------------------------------------------------------------------- segment
+def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: SegmentOptions | None = None,
+                options: EncodeOptions | None = None) -> SegmentSummary:
+    """Segment every image of `src` into `out` (a folder or s3://bucket/prefix), encoding
+    into `store` first what is not encoded yet. Writes masks.parquet, annotations.json,
+    errors.parquet and (on request) overlays/; see `pipeline.exports` for the formats."""
+    from pipeline import exports
+    from store.backends import open_store
+    from store.feature_store import FeatureStore
+
+    opts = options or EncodeOptions()
+    seg = segment or SegmentOptions()
+    started = time.perf_counter()
+    enc, items = _encode(src, store, opts)
+    predictor = load_predictor(dataclasses.replace(opts.model, device="cpu"))
+    fstore = FeatureStore(store, opts.endpoint_url)
+    out_store = open_store(out, endpoint_url=seg.out_endpoint_url)
+
+    # What to segment into, decided once here so every worker uses the same ids.
+    panoptic = seg.vocabulary is not None or not seg.texts
+    vocab_names = tuple(seg.vocabulary) if seg.vocabulary is not None else predictor.default_vocabulary.names
+    if seg.stuff is not None:
+        stuff = tuple(seg.stuff)
+    elif seg.vocabulary is None:
+        stuff = tuple(sorted(predictor.default_vocabulary.stuff))
+    else:
+        stuff = tuple(n for n in vocab_names if n in predictor.default_vocabulary.stuff)
+    texts = tuple(dict.fromkeys(t.strip() for t in seg.texts if t.strip()))
+    categories = exports.build_categories(vocab_names, stuff, texts, panoptic)
+    spec = SegmentSpec(vocabulary=vocab_names, stuff=stuff, texts=texts, panoptic=panoptic,
+                       categories={c["name"]: c["id"] for c in categories}, overlays=seg.overlays,
+                       out_uri=out_store.root_uri if seg.overlays else None, out_endpoint_url=seg.out_endpoint_url)
+
+    # The images to segment: every listed uri's latest manifest row (one per uri).
+    listed = {i.uri for i in items}
+    table = fstore.manifest(enc.model_id).read()
+    rows = [r for r in table.to_pylist() if r["uri"] in listed]
+    recorded = {r["uri"] for r in rows}
+    errors: list[tuple[str, str]] = [(r["uri"], r["error"] or "encode: failed") for r in rows if r["status"] != "ok"]
+    errors += [(u, error_text("encode", "no manifest row after the encode pass (concurrent run?)"))
+               for u in sorted(listed - recorded)]
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["uri"])
+    inputs = pa.table({
+        "image_id": list(range(1, len(ok) + 1)),
+        "uri": [r["uri"] for r in ok],
+        "sha256": [r["sha256"] for r in ok],
+        "width": [r["width"] for r in ok],
+        "height": [r["height"] for r in ok],
+    }, schema=SEGMENT_INPUT_SCHEMA)
+
+    pipeline_started = time.perf_counter()
+    results = _run_segmenter(inputs, enc.model_id, fstore.root_uri, spec, seg, opts)
+    summary = SegmentSummary(encode=enc, out=out_store.root_uri, pipeline_seconds=time.perf_counter() - pipeline_started)
+
+    # Deterministic outputs: images in uri order keep the ids given above.
+    results = results.sort_by([("uri", "ascending")])
+    good = results.filter(pa.compute.equal(results["status"], "ok"))
+    bad = results.filter(pa.compute.not_equal(results["status"], "ok"))
+    errors += list(zip(bad["uri"].to_pylist(), bad["error"].to_pylist()))
+    # Images that failed here are dropped and the survivors renumbered 1..N in uri order,
+    # so the COCO ids stay dense and do not depend on which worker failed what.
+    good = good.set_column(0, "image_id", pa.array(range(1, good.num_rows + 1), pa.int64()))
+    masks = exports.masks_table(good)
+    errors_tbl = exports.errors_table(errors)
+    info = {
+        "description": "seem-ray segment",
+        "model_id": enc.model_id,
+        "vocabulary": list(vocab_names) if panoptic else [],
+        "texts": list(texts),
+        "source": src if isinstance(src, str) else f"{len(items)} listed items",
+    }
+    coco = exports.coco_document(good, masks, categories, info)
+    summary.files = exports.write_outputs(out_store, masks, errors_tbl, coco)
+    if seg.overlays:
+        summary.files["overlays"] = out_store.uri("overlays")
+    summary.segmented = good.num_rows
+    summary.failed = errors_tbl.num_rows
+    summary.masks = masks.num_rows
+    summary.reencoded = int(sum(results["reencoded"].to_pylist())) if results.num_rows else 0
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_segmenter(inputs: pa.Table, model_id: str, store_uri: str, spec: SegmentSpec, seg: SegmentOptions,
+                   opts: EncodeOptions) -> pa.Table:
+    """All `SEGMENTED_SCHEMA` rows for `inputs` (through a decoder actor pool)."""
+    if inputs.num_rows == 0:
+        return SEGMENTED_SCHEMA.empty_table()
+    import ray
+    import ray.data
+
+    init_ray(opts.address)
+    _configure_ray_data()
+    res = _actor_resources(seg.pool, opts.gpus_per_actor, opts.cpus_per_actor, opts.torch_threads)
+    per_block = max(seg.batch_size, math.ceil(inputs.num_rows / _MAX_BLOCKS))
+    blocks = [inputs.slice(s, per_block) for s in range(0, inputs.num_rows, per_block)]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        SegmenterWorker,
+        batch_format="pyarrow",
+        batch_size=seg.batch_size,
+        fn_constructor_kwargs=dict(model=opts.model, model_id=model_id, store_uri=store_uri,
+                                   store_endpoint_url=opts.endpoint_url, feature_format=opts.feature_format,
+                                   segment=spec, decode_options=opts.decode, torch_threads=res.torch_threads),
+        compute=ray.data.ActorPoolStrategy(min_size=res.pool[0], max_size=res.pool[1]),
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus or None,
+    )
+    tables = []
+    with Progress(inputs.num_rows, "segment", enabled=opts.progress) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            batch = batch.cast(SEGMENTED_SCHEMA)
+            tables.append(batch)
+            bar.update(batch.num_rows)
+    return pa.concat_tables(tables) if tables else SEGMENTED_SCHEMA.empty_table()
+
+
+def default_store() -> str:
+    """The embedded default store: a local folder under the working directory."""
+    return os.path.join("out", "store")
