@@ -1,0 +1,426 @@
+"""The Ray Serve application (DESIGN §7): Ingress -> Decoder (autoscaled) -> Encoder.
+
+    Ingress   FastAPI (serving.api): auth, limits, validation, the web page; forwards to
+              the decoder with `multiplexed_model_id=image_id`, so requests for one image
+              go to the replica that already holds its features.
+    Decoder   autoscaled; an LRU of ImageFeatures that *is* Serve's model multiplexing
+              (the "model" is one image's features, the LRU size max_num_models_per_replica);
+              @serve.batch across requests; on a miss: the feature store, then the encoder.
+    Encoder   decodes image bytes, encodes them (batched; one GPU per replica when the
+              cluster has GPUs) and writes the features to the store.
+
+`build_app(args)` is the import path of infra/serve.yaml and KubeRay (`serving.app:build_app`);
+`args` keys are the fields of `serving.config.ServeConfig`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from .config import ServeConfig
+from .errors import ApiError, as_api_error
+from .schemas import PanopticRequest, SegmentRequest
+
+__all__ = ["build_app", "Ingress", "Decoder", "Encoder", "APP_NAME"]
+
+log = logging.getLogger("seem.serving")
+
+APP_NAME = "seem"
+
+def _internal(exc: BaseException, where: str) -> ApiError:
+    """Client errors pass through; anything else is logged and becomes a generic error."""
+    api = as_api_error(exc)
+    if api is not None:
+        return api
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(exc, BackPressureError):
+        return ApiError("overloaded", "the service is at capacity; retry shortly", headers={"Retry-After": "1"})
+    if isinstance(exc, DeploymentUnavailableError):
+        return ApiError("unavailable", "a deployment of the service is unavailable; retry shortly")
+    log.error("%s failed: %s", where, exc, exc_info=exc)
+    return ApiError("internal_error", "internal server error")
+
+
+def _device() -> str:
+    """CUDA when Ray gave this replica a GPU, else CPU (never a GPU it was not given)."""
+    import ray
+    import torch
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- encoder
+@serve.deployment(name="Encoder")
+class Encoder:
+    """Image bytes -> ImageFeatures, written to the feature store."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from store import FeatureStore
+
+        from .inference import load_predictor, warm_up
+        from .metrics import EncoderMetrics
+
+        self.config = ServeConfig.model_validate(config)
+        self.predictor = load_predictor(self.config.model, self.config.weights, seed=self.config.seed,
+                                        device=_device())
+        warm_up(self.predictor, decode=False)
+        self.store = FeatureStore(self.config.store, self.config.endpoint_url)
+        self.metrics = EncoderMetrics()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
+        self._encode_batch.set_max_batch_size(self.config.encoder.max_batch_size)
+        self._encode_batch.set_batch_wait_timeout_s(self.config.encoder.batch_wait_timeout_s)
+
+    async def model_id(self) -> str:
+        return self.predictor.model_id
+
+    async def encode(self, image_id: str, data: bytes) -> Any:
+        """Features of the image (float `store_dtype`, as the store holds them), or the
+        ApiError (returned, not raised: Serve logs a traceback for every raised error,
+        which a client's bad image does not deserve)."""
+        return await self._encode_batch((image_id, data))
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def _encode_batch(self, items: list[tuple[str, bytes]]) -> list[Any]:
+        self.metrics.batch_size.observe(len(items))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._encode_items, items)
+
+    def _encode_items(self, items: list[tuple[str, bytes]]) -> list[Any]:
+        import torch
+
+        from model.image_io import ImageDecodeError, decode_image
+        from store import StoreError
+
+        from .inference import check_encodable
+
+        started = time.perf_counter()
+        dtype = getattr(torch, self.config.store_dtype)
+        model_id = self.predictor.model_id
+        out: list[Any] = [None] * len(items)
+        todo: list[tuple[int, str, Any]] = []
+        for i, (image_id, data) in enumerate(items):
+            try:
+                if self.store.has(model_id, image_id):  # another replica got there first
+                    out[i] = self.store.get(model_id, image_id, dtype=None)
+                    continue
+                image = decode_image(data, max_pixels=self.config.limits.max_pixels)
+                check_encodable(self.predictor, image.shape[0], image.shape[1])
+                todo.append((i, image_id, image))
+            except ImageDecodeError as e:
+                out[i] = ApiError("invalid_image", f"cannot decode the image: {e}")
+            except ApiError as e:
+                out[i] = e
+            except StoreError as e:
+                out[i] = ApiError("unavailable", f"feature store: {e}")
+            except Exception as e:
+                out[i] = _internal(e, "encoder read")
+        if todo:
+            try:
+                features = self.predictor.encode([image for _, _, image in todo])
+            except Exception as e:
+                error = _internal(e, "encode")
+                for i, _, _ in todo:
+                    out[i] = error
+            else:
+                for (i, image_id, _), feats in zip(todo, features):
+                    feats = feats.to(dtype=dtype)
+                    try:
+                        self.store.put(feats, image_id, dtype=self.config.store_dtype)
+                        out[i] = feats
+                    except StoreError as e:
+                        out[i] = ApiError("unavailable", f"feature store: {e}")
+                    except Exception as e:
+                        out[i] = _internal(e, "store write")
+        self.metrics.encode_latency.observe((time.perf_counter() - started) * 1000)
+        return out
+
+
+# --------------------------------------------------------------------------- decoder
+@serve.deployment(name="Decoder")
+class Decoder:
+    """Prompts -> masks on cached features. One replica holds an LRU of images; the
+    ingress routes each request to a replica holding its image (model multiplexing)."""
+
+    def __init__(self, config: dict[str, Any], encoder: DeploymentHandle) -> None:
+        from store import FeatureStore
+
+        from .inference import load_predictor, warm_up
+        from .metrics import DecoderMetrics
+
+        self.config = ServeConfig.model_validate(config)
+        opts = self.config.decoder
+        self.predictor = load_predictor(self.config.model, self.config.weights, seed=self.config.seed,
+                                        device=_device())
+        warm_up(self.predictor)
+        self.model_id_ = self.predictor.model_id
+        self.store = FeatureStore(self.config.store, self.config.endpoint_url)
+        self.encoder = encoder
+        self.metrics = DecoderMetrics()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        # Freshly encoded features waiting for the loader (saves reading back what was just written).
+        self._incoming: dict[str, Any] = {}
+        # One encoder call per image even when several requests for a new image arrive together.
+        self._encoding: dict[str, asyncio.Future] = {}
+
+        async def load_features(image_id: str) -> Any:
+            return await self._load(image_id)
+
+        self._load_fn = load_features
+        # Multiplexing wired at init so the LRU size comes from the config (Serve supports this form).
+        self._get_features = serve.multiplexed(max_num_models_per_replica=opts.cache_size)(load_features)
+        self._segment_batch.set_max_batch_size(opts.max_batch_size)
+        self._segment_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+
+    # ---------------------------------------------------------------- features
+    def _in_lru(self, image_id: str) -> bool:
+        # Serve keeps the multiplexed LRU on the loader function; if that private layout ever
+        # changes this is False, which costs a store existence check, never a wrong answer.
+        wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
+        models = getattr(wrapper, "models", None)
+        return models is not None and image_id in models
+
+    async def _load(self, image_id: str) -> Any:
+        """The multiplexed loader: a fresh encode handed over, else the store."""
+        from store import CorruptObject
+
+        from .inference import FEATURE_LOADS
+
+        loads = FEATURE_LOADS.get()
+        if image_id in self._incoming:
+            if loads is not None:
+                loads.append("encoder")
+            return self._incoming.pop(image_id)
+        if loads is not None:
+            loads.append("store")
+        try:
+            return await asyncio.to_thread(self.store.get, self.model_id_, image_id, dtype=None)
+        except CorruptObject as e:
+            log.error("removing corrupt stored features: %s", e)
+            await asyncio.to_thread(self.store.delete, self.model_id_, image_id)
+            raise ApiError("unavailable", "the stored features of this image were damaged and have been removed; "
+                                          "upload the image again") from None
+
+    async def _encode(self, image_id: str, data: bytes) -> None:
+        pending = self._encoding.get(image_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._encoding[image_id] = future
+        try:
+            result = await self.encoder.encode.remote(image_id, data)
+            if isinstance(result, ApiError):
+                raise result
+            self._incoming[image_id] = result
+            future.set_result(None)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._encoding[image_id]
+
+    async def _features(self, image_id: str, data: bytes | None) -> tuple[Any, bool]:
+        """(features, cached): cached is False when this call had to run the encoder."""
+        from store import ObjectNotFound, StoreError
+
+        from .inference import FEATURE_LOADS
+
+        encoded = False
+        try:
+            if not self._in_lru(image_id) and image_id not in self._incoming:
+                stored = await asyncio.to_thread(self.store.has, self.model_id_, image_id)
+                if not stored:
+                    if data is None:
+                        raise ApiError("image_not_found",
+                                       f"unknown image_id {image_id}: upload the image with POST /v1/images")
+                    await self._encode(image_id, data)
+                    encoded = True
+            loads: list[str] = []
+            token = FEATURE_LOADS.set(loads)
+            try:
+                features = await self._get_features(image_id)
+            finally:
+                FEATURE_LOADS.reset(token)
+        except ObjectNotFound:  # removed between the check and the read
+            raise ApiError("image_not_found", f"unknown image_id {image_id}") from None
+        except StoreError as e:
+            raise ApiError("unavailable", f"feature store: {e}") from None
+        if loads:
+            self.metrics.cache_misses.inc(tags={"source": loads[0]})
+        else:
+            self.metrics.cache_hits.inc()
+        return features, not encoded
+
+    # ---------------------------------------------------------------- methods
+    async def model_id(self) -> str:
+        return self.model_id_
+
+    # Public methods return an ApiError instead of raising it (see Encoder.encode).
+    async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any] | ApiError:
+        """Make sure this replica holds the image's features (encode if new)."""
+        try:
+            features, cached = await self._features(image_id, data)
+        except Exception as e:
+            return _internal(e, "ingest")
+        height, width = features.original_size
+        return {"image_id": image_id, "width": int(width), "height": int(height), "cached": cached}
+
+    async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any] | ApiError:
+        return await self._segment_batch((image_id, data, request))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def _segment_batch(self, jobs: list[tuple[str, bytes | None, SegmentRequest]]) -> list[Any]:
+        from .limits import referring_image_ids
+
+        self.metrics.batch_size.observe(len(jobs))
+        prepared: list[Any] = []
+        for image_id, data, request in jobs:
+            started = time.perf_counter()
+            try:
+                features, _ = await self._features(image_id, data)
+                referring = {}
+                for rid in referring_image_ids(request):
+                    referring[rid], _ = await self._features(rid, None)
+                prepared.append((features, request, referring, (time.perf_counter() - started) * 1000))
+            except Exception as e:
+                prepared.append(_internal(e, "segment features"))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run_segments, prepared)
+
+    def _run_segments(self, prepared: list[Any]) -> list[Any]:
+        from .inference import segment
+
+        out: list[Any] = []
+        for item in prepared:
+            if isinstance(item, ApiError):
+                out.append(item)
+                continue
+            features, request, referring, features_ms = item
+            started = time.perf_counter()
+            try:
+                body = segment(self.predictor, features, request, referring)
+                body["timings_ms"]["features"] = features_ms
+                out.append(body)
+            except Exception as e:
+                out.append(_internal(e, "segment"))
+            self.metrics.decode_latency.observe((time.perf_counter() - started) * 1000, tags={"op": "segment"})
+        return out
+
+    async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any] | ApiError:
+        from .inference import panoptic
+
+        try:
+            started = time.perf_counter()
+            features, _ = await self._features(image_id, data)
+            features_ms = (time.perf_counter() - started) * 1000
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            body = await loop.run_in_executor(self._pool, panoptic, self.predictor, features, request)
+            self.metrics.decode_latency.observe((time.perf_counter() - started) * 1000, tags={"op": "panoptic"})
+        except Exception as e:
+            return _internal(e, "panoptic")
+        body["timings_ms"]["features"] = features_ms
+        return body
+
+
+# --------------------------------------------------------------------------- ingress
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    """HTTP in (serving.api); each request forwarded to a decoder replica by image id."""
+
+    def __init__(self, config: dict[str, Any], decoder: DeploymentHandle) -> None:
+        from .metrics import IngressMetrics
+
+        self.config = ServeConfig.model_validate(config)
+        self.decoder = decoder
+        self.metrics = IngressMetrics()
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from .api import create_api
+
+        return create_api(self.config, self, observe=self.metrics.observe)
+
+    def _decoder_for(self, image_id: str) -> DeploymentHandle:
+        if self.config.route_by_image:
+            return self.decoder.options(multiplexed_model_id=image_id)
+        return self.decoder
+
+    async def _call(self, response: Any, where: str) -> Any:
+        from .api import with_timeout
+
+        try:
+            result = await with_timeout(response, self.config.request_timeout_s)
+        except ApiError as e:
+            if e.code == "timeout":
+                response.cancel()
+            raise
+        except Exception as e:
+            raise _internal(e, where) from None
+        if isinstance(result, ApiError):
+            raise result
+        return result
+
+    async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any]:
+        return await self._call(self._decoder_for(image_id).ingest.remote(image_id, data), "ingest")
+
+    async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any]:
+        return await self._call(self._decoder_for(image_id).segment.remote(image_id, data, request), "segment")
+
+    async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any]:
+        return await self._call(self._decoder_for(image_id).panoptic.remote(image_id, data, request), "panoptic")
+
+    async def metrics_text(self) -> str:
+        from .metrics import gather_metrics_text
+
+        try:
+            return await gather_metrics_text()
+        except Exception as e:
+            raise ApiError("unavailable", f"metrics are unavailable: {e}") from None
+
+
+# --------------------------------------------------------------------------- build
+def _encoder_gpus(value: float | str) -> float:
+    if value != "auto":
+        return float(value)
+    import ray
+
+    try:
+        return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    except Exception:  # not connected: CPU is the safe choice
+        return 0.0
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """The application for `serve run serving.app:build_app` / serve.yaml / KubeRay / `seem serve`.
+
+    `args`: see `serving.config.ServeConfig` (model, weights, store, endpoint_url, api_keys,
+    allowed_uri_prefixes, limits, autoscaling, decoder, encoder, ingress, route_by_image, ...).
+    """
+    config = ServeConfig.from_args(args)
+    plain = config.model_dump(mode="json")
+    enc, dec, ing = config.encoder, config.decoder, config.ingress
+    encoder = Encoder.options(
+        num_replicas=enc.num_replicas,
+        max_ongoing_requests=enc.max_ongoing_requests,
+        ray_actor_options={"num_cpus": enc.num_cpus, "num_gpus": _encoder_gpus(enc.num_gpus)},
+    ).bind(plain)
+    decoder = Decoder.options(
+        autoscaling_config=dict(config.autoscaling),
+        max_ongoing_requests=dec.max_ongoing_requests,
+        max_queued_requests=dec.max_queued_requests,
+        ray_actor_options={"num_cpus": dec.num_cpus, "num_gpus": dec.num_gpus},
+    ).bind(plain, encoder)
+    return Ingress.options(
+        num_replicas=ing.num_replicas,
+        max_ongoing_requests=ing.max_ongoing_requests,
+        ray_actor_options={"num_cpus": ing.num_cpus},
+    ).bind(plain, decoder)

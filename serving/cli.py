@@ -1,0 +1,112 @@
+"""`seem serve`: run the HTTP service on Ray Serve until SIGINT / SIGTERM.
+
+Heavy imports (Ray, torch) stay inside the command so `seem --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the HTTP service (Ray Serve) until Ctrl-C / SIGTERM",
+        description="Runs Ingress -> Decoder (autoscaled) -> Encoder on Ray Serve with the embedded defaults "
+                    "(model seem-tiny, a local feature store). Options override the defaults; --config takes "
+                    "the same keys as infra/serve.yaml's args.")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--store", help="feature store: a directory or s3://bucket/prefix (default ~/.cache/seem-ray/store)")
+    p.add_argument("--endpoint-url", help="S3 endpoint for the store and s3:// image URIs (MinIO, ...)")
+    p.add_argument("--model", help="registered model name or config file (default seem-tiny)")
+    p.add_argument("--weights", help="checkpoint path or s3:// URI (default: the model's shipped weights)")
+    p.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
+                   help="require this Bearer key (repeatable; $SEEM_API_KEYS adds comma-separated keys)")
+    p.add_argument("--allow-uri-prefix", action="append", dest="allowed_uri_prefixes", metavar="PREFIX",
+                   help="allow image URIs under this s3:// or path prefix (repeatable)")
+    p.add_argument("--config", help="JSON or YAML file of build_app args (serve.yaml's args block)")
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a new local one)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray (default: all)")
+    p.add_argument("--metrics-port", type=int, help="Ray metrics export port of a new local Ray (default: any)")
+    p.set_defaults(func=_serve)
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping of build_app args")
+    return data
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from .app import APP_NAME, build_app
+    from .config import ServeConfig
+
+    app_args = _load_config(args.config)
+    for key in ("store", "endpoint_url", "model", "weights", "api_keys", "allowed_uri_prefixes"):
+        value = getattr(args, key)
+        if value is not None:
+            app_args[key] = value
+    try:
+        ServeConfig.from_args(app_args)  # fail on bad options before starting anything
+    except Exception as e:
+        print(f"seem serve: invalid configuration: {e}", file=sys.stderr)
+        return 2
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    own_cluster = not address
+    init: dict[str, Any] = {"include_dashboard": False} if own_cluster else {"address": address}
+    if own_cluster:
+        if args.num_cpus is not None:
+            init["num_cpus"] = args.num_cpus
+        if args.metrics_port is not None:
+            init["_metrics_export_port"] = args.metrics_port
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        print(f"seem serve: {signal.Signals(signum).name}, shutting down", flush=True)
+        stop.set()
+
+    # Installed before Ray starts, so a signal during start-up also ends in a clean shutdown.
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    ray.init(**init)
+    code = 0
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        if not stop.is_set():
+            serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=False)
+            print(f"seem serve: listening on http://{args.host}:{args.port}/ (web page at /, API docs at /docs); "
+                  "Ctrl-C to stop", flush=True)
+        stop.wait()
+    except Exception as e:
+        print(f"seem serve: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        try:
+            if own_cluster:
+                serve.shutdown()
+            else:  # someone else's cluster: remove only our application
+                serve.delete(APP_NAME)
+        finally:
+            ray.shutdown()
+        print("seem serve: stopped", flush=True)
+    return code

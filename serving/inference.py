@@ -1,0 +1,143 @@
+"""What a decoder replica does with one request, as plain functions over a predictor.
+
+The Ray layer (serving.app) only finds features and batches requests; answering a
+request — prompt conversion, decode, RLE, the response body — happens here and is
+tested without Ray.
+"""
+from __future__ import annotations
+
+import base64
+import contextvars
+import io
+import math
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from model import PromptError, SeemPredictor
+from model.rle import encode_mask
+from model.types import ImageFeatures, MaskResult
+
+from .errors import ApiError
+from .prompts import to_prompts
+from .schemas import PanopticRequest, SegmentRequest
+
+__all__ = ["load_predictor", "warm_up", "segment", "panoptic", "mask_json", "check_encodable", "FEATURE_LOADS"]
+
+#: Set by a decoder around its feature lookup; the multiplexed loader appends where a load
+#: came from ("store", "encoder"). The loader is awaited in the caller's task, so the caller
+#: sees whether *its* lookup missed. (Here, not in serving.app: Serve pickles deployment
+#: classes by value, and a ContextVar cannot be pickled.)
+FEATURE_LOADS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("seem_feature_loads", default=None)
+
+
+def load_predictor(model: str, weights: str | None, *, seed: int = 0, device: str | None = None) -> SeemPredictor:
+    """The predictor of a replica.
+
+    Seeding first makes random initialisation (no trained weights yet, or weights=None)
+    identical in every replica and process, so encoder and decoders agree on `model_id`
+    and on the features. With real weights the seed changes nothing.
+    """
+    torch.manual_seed(seed)
+    return SeemPredictor.from_pretrained(model, weights=weights, device=device)
+
+
+def warm_up(predictor: SeemPredictor, *, decode: bool = True) -> None:
+    """One encode (and decodes) of a synthetic image, so the first client request of a new
+    replica does not pay for lazy initialisation (~1 s on CPU)."""
+    from model.types import Point, Prompts
+
+    image = np.zeros((64, 96, 3), np.uint8)
+    image[16:48, 24:72] = (200, 40, 40)
+    features = predictor.encode([image])[0]
+    if decode:
+        predictor.decode(features, Prompts(spatial=(Point(40.0, 30.0),)))
+        predictor.decode(features, Prompts(text="red"))
+        predictor.panoptic(features)
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN/Infinity; a non-finite score (untrained weights) becomes 0."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else 0.0
+
+
+def mask_json(result: MaskResult) -> dict[str, Any]:
+    """One `MaskResult` as the API's mask object (COCO RLE, bbox, area, score, label)."""
+    return {
+        "rle": encode_mask(result.mask),
+        "bbox": [int(v) for v in result.bbox],
+        "area": int(result.area),
+        "score": _finite(result.score),
+        "label": result.label,
+        "label_score": _finite(result.label_score),
+    }
+
+
+def check_encodable(predictor: SeemPredictor, height: int, width: int) -> None:
+    """Images so elongated that resizing leaves a zero side cannot be encoded (422)."""
+    h, w = predictor.input_size(height, width)
+    if h < 1 or w < 1:
+        raise ApiError("invalid_image", f"a {width} x {height} image is too elongated for this model "
+                                        f"(it would be resized to {w} x {h})")
+
+
+def segment(predictor: SeemPredictor, features: ImageFeatures, request: SegmentRequest,
+            referring: Mapping[str, ImageFeatures]) -> dict[str, Any]:
+    """Answer one /v1/segment request on cached features (a SegmentResponse body)."""
+    started = time.perf_counter()
+    prompts, previous = to_prompts(request, tuple(features.original_size), referring)
+    try:
+        result = predictor.decode(features, prompts, previous_mask=previous, vocabulary=request.vocabulary,
+                                  max_masks=request.max_masks)
+    except PromptError as e:  # what the rasteriser or the predictor found wrong with the prompts
+        raise ApiError("invalid_prompt", str(e)) from None
+    decoded = time.perf_counter()
+    masks = [mask_json(m) for m in result.masks[:request.max_masks]]
+    done = time.perf_counter()
+    return {
+        "masks": masks,
+        "timings_ms": {
+            "decode": (decoded - started) * 1000,
+            "rle": (done - decoded) * 1000,
+        },
+    }
+
+
+def _png_base64(segment_map: np.ndarray) -> str:
+    """COCO panoptic PNG encoding of an id map: id = R + 256 G + 256^2 B."""
+    from PIL import Image
+
+    ids = segment_map.astype(np.uint32)
+    rgb = np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def panoptic(predictor: SeemPredictor, features: ImageFeatures, request: PanopticRequest) -> dict[str, Any]:
+    """Answer one /v1/panoptic request (a PanopticResponse body)."""
+    started = time.perf_counter()
+    result = predictor.panoptic(features, request.vocabulary)
+    decoded = time.perf_counter()
+    segments = []
+    for seg, mask in zip(result.segments, result.masks):
+        segments.append({
+            "id": int(seg["id"]),
+            "label": str(seg["label"]),
+            "category_id": int(seg["category_id"]),
+            "isthing": bool(seg.get("isthing", True)),
+            "score": _finite(seg.get("score", mask.score)),
+            "area": int(mask.area),
+            "bbox": [int(v) for v in mask.bbox],
+            "rle": encode_mask(mask.mask),
+        })
+    body: dict[str, Any] = {"segments": segments, "png": None}
+    if request.png:
+        body["png"] = _png_base64(result.segment_map)
+    body["timings_ms"] = {"decode": (decoded - started) * 1000, "rle": (time.perf_counter() - decoded) * 1000}
+    return body
