@@ -58,6 +58,7 @@ from model.parity import FixtureRunner, Tolerance  # noqa: E402
 
 DEFAULT_FIXTURE = REPO.parent / "shared" / "seem-reference" / "tiny"
 PROMPT_TYPES = ("point", "box", "scribble", "polygon", "text", "text+point", "round-2")
+SECTIONS = ("matmul", "encoder", "decoder", "parity")
 
 
 @dataclasses.dataclass
@@ -337,7 +338,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     results: dict[str, Any] = {"env": environment(device, argv), "model": args.model, "size": plan.size,
                                "quick": args.quick}
     print(f"device: {results['env']['device_name']}", file=sys.stderr)
-    sections = set(args.only.split(",")) if args.only else {"matmul", "encoder", "decoder", "parity"}
+    sections = set(args.only.split(",")) if args.only else set(SECTIONS)
 
     if "matmul" in sections:
         results["matmul"] = [matmul_rate(device, plan.matmul_n, dt, plan) for dt in (torch.bfloat16, torch.float32)]
@@ -420,8 +421,7 @@ def markdown(r: dict) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1, cpu (default cuda)")
     parser.add_argument("--model", default="seem-focalt-v1", help="registered model name (random weights)")
@@ -433,7 +433,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-cases", help="comma-separated case names of the fixture (default: all)")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--markdown", help="write the tables for docs/benchmarks.md here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.only and not set(args.only.split(",")) <= set(SECTIONS):
+        parser.error(f"--only: choose from {', '.join(SECTIONS)}")
     results = run(args, argv)
     text = markdown(results)
     print(text)
