@@ -57,7 +57,7 @@ def seem_tiny_config() -> SeemConfig:
                                          dim_feedforward=256),
         text=TextConfig(width=64, heads=4, layers=2),
         decoder=DecoderConfig(hidden_dim=64, num_queries=24, nheads=4, dim_feedforward=256, num_layers=6,
-                              mask_dim=64, dim_proj=64, spatial_memories=8),
+                              mask_dim=64, dim_proj=64, spatial_memories=8, max_spatial_len=(128, 128, 128, 128)),
         inference=InferenceConfig(resize_shortest_edge=256, resize_max_size=512, object_mask_threshold=0.5),
         default_vocabulary=names,
         default_stuff=stuff,

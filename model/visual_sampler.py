@@ -33,24 +33,38 @@ class PromptPoints:
         return int(self.coords.shape[0])
 
 
-def sample_prompt_points(masks: torch.Tensor, max_len: int, generator: torch.Generator | None = None) -> PromptPoints:
-    """masks: ns x Hp x Wp bool -> the prompt pixels, at most `max_len`, as the reference draws them.
+class PromptPixels:
+    """The prompt pixels of one image's prompts (ns x Hp x Wp bool), found once, and the
+    reference's sampling weights (equal total probability per prompt)."""
 
-    Like the reference, every non-empty call draws (a permutation when there are at most
-    `max_len` pixels, which sorting undoes), so a generator seeded like the reference's
-    global RNG yields the reference's subsets.
-    """
-    ns, hp, wp = masks.shape
-    nz = masks.nonzero()  # row-major (prompt, y, x)
-    if nz.shape[0] > 0:
-        prompt = nz[:, 0]
-        counts = torch.bincount(prompt, minlength=ns).to(torch.float32)
-        present = float((counts > 0).sum())
-        probs = 1.0 / (present * counts[prompt])
-        keep = torch.multinomial(probs, min(max_len, nz.shape[0]), replacement=False, generator=generator)
-        nz = nz[keep.sort().values]
-    divisor = torch.tensor([hp, wp], dtype=torch.float32, device=masks.device)
-    return PromptPoints(coords=nz[:, 1:].to(torch.float32) / divisor, prompt=nz[:, 0])
+    def __init__(self, masks: torch.Tensor) -> None:
+        ns, hp, wp = masks.shape
+        self.nz = masks.nonzero()  # row-major (prompt, y, x)
+        self.divisor = torch.tensor([hp, wp], dtype=torch.float32, device=masks.device)
+        self.probs = None
+        if self.nz.shape[0] > 0:
+            prompt = self.nz[:, 0]
+            counts = torch.bincount(prompt, minlength=ns).to(torch.float32)
+            present = float((counts > 0).sum())
+            self.probs = 1.0 / (present * counts[prompt])
+
+    def sample(self, max_len: int, generator: torch.Generator | None = None) -> PromptPoints:
+        """At most `max_len` pixels, as the reference draws them.
+
+        Like the reference, every non-empty call draws (a permutation when there are at most
+        `max_len` pixels, which sorting undoes), so a generator seeded like the reference's
+        global RNG yields the reference's subsets.
+        """
+        nz = self.nz
+        if self.probs is not None:
+            keep = torch.multinomial(self.probs, min(max_len, nz.shape[0]), replacement=False, generator=generator)
+            nz = nz[keep.sort().values]
+        return PromptPoints(coords=nz[:, 1:].to(torch.float32) / self.divisor, prompt=nz[:, 0])
+
+
+def sample_prompt_points(masks: torch.Tensor, max_len: int, generator: torch.Generator | None = None) -> PromptPoints:
+    """masks: ns x Hp x Wp bool -> the prompt pixels, at most `max_len` (see `PromptPixels`)."""
+    return PromptPixels(masks).sample(max_len, generator)
 
 
 def sample_at(feature_map: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -123,12 +137,13 @@ class PromptDraws:
 
 def draw_prompt_points(pos_masks: torch.Tensor, neg_masks: torch.Tensor, max_spatial_len: tuple[int, ...],
                        num_levels: int, generator: torch.Generator | None = None) -> PromptDraws:
-    pos = sample_prompt_points(pos_masks, max_spatial_len[-1], generator)
-    neg = sample_prompt_points(neg_masks, max_spatial_len[-1], generator)
+    pos_pixels, neg_pixels = PromptPixels(pos_masks), PromptPixels(neg_masks)
+    pos = pos_pixels.sample(max_spatial_len[-1], generator)
+    neg = neg_pixels.sample(max_spatial_len[-1], generator)
     level_pos, level_neg = [], []
     for level in range(num_levels):
-        level_pos.append(sample_prompt_points(pos_masks, max_spatial_len[level], generator))
-        level_neg.append(sample_prompt_points(neg_masks, max_spatial_len[level], generator))
+        level_pos.append(pos_pixels.sample(max_spatial_len[level], generator))
+        level_neg.append(neg_pixels.sample(max_spatial_len[level], generator))
     return PromptDraws(pos, neg, level_pos, level_neg)
 
 

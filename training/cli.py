@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int, default=20000)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--max-rounds", type=int, default=3, help="interactive rounds simulated per step (0..N)")
+    t.add_argument("--max-rounds", type=int, default=2, help="interactive rounds simulated per step (0..N)")
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--loss-weights", default=None, help="JSON of loss weights to override, e.g. '{\"grounding_class\": 2}'")

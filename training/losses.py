@@ -91,9 +91,8 @@ def pairwise_mask_costs(pred: torch.Tensor, target: torch.Tensor, num_points: in
     coords = torch.rand(1, num_points, 2, generator=generator, device=pred.device)
     p = point_sample(pred, coords.expand(pred.shape[0], -1, -1))
     t = point_sample(target, coords.expand(target.shape[0], -1, -1))
-    pos = F.binary_cross_entropy_with_logits(p, torch.ones_like(p), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(p, torch.zeros_like(p), reduction="none")
-    bce = (pos @ t.t() + neg @ (1 - t).t()) / num_points
+    neg = F.softplus(p)  # BCE against 0; against 1 it is softplus(p) - p
+    bce = ((neg - p) @ t.t() + neg @ (1 - t).t()) / num_points
     s = p.sigmoid()
     dice_cost = 1 - (2 * s @ t.t() + 1) / (s.sum(-1)[:, None] + t.sum(-1)[None, :] + 1)
     return bce, dice_cost

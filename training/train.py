@@ -51,7 +51,7 @@ class TrainConfig:
     warmup_steps: int = 300
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
-    max_rounds: int = 3  # interactive rounds simulated without gradient (0..max_rounds)
+    max_rounds: int = 2  # interactive rounds simulated without gradient (0..max_rounds; the reference: 1)
     seed: int = 0
     dataset: str = "shapes-world"  # or a COCO annotations JSON
     images: str | None = None  # COCO image folder (default: beside the JSON)
@@ -133,23 +133,30 @@ class TrainingModel(nn.Module):
                            full_masks="all")
         rounds_pred: list[list[RoundPrediction]] = []
         logit_scale = seem.text_encoder.logit_scale
+        # Per-image views by unbind: one backward node per tensor, not one per image
+        # (indexing would make each backward materialise the whole batch's gradient).
         for heads in out.rounds:
-            per_image = []
-            obj_logits = seem.class_logits(heads[OBJECT].class_emb, vocab_emb)
-            for b, s in enumerate(batch.samples):
-                pred = RoundPrediction(object_logits=obj_logits[b], object_masks=heads[OBJECT].masks[b])
-                if grounding is not None and sentences[b] is not None:
-                    g = heads[GROUNDING]
-                    pred.grounding_scores = grounding_scores(g.class_emb[b], sentences[b], logit_scale,
-                                                             seem.cfg.inference.grounding_temperature_max)
-                    pred.grounding_masks = g.masks[b]
-                if spatial is not None and counts[b] > 0:
-                    sp = heads[SPATIAL]
-                    n = counts[b] * qpp
-                    pred.spatial_selection = spatial_selection_logits(
-                        sp.mask_emb[b, :n], spatial.pos_embed[b, : counts[b]], qpp)
-                    pred.spatial_masks = sp.masks[b, :n]
-                per_image.append(pred)
+            obj_logits = seem.class_logits(heads[OBJECT].class_emb, vocab_emb).unbind(0)
+            obj_masks = heads[OBJECT].masks.unbind(0)
+            per_image = [RoundPrediction(object_logits=obj_logits[b], object_masks=obj_masks[b])
+                         for b in range(len(batch.samples))]
+            if grounding is not None:
+                g = heads[GROUNDING]
+                g_emb, g_masks = g.class_emb.unbind(0), g.masks.unbind(0)
+                for b, pred in enumerate(per_image):
+                    if sentences[b] is not None:
+                        pred.grounding_scores = grounding_scores(g_emb[b], sentences[b], logit_scale,
+                                                                 seem.cfg.inference.grounding_temperature_max)
+                        pred.grounding_masks = g_masks[b]
+            if spatial is not None:
+                sp = heads[SPATIAL]
+                s_emb, s_masks = sp.mask_emb.unbind(0), sp.masks.unbind(0)
+                for b, pred in enumerate(per_image):
+                    if counts[b] > 0:
+                        n = counts[b] * qpp
+                        pred.spatial_selection = spatial_selection_logits(
+                            s_emb[b][:n], spatial.pos_embed[b, : counts[b]], qpp)
+                        pred.spatial_masks = s_masks[b][:n]
             rounds_pred.append(per_image)
         targets = [Targets(masks=batch.pad(s.masks).float().to(dev), labels=s.labels.to(dev),
                            phrase_masks=batch.pad(s.masks[s.phrase_targets]).float().to(dev),

@@ -1,0 +1,132 @@
+"""Decoder on cached features vs the full model, for seem-focalt-v1 (random weights) on CPU.
+
+Prints, for a 512 x 683 image (the reference's SPEED.md settings: fp32, 2 threads):
+encode (backbone + pixel decoder), decode with a click, a second click with memory, a
+phrase, a vocabulary (panoptic), the vocabulary embedding per class name, peak RSS, and
+the ratio full forward / decode-with-click, all measured in one run.
+
+The reference's figures (shared/seem-reference/SPEED.md) were taken on another CPU; the
+script also times the reference's single most expensive operation (the pixel decoder's
+512 -> 512 3x3 convolution at stride 4, 252 ms there) to give the speed ratio of the two
+machines, so the reference's figures can be read at this machine's speed.
+
+    .venv/bin/python bench/decode_vs_full.py [--repeats 5] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model import Box, Point, Prompts, build_predictor  # noqa: E402
+
+# SPEED.md medians (ms), Focal-T v1, 512 x 683, fp32, 2 threads, AMD EPYC Zen 5.
+REFERENCE_MS = {
+    "backbone": 633, "pixel_decoder": 702, "decoder_click": 564, "decoder_click2": 701,
+    "decoder_phrase": 811, "decoder_generic": 518, "full_click": 2171, "full_phrase": 2884,
+    "full_generic": 2364, "vocabulary_per_name": 3934, "conv3x3_512_stride4": 252,
+}
+REFERENCE_PEAK_RSS_GB = 7.18
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--names", type=int, default=10, help="class names for the vocabulary timing")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    # Machine calibration: the reference's heaviest single op, identical here.
+    conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=True).eval()
+    x = torch.randn(1, 512, 128, 176)
+    with torch.inference_mode():
+        conv_ms = timed(lambda: conv(x), args.repeats)
+    del conv, x
+    machine_ratio = conv_ms / REFERENCE_MS["conv3x3_512_stride4"]
+
+    predictor = build_predictor("seem-focalt-v1", weights=None, device="cpu")
+    rng = np.random.default_rng(0)
+    image = (rng.random((512, 683, 3)) * 255).astype(np.uint8)
+    vocab = ["red circle", "blue square", "green triangle", "sky", "grass"]
+    predictor.vocabulary_embeddings(vocab)
+    features = predictor.encode([image])[0]
+    click = Prompts(spatial=(Point(200.0, 150.0),))
+    first = predictor.decode(features, click, vocabulary=vocab)
+    click2 = Prompts(spatial=(Point(200.0, 150.0), Point(500.0, 400.0, positive=False)))
+    box = Prompts(spatial=(Box(100.0, 80.0, 300.0, 260.0),))
+    phrase = Prompts(text="the red circle")
+
+    r: dict[str, float] = {}
+    r["encode"] = timed(lambda: predictor.encode([image]), args.repeats)
+    r["decode_click"] = timed(lambda: predictor.decode(features, click, vocabulary=vocab), args.repeats)
+    r["decode_click2"] = timed(lambda: predictor.decode(features, click2, previous_mask=first.memory,
+                                                        vocabulary=vocab), args.repeats)
+    r["decode_box"] = timed(lambda: predictor.decode(features, box, vocabulary=vocab), args.repeats)
+    r["decode_phrase"] = timed(lambda: predictor.decode(features, phrase, vocabulary=vocab), args.repeats)
+    r["decode_panoptic"] = timed(lambda: predictor.panoptic(features, vocab), args.repeats)
+    r["full_click"] = timed(lambda: predictor.decode(predictor.encode([image])[0], click, vocabulary=vocab),
+                            max(3, args.repeats // 2))
+    from model.coco_classes import COCO_PANOPTIC_CLASSES
+
+    names = list(COCO_PANOPTIC_CLASSES[: args.names])
+    te = predictor.model.text_encoder
+
+    def embed_names() -> None:
+        te._class_cache.clear()  # keep the templates' prefix cache: it is built once per model
+        with torch.inference_mode():
+            te.class_embeddings(names)
+
+    r["vocabulary_per_name"] = timed(embed_names, 3) / len(names)
+    r["ratio_full_click_over_decode_click"] = r["full_click"] / r["decode_click"]
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    r["peak_rss_gb"] = peak_gb
+    r["cached_features_mb_fp32"] = features.nbytes / 2**20
+
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
+    print(f"calibration: 3x3 conv 512->512 at 128x176 = {conv_ms:.0f} ms here vs 252 ms in SPEED.md "
+          f"(this machine is {machine_ratio:.2f}x the reference machine's time)")
+    print(f"{'what':<34}{'ours (ms)':>12}{'reference (ms)':>16}{'reference here':>16}")
+    rows = [("encode (backbone + pixel decoder)", "encode", REFERENCE_MS["backbone"] + REFERENCE_MS["pixel_decoder"]),
+            ("decode: click (cached features)", "decode_click", REFERENCE_MS["decoder_click"]),
+            ("decode: 2nd click + memory", "decode_click2", REFERENCE_MS["decoder_click2"]),
+            ("decode: box", "decode_box", None),
+            ("decode: phrase", "decode_phrase", REFERENCE_MS["decoder_phrase"]),
+            ("decode: panoptic (vocabulary)", "decode_panoptic", REFERENCE_MS["decoder_generic"]),
+            ("full forward: click", "full_click", REFERENCE_MS["full_click"]),
+            ("vocabulary embedding, per name", "vocabulary_per_name", REFERENCE_MS["vocabulary_per_name"])]
+    for label, key, ref in rows:
+        ref_s = f"{ref:>16.0f}{ref * machine_ratio:>16.0f}" if ref else f"{'-':>16}{'-':>16}"
+        print(f"{label:<34}{r[key]:>12.1f}{ref_s}")
+    print(f"full forward / decode-with-click: {r['ratio_full_click_over_decode_click']:.1f}x")
+    print(f"peak RSS: {peak_gb:.2f} GB (reference: {REFERENCE_PEAK_RSS_GB} GB)")
+    print(f"cached features (fp32): {r['cached_features_mb_fp32']:.1f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"ours_ms": r, "reference_ms": REFERENCE_MS,
+                                               "machine_ratio": machine_ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
