@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.progress import EncodeSummary, Progress, SegmentSummary
 from pipeline.sources import SourceItem, list_source
@@ -384,7 +385,9 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
     # The images to segment: every listed uri's latest manifest row (one per uri).
     listed = {i.uri for i in items}
     table = fstore.manifest(enc.model_id).read()
-    rows = [r for r in table.to_pylist() if r["uri"] in listed]
+    # Filter in Arrow: the manifest can hold many more images than this source.
+    table = table.filter(pc.is_in(table["uri"], value_set=pa.array(sorted(listed), pa.string())))
+    rows = table.select(["uri", "sha256", "width", "height", "status", "error"]).to_pylist()
     recorded = {r["uri"] for r in rows}
     errors: list[tuple[str, str]] = [(r["uri"], r["error"] or "encode: failed") for r in rows if r["status"] != "ok"]
     errors += [(u, error_text("encode", "no manifest row after the encode pass (concurrent run?)"))
@@ -404,8 +407,8 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
 
     # Deterministic outputs: images in uri order keep the ids given above.
     results = results.sort_by([("uri", "ascending")])
-    good = results.filter(pa.compute.equal(results["status"], "ok"))
-    bad = results.filter(pa.compute.not_equal(results["status"], "ok"))
+    good = results.filter(pc.equal(results["status"], "ok"))
+    bad = results.filter(pc.not_equal(results["status"], "ok"))
     errors += list(zip(bad["uri"].to_pylist(), bad["error"].to_pylist()))
     # Images that failed here are dropped and the survivors renumbered 1..N in uri order,
     # so the COCO ids stay dense and do not depend on which worker failed what.
