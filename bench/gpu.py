@@ -88,7 +88,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device, warmup: int, min_time_s: float, min_iters: int = 1) -> list[float]:
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, min_time_s: float,
+          min_iters: int = 1) -> list[float]:
     """Seconds per call of `fn`: `warmup` untimed calls, then calls until both `min_iters`
     calls and `min_time_s` seconds are done. The device is synchronised around each call."""
     for _ in range(warmup):
@@ -220,7 +221,8 @@ def decoder_latency(predictor: SeemPredictor, plan: Plan) -> list[dict]:
     first = predictor.decode(features, prompts["point"])
     second_round = Prompts(spatial=(Point(0.3 * plan.size, 0.3 * plan.size),
                                     Point(0.05 * plan.size, 0.05 * plan.size, positive=False)))
-    calls: dict[str, Callable[[], Any]] = {name: (lambda p=p: predictor.decode(features, p)) for name, p in prompts.items()}
+    calls: dict[str, Callable[[], Any]] = {name: (lambda p=p: predictor.decode(features, p))
+                                           for name, p in prompts.items()}
     calls["round-2"] = lambda: predictor.decode(features, second_round, previous_mask=first.memory)
     rows = []
     for name in PROMPT_TYPES:
@@ -413,7 +415,8 @@ def markdown(r: dict) -> str:
             out.append(f"| {c['case']} | {result} |")
         if p.get("error"):
             out.append(f"| - | {p['error']} |")
-        out += ["", "| CPU fp32 vs device | mask_features rel RMS | ms0 rel RMS | point mask IoU |", "|---|---:|---:|---:|"]
+        out += ["", "| CPU fp32 vs device | mask_features rel RMS | ms0 rel RMS | point mask IoU |",
+                "|---|---:|---:|---:|"]
         for c in r["parity_cpu_vs_device"]:
             out.append(f"| {c['device_dtype']} | {c['mask_features_rel_rms']:.2e} | {c['ms0_rel_rms']:.2e} | "
                        f"{c['point_mask_iou']:.4f} |")

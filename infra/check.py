@@ -5,7 +5,8 @@
     python infra/check.py serve infra/serve.yaml [--no-build]
     python infra/check.py kuberay infra/kuberay/rayjob.yaml infra/kuberay/rayservice.yaml [--serve-config FILE]
     python infra/check.py docker infra/Dockerfile
-    python infra/check.py monitoring infra/prometheus.yml infra/kuberay/podmonitor.yaml infra/grafana/dashboards/seem-ray.json
+    python infra/check.py monitoring infra/prometheus.yml infra/kuberay/podmonitor.yaml \
+        infra/grafana/dashboards/seem-ray.json
 
 What each check holds a file to:
 - cluster: Ray's own cluster-config JSON schema (ray/autoscaler/ray-schema.json of the installed
@@ -279,7 +280,8 @@ def check_serve_config(config: dict | Path | str, build: bool = True, label: str
 
                 import_attr(app["import_path"])
             except Exception as e:  # noqa: BLE001
-                report.errors.append(f"application {name!r}: cannot import {app['import_path']}: {type(e).__name__}: {e}")
+                report.errors.append(f"application {name!r}: cannot import {app['import_path']}: "
+                                     f"{type(e).__name__}: {_one_line(e)}")
     return report
 
 
@@ -599,7 +601,8 @@ def check_dashboard(path: Path | str, dashboard: dict | None = None) -> Report:
             report.errors.append(f"panel {title!r}: missing or duplicate id")
         ids.add(panel.get("id"))
         grid = panel.get("gridPos") or {}
-        if not all(isinstance(grid.get(k), int) for k in ("h", "w", "x", "y")) or grid.get("x", 0) + grid.get("w", 0) > 24:
+        ints = all(isinstance(grid.get(k), int) for k in ("h", "w", "x", "y"))
+        if not ints or grid.get("x", 0) + grid.get("w", 0) > 24:
             report.errors.append(f"panel {title!r}: bad gridPos {grid}")
         if panel.get("type") == "row":
             continue
@@ -627,7 +630,8 @@ def check_dashboard(path: Path | str, dashboard: dict | None = None) -> Report:
             for s in selectors:
                 if not s.metric.startswith("ray_"):
                     report.errors.append(f"panel {title!r}: {s.metric} is not a Ray-exported series (ray_ prefix)")
-    report.notes.append(f"{len(ids)} panels, {queries} queries (series exported: see tests/infra/test_metrics_exported.py)")
+    report.notes.append(f"{len(ids)} panels, {queries} queries "
+                        "(whether the series are exported: tests/infra/test_metrics_exported.py)")
     return report
 
 

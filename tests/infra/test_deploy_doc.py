@@ -81,7 +81,8 @@ def test_checked_blocks_run():
     for block in (b for b in bash_blocks(DOC.read_text()) if is_checked(b)):
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=400)
-        assert proc.returncode == 0, f"block failed:\n{block}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        assert proc.returncode == 0, (f"block failed:\n{block}\n--- stdout\n{proc.stdout[-4000:]}"
+                                      f"\n--- stderr\n{proc.stderr[-4000:]}")
 
 
 def test_every_other_command_parses():

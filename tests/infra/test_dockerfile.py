@@ -30,12 +30,14 @@ def test_install_step_is_the_readmes():
 
 def test_pip_normalisation_only_drops_quiet_flags():
     assert check.pip_commands(".venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'") == [README_STEP]
-    assert check.pip_commands("cd x && python -m pip install --no-cache-dir -c constraints.txt -e '.[test]'") == [README_STEP]
+    command = "cd x && python -m pip install --no-cache-dir -c constraints.txt -e '.[test]'"
+    assert check.pip_commands(command) == [README_STEP]
     assert check.pip_commands("python -m pip install -e '.[test]'") != [README_STEP]
 
 
 def test_dockerignore_keeps_the_weights_and_drops_the_venv():
-    lines = {l.strip() for l in (REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")}
+    text = (REPO / ".dockerignore").read_text()
+    lines = {l.strip() for l in text.splitlines() if l.strip() and not l.startswith("#")}
     assert ".venv" in lines and ".git" in lines
     assert not any(l.startswith(("model", "*.safetensors", "**/*.safetensors")) for l in lines)
 

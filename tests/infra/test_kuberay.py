@@ -145,7 +145,8 @@ def test_prune_keeps_requirements_and_closes_objects():
     crd = {"type": "object", "required": ["a"], "properties": {
         "a": {"type": "object", "properties": {"n": {"x-kubernetes-int-or-string": True}, "m": {"type": "string"}}},
         "b": {"type": "array", "items": {"type": "object", "required": ["k"], "properties": {"k": {"type": "string"}}}},
-        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"z": {"type": "string"}}},
+        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                 "properties": {"z": {"type": "string"}}},
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
     }}
     schema = prune(crd, {"a": {"n": 1}, "b": [{"k": "x"}], "labels": {"x": "y"}})

@@ -75,7 +75,8 @@ def test_an_unknown_series_or_label_is_reported(scraped):
     exported = {name: set(labels) for name, labels in scraped["series"].items()}
     dash = json.loads(DASHBOARD.read_text())
     dash["panels"][1]["targets"].append({"refId": "Z", "expr": "sum(rate(ray_seem_requests_totl[5m]))"})
-    dash["panels"][1]["targets"].append({"refId": "Y", "expr": "sum by (deploymnt) (ray_serve_deployment_replica_healthy)"})
+    dash["panels"][1]["targets"].append(
+        {"refId": "Y", "expr": "sum by (deploymnt) (ray_serve_deployment_replica_healthy)"})
     exported.update(gpu_only_series())
     problems = check.missing_series(dash, exported)
     assert any("ray_seem_requests_totl is not exported" in p for p in problems), problems

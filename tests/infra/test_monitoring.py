@@ -28,7 +28,8 @@ def test_parse_promql():
     assert [(s.metric, s.labels) for s in sel] == [("ray_seem_request_latency_ms_bucket", ("status", "route")),
                                                    ("ray_resources", ("Name",))]
     assert grouping == {"le", "route"}
-    assert [s.metric for s in check.parse_promql("sum(rate(a_total[5m])) / sum(rate(b_total[1h:5m]))")[0]] == ["a_total", "b_total"]
+    selectors, _ = check.parse_promql("sum(rate(a_total[5m])) / sum(rate(b_total[1h:5m]))")
+    assert [s.metric for s in selectors] == ["a_total", "b_total"]
     with pytest.raises(ValueError):
         check.parse_promql('sum({__name__=~"ray_.*"})')
 
@@ -87,7 +88,8 @@ def test_prometheus_with_bad_relabel_is_rejected(mutated):
 
 
 def test_prometheus_without_targets_is_rejected(mutated):
-    errors = check.check_prometheus(mutated("infra/prometheus.yml", lambda c: c["scrape_configs"][0].pop("file_sd_configs"))).errors
+    path = mutated("infra/prometheus.yml", lambda c: c["scrape_configs"][0].pop("file_sd_configs"))
+    errors = check.check_prometheus(path).errors
     assert any("no targets" in e for e in errors), errors
 
 
