@@ -26,8 +26,11 @@ DASHBOARD = REPO / "infra/grafana/dashboards/seem-ray.json"
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("metrics") / "scrape.json"
-    proc = subprocess.run([sys.executable, "-m", "tests.infra.metrics_probe", str(out), "--timeout-s", "120"],
-                          cwd=REPO, capture_output=True, text=True, timeout=280)
+    for attempt in range(2):  # one retry: on a loaded machine Ray's start-up can time out
+        proc = subprocess.run([sys.executable, "-m", "tests.infra.metrics_probe", str(out), "--timeout-s", "120"],
+                              cwd=REPO, capture_output=True, text=True, timeout=280)
+        if proc.returncode == 0 or "timed out during startup" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -58,7 +61,7 @@ def gpu_only_series() -> dict[str, set[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_every_dashboard_series_is_exported(scraped):
     exported = {name: set(labels) for name, labels in scraped["series"].items()}
     exported.update(gpu_only_series())
@@ -70,7 +73,7 @@ def test_every_dashboard_series_is_exported(scraped):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_an_unknown_series_or_label_is_reported(scraped):
     exported = {name: set(labels) for name, labels in scraped["series"].items()}
     dash = json.loads(DASHBOARD.read_text())
@@ -90,7 +93,7 @@ def test_gpu_only_series_are_defined_by_rays_metrics_agent():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_prometheus_service_discovery_lists_the_metrics_port(scraped):
     # infra/prometheus.yml scrapes what Ray's service-discovery file lists.
     discovery = scraped["service_discovery"]
