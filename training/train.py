@@ -58,6 +58,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     threads: int = 0  # torch threads per worker (0: the worker's CPU share)
+    repeat_batches: int = 0  # > 0: cycle through the first N batches (overfitting smoke runs)
     loss: LossWeights = field(default_factory=LossWeights)
 
     @classmethod
@@ -243,23 +244,26 @@ def train_step(module: nn.Module, criterion: SeemCriterion, optimizer: torch.opt
 
 # -------------------------------------------------------------------- checkpoints
 def save_training_state(directory: Path, seem: Seem, optimizer: torch.optim.Optimizer, step: int,
-                        cfg: TrainConfig, generator: torch.Generator, rng: random.Random) -> None:
+                        cfg: TrainConfig, generator: torch.Generator, rng: random.Random,
+                        history: list[dict[str, float]] | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_checkpoint(seem, directory / "model.safetensors", metadata={"step": str(step), "model": cfg.model})
     torch.save({"optimizer": optimizer.state_dict(), "generator": generator.get_state()}, directory / "optimizer.pt")
     (directory / "state.json").write_text(json.dumps({"step": step, "rng": list(rng.getstate()[1]),
-                                                      "rng_version": rng.getstate()[0], "config": asdict(cfg)}))
+                                                      "rng_version": rng.getstate()[0], "config": asdict(cfg),
+                                                      "history": history or []}))
 
 
 def load_training_state(directory: Path, seem: Seem, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                        rng: random.Random) -> int:
+                        rng: random.Random) -> tuple[int, list[dict[str, float]]]:
+    """Restores a checkpoint; returns its step and the metrics history up to it."""
     load_checkpoint(seem, directory / "model.safetensors")
     extra = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(extra["optimizer"])
     generator.set_state(extra["generator"])
     state = json.loads((directory / "state.json").read_text())
     rng.setstate((state["rng_version"], tuple(state["rng"]), None))
-    return int(state["step"])
+    return int(state["step"]), list(state.get("history", []))
 
 
 # -------------------------------------------------------------------- Ray Train
@@ -284,10 +288,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     rng = random.Random(cfg.seed * 1000 + rank)
     start = 0
+    history: list[dict[str, float]] = []  # every reported window, kept in the checkpoints
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            start = load_training_state(Path(d), seem, optimizer, generator, rng) + 1
+            last, history = load_training_state(Path(d), seem, optimizer, generator, rng)
+            start = last + 1
     if cfg.dataset == "shapes-world":
         data = ShapesWorldBatches(seem.cfg, cfg.batch_size, seed=cfg.seed, rank=rank)
         vocabulary = None
@@ -299,20 +305,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     started = time.time()
     window: list[dict[str, float]] = []
     for step in range(start, cfg.steps):
-        metrics = train_step(module, criterion, optimizer, data.batch(step), step, cfg, generator, rng)
+        index = step % cfg.repeat_batches if cfg.repeat_batches else step
+        metrics = train_step(module, criterion, optimizer, data.batch(index), step, cfg, generator, rng)
         window.append(metrics)
         last = step == cfg.steps - 1
         if (step + 1) % cfg.checkpoint_every == 0 or last:
             report = _mean(window, step, started, start)
+            history.append(report)
             window = []
             if rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_training_state(Path(tmp), seem, optimizer, step, cfg, generator, rng)
+                    save_training_state(Path(tmp), seem, optimizer, step, cfg, generator, rng, history)
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(report)
         elif (step + 1) % cfg.log_every == 0:
             report = _mean(window, step, started, start)
+            history.append(report)
             ray.train.report(report)
             window = []
         else:
