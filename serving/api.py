@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -37,7 +37,7 @@ from model.image_io import ImageDecodeError, image_size
 
 from .config import ServeConfig
 from .errors import ApiError, error_body
-from .limits import check_limits, normalize_image_id, referring_image_ids
+from .limits import check_limits, normalize_image_id
 from .schemas import (ErrorResponse, HealthResponse, ImageResponse, ImageUriRequest, PanopticRequest, PanopticResponse,
                       ReferringPrompt, SegmentRequest, SegmentResponse)
 from .sources import read_uri

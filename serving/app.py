@@ -263,6 +263,13 @@ class Decoder:
     async def model_id(self) -> str:
         return self.model_id_
 
+    async def info(self) -> dict[str, Any]:
+        """What this replica runs on (for benchmarks and debugging)."""
+        import torch
+
+        return {"model_id": self.model_id_, "device": str(self.predictor.device),
+                "torch_threads": torch.get_num_threads(), "cache_size": self.config.decoder.cache_size}
+
     # Public methods return an ApiError instead of raising it (see Encoder.encode).
     async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any] | ApiError:
         """Make sure this replica holds the image's features (encode if new)."""

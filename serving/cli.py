@@ -84,11 +84,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"seem serve: {signal.Signals(signum).name}, shutting down", flush=True)
         stop.set()
 
-    # Installed before Ray starts, so a signal during start-up also ends in a clean shutdown.
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    def _install() -> None:
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
 
+    _install()  # before Ray starts, so a signal during start-up also ends in a clean shutdown
     ray.init(**init)
+    # ray.init installs its own fatal-signal handler for SIGTERM (it logs and aborts the
+    # process); ours must be the one that runs, so put it back.
+    _install()
     code = 0
     try:
         serve.start(http_options={"host": args.host, "port": args.port})

@@ -44,7 +44,7 @@ def _with_known_image(case) -> None:  # noqa: ANN001 - a schemathesis Case
 
 # (method, path, generation mode, examples). GET routes take no input: nothing to negate.
 CASES = [("GET", "/healthz", "positive", 3), ("GET", "/metrics", "positive", 2)] + [
-    ("POST", path, mode, n) for path, n in (("/v1/images", 30), ("/v1/segment", 100), ("/v1/panoptic", 30))
+    ("POST", path, mode, n) for path, n in (("/v1/images", 25), ("/v1/segment", 80), ("/v1/panoptic", 25))
     for mode in ("positive", "negative")]
 
 

@@ -1,0 +1,330 @@
+"""Serving benchmark: what HTTP + Ray Serve add to a decode, and the feature-cache hit rate.
+
+    .venv/bin/python bench/serve.py                    # both parts, prints Markdown tables
+    .venv/bin/python bench/serve.py --json out/serve.json
+
+1. Latency. One image is uploaded; then `--requests` sequential POST /v1/segment (one
+   positive click, keep-alive connection) are timed at the client. In this process the
+   same predictor (same weights, same torch thread count as a decoder replica) answers
+   the same request on the same cached features — the features read back from the store,
+   in the dtype the decoder caches — through the code a replica runs
+   (`serving.inference.segment`: prompt conversion, decode, RLE). "Added" is the
+   difference of the medians: proxy, ingress (auth, parsing, validation), the Ray hops to
+   the decoder replica and back, batching and JSON. The ingress and the decoder report
+   their own times in `timings_ms`, which splits it.
+2. Hit rate. With exactly 2 decoder replicas, each with an LRU of `--cache-size` images,
+   `--images` images are uploaded and then `--hit-requests` segment requests go to random
+   images from `--concurrency` clients, once with requests routed by image id (Serve
+   model multiplexing) and once without (any replica). Hits and misses are the decoder's
+   own counters (`ray_seem_feature_cache_*`), read from GET /metrics before and after.
+   With more images than one LRU holds but fewer than two, routing decides the outcome:
+   each replica needs to hold only its share.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import socket
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+API_KEY = "bench-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+class App:
+    """The seem-ray application on this machine's Ray, redeployed per configuration."""
+
+    def __init__(self, store: str, metrics_port: int) -> None:
+        import ray
+        from ray import serve
+
+        self.port = free_port()
+        self.metrics_port = metrics_port
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 object_store_memory=512 << 20, _metrics_export_port=metrics_port,
+                 _system_config={"metrics_report_interval_ms": 1000})
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        self.store = store
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {API_KEY}"
+
+    def deploy(self, *, replicas: int, cache_size: int, route_by_image: bool) -> None:
+        from ray import serve
+
+        from serving.app import APP_NAME, build_app
+
+        serve.delete(APP_NAME)  # fresh replicas: empty caches
+        app = build_app({
+            "store": self.store,
+            "api_keys": [API_KEY],
+            "autoscaling": {"min_replicas": replicas, "max_replicas": replicas, "initial_replicas": replicas},
+            "decoder": {"num_cpus": 0.25, "cache_size": cache_size},
+            "encoder": {"num_cpus": 0.25},
+            "ingress": {"num_cpus": 0.25},
+            "route_by_image": route_by_image,
+        })
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        deadline = time.monotonic() + 300
+        while True:
+            status = serve.status().applications[APP_NAME].deployments["Decoder"].replica_states
+            if status.get("RUNNING", 0) == replicas:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"decoder replicas did not start: {status}")
+            time.sleep(0.5)
+
+    def upload(self, data: bytes) -> str:
+        r = self.session.post(self.base + "/v1/images", data=data, headers={"Content-Type": "image/png"}, timeout=120)
+        r.raise_for_status()
+        return r.json()["image_id"]
+
+    def segment(self, body: dict, session: requests.Session | None = None) -> dict:
+        r = (session or self.session).post(self.base + "/v1/segment", json=body, timeout=120)
+        r.raise_for_status()
+        return r.json()
+
+    def cache_counts(self) -> tuple[float, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self.session.get(self.base + "/metrics", timeout=60).text
+        hits = misses = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "ray_seem_feature_cache_hits_total":
+                    hits += s.value
+                elif s.name == "ray_seem_feature_cache_misses_total":
+                    misses += s.value
+        return hits, misses
+
+    def settled_counts(self, expected_total: float, timeout_s: float = 60) -> tuple[float, float]:
+        """Counters once they account for `expected_total` lookups (export lags ~1-2 s)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            hits, misses = self.cache_counts()
+            if hits + misses >= expected_total or time.monotonic() > deadline:
+                return hits, misses
+            time.sleep(1)
+
+    def close(self) -> None:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+def latency(app: App, args: argparse.Namespace) -> dict:
+    import torch
+
+    from serving.inference import load_predictor, segment, warm_up
+    from serving.schemas import SegmentRequest
+    from store import FeatureStore
+    from training.shapes_world import generate_scene
+
+    app.deploy(replicas=1, cache_size=8, route_by_image=True)
+    replica = app_info()
+    scene = generate_scene(2024)
+    image_id = app.upload(png(scene.image))
+    ys, xs = np.nonzero(scene.mask(scene.things[0].id))
+    body = {"image_id": image_id, "prompts": [{"type": "point", "xy": [float(xs[len(xs) // 2]),
+                                                                    float(ys[len(ys) // 2])]}]}
+    for _ in range(args.warmup):
+        app.segment(body)
+    client, total, decode = [], [], []
+    for _ in range(args.requests):
+        t0 = time.perf_counter()
+        answer = app.segment(body)
+        client.append((time.perf_counter() - t0) * 1000)
+        total.append(answer["timings_ms"]["total"])
+        decode.append(answer["timings_ms"]["decode"] + answer["timings_ms"]["rle"])
+
+    # In process: the same work on the same cached features with the replica's thread count.
+    torch.set_num_threads(replica["torch_threads"])
+    predictor = load_predictor("seem-tiny", "default")
+    warm_up(predictor)
+    assert predictor.model_id == replica["model_id"], "bench and replica must run the same model"
+    features = FeatureStore(app.store).get(predictor.model_id, image_id, dtype=None)  # as the decoder caches it
+    request = SegmentRequest.model_validate(body)
+    for _ in range(args.warmup):
+        segment(predictor, features, request, {})
+    local = []
+    for _ in range(args.requests):
+        t0 = time.perf_counter()
+        segment(predictor, features, request, {})
+        local.append((time.perf_counter() - t0) * 1000)
+    return {
+        "requests": args.requests,
+        "torch_threads": replica["torch_threads"],
+        "http_p50_ms": pct(client, 50), "http_p99_ms": pct(client, 99),
+        "ingress_total_p50_ms": pct(total, 50),
+        "replica_decode_p50_ms": pct(decode, 50),
+        "in_process_p50_ms": pct(local, 50), "in_process_p99_ms": pct(local, 99),
+        "added_p50_ms": pct(client, 50) - pct(local, 50),
+        "proxy_and_http_p50_ms": pct(client, 50) - pct(total, 50),
+    }
+
+
+def serve_floor(app: App, args: argparse.Namespace) -> dict:
+    """Ray Serve's own cost on this machine: the same two hops (proxy -> FastAPI ingress ->
+    a downstream replica by multiplexed id) with no work and a tiny JSON answer."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25})
+    class Downstream:
+        async def answer(self, body: dict) -> dict:
+            return {"masks": [], "echo": body}
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25})
+    @serve.ingress(api)
+    class Front:
+        def __init__(self, downstream) -> None:  # noqa: ANN001
+            self.downstream = downstream
+
+        # `body: dict` (a builtin): Serve pickles this class by value, and FastAPI must resolve
+        # the annotation in the replica. No return annotation for the same reason.
+        @api.post("/floor")
+        async def floor(self, body: dict):  # noqa: ANN201
+            return JSONResponse(await self.downstream.options(multiplexed_model_id="x").answer.remote(body))
+
+    serve.run(Front.bind(Downstream.bind()), name="floor", route_prefix="/floor-app", blocking=False)
+    session = requests.Session()
+    url = app.base + "/floor-app/floor"
+    for _ in range(args.warmup):
+        session.post(url, json={"a": 1}, timeout=60).raise_for_status()
+    times = []
+    for _ in range(args.requests):
+        t0 = time.perf_counter()
+        session.post(url, json={"a": 1}, timeout=60).raise_for_status()
+        times.append((time.perf_counter() - t0) * 1000)
+    serve.delete("floor")
+    return {"floor_p50_ms": pct(times, 50), "floor_p99_ms": pct(times, 99)}
+
+
+def app_info() -> dict:
+    from ray import serve
+
+    from serving.app import APP_NAME
+
+    return serve.get_deployment_handle("Decoder", APP_NAME).info.remote().result(timeout_s=60)
+
+
+def hit_rate(app: App, args: argparse.Namespace, route_by_image: bool) -> dict:
+    from training.shapes_world import generate_scene
+
+    app.deploy(replicas=2, cache_size=args.cache_size, route_by_image=route_by_image)
+    images = []
+    for i in range(args.images):
+        scene = generate_scene(5000 + i)
+        image_id = app.upload(png(scene.image))
+        ys, xs = np.nonzero(scene.mask(scene.things[0].id))
+        images.append((image_id, [float(xs[len(xs) // 2]), float(ys[len(ys) // 2])]))
+    hits0, misses0 = app.settled_counts(args.images)
+    rng = random.Random(7)
+    plan = [images[rng.randrange(len(images))] for _ in range(args.hit_requests)]
+    sessions = [requests.Session() for _ in range(args.concurrency)]
+    for s in sessions:
+        s.headers["Authorization"] = f"Bearer {API_KEY}"
+
+    def one(k: int) -> None:
+        image_id, xy = plan[k]
+        app.segment({"image_id": image_id, "prompts": [{"type": "point", "xy": xy}]}, sessions[k % len(sessions)])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        list(pool.map(one, range(len(plan))))
+    elapsed = time.perf_counter() - started
+    hits1, misses1 = app.settled_counts(hits0 + misses0 + args.hit_requests)
+    hits, misses = hits1 - hits0, misses1 - misses0
+    return {"route_by_image": route_by_image, "replicas": 2, "cache_size": args.cache_size, "images": args.images,
+            "requests": args.hit_requests, "hits": hits, "misses": misses,
+            "hit_rate": hits / max(hits + misses, 1), "req_per_s": args.hit_requests / elapsed}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=300, help="sequential requests for the latency part")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--cache-size", type=int, default=10, help="LRU size per decoder replica")
+    p.add_argument("--hit-requests", type=int, default=400)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--only", choices=["latency", "hits"], help="run one part")
+    p.add_argument("--json", help="write the numbers here")
+    args = p.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    app = App(tempfile.mkdtemp(prefix="seem-bench-store-"), free_port())
+    results: dict = {"machine": f"{platform.node()} {os.cpu_count()} CPUs {platform.processor() or platform.machine()}",
+                     "date": time.strftime("%Y-%m-%d"), "command": " ".join(["bench/serve.py"] + sys.argv[1:])}
+    try:
+        if args.only in (None, "latency"):
+            results["latency"] = latency(app, args)
+            results["latency"].update(serve_floor(app, args))
+        if args.only in (None, "hits"):
+            results["hit_rate"] = [hit_rate(app, args, True), hit_rate(app, args, False)]
+    finally:
+        app.close()
+
+    print(f"\n{results['machine']}, {results['date']}: {results['command']}\n")
+    if "latency" in results:
+        lat = results["latency"]
+        print(f"| one click, {lat['requests']} sequential requests | p50 ms | p99 ms |\n|---|---|---|")
+        print(f"| HTTP at the client | {lat['http_p50_ms']:.1f} | {lat['http_p99_ms']:.1f} |")
+        print(f"| in process, same features, {lat['torch_threads']} torch thread(s) | "
+              f"{lat['in_process_p50_ms']:.1f} | {lat['in_process_p99_ms']:.1f} |")
+        print(f"| **added by HTTP + Serve** | **{lat['added_p50_ms']:.1f}** | |")
+        print(f"| of which proxy + HTTP (client - ingress total) | {lat['proxy_and_http_p50_ms']:.1f} | |")
+        print(f"| decode + RLE inside the replica | {lat['replica_decode_p50_ms']:.1f} | |")
+        print(f"| Serve's floor: same two hops, no work ({lat['requests']} requests) | {lat['floor_p50_ms']:.1f} | "
+              f"{lat['floor_p99_ms']:.1f} |\n")
+    if "hit_rate" in results:
+        print("| routing by image id | replicas | LRU per replica | images | requests | hits | misses | hit rate | req/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for h in results["hit_rate"]:
+            print(f"| {'yes' if h['route_by_image'] else 'no'} | {h['replicas']} | {h['cache_size']} | {h['images']} | "
+                  f"{h['requests']} | {h['hits']:.0f} | {h['misses']:.0f} | {100 * h['hit_rate']:.1f}% | "
+                  f"{h['req_per_s']:.0f} |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""`seem serve` as a user runs it: a subprocess with its own local Ray, serving until SIGTERM
+(or SIGINT), then shutting Serve and Ray down and exiting 0."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from training.shapes_world import generate_scene
+
+from .conftest import free_port, png_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"seem serve exited early with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise AssertionError("seem serve did not become healthy")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM])
+def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    port = free_port()
+    config = tmp_path / "args.json"
+    # Small replicas: this runs next to the suite's own Ray on a small machine.
+    config.write_text(json.dumps({"decoder": {"num_cpus": 0.25}, "encoder": {"num_cpus": 0.25},
+                                  "ingress": {"num_cpus": 0.1}, "autoscaling": {"max_replicas": 1}}))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "seem_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--store", str(tmp_path / "store"), "--config", str(config), "--num-cpus", "2", "--api-key", "cli-key"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base + "/healthz", proc, timeout_s=180)
+        headers = {"Authorization": "Bearer cli-key"}
+        data = png_bytes(generate_scene(12).image)
+        r = requests.post(base + "/v1/images", data=data, headers={**headers, "Content-Type": "image/png"}, timeout=60)
+        assert r.status_code == 200, r.text
+        r = requests.post(base + "/v1/segment", json={"image_id": r.json()["image_id"],
+                                                       "prompts": [{"type": "point", "xy": [20, 20]}]},
+                          headers=headers, timeout=60)
+        assert r.status_code == 200, r.text
+        assert requests.get(base + "/v1/images", timeout=10).status_code == 401  # --api-key applies
+
+        proc.send_signal(stop_signal)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:  # only if something above failed: end what this test started
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, out
+    assert "listening on" in out and f"{stop_signal.name}, shutting down" in out and "stopped" in out, out
+    assert (tmp_path / "store").is_dir() and any((tmp_path / "store").rglob("*.safetensors"))
+    with pytest.raises(requests.ConnectionError):
+        requests.get(base + "/healthz", timeout=5)
+
+
+def test_seem_serve_refuses_bad_options(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "seem_cli", "serve", "--allow-uri-prefix", "relative/"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "invalid configuration" in proc.stderr and "allowed_uri_prefixes" in proc.stderr

@@ -1,0 +1,88 @@
+"""A bounded load test on loopback: concurrent clients, zero 5xx, the decoder scaling 1 -> 2.
+
+At most 60 s of load; prints p50 / p99 latency. The session app's autoscaling config
+(target 2 ongoing requests per replica, upscale after 1 s) makes 12 clients enough.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import requests
+
+from .conftest import ServingEnv
+from .test_http_api import point_in
+
+CLIENTS = 12
+MAX_SECONDS = 60.0
+MAX_REQUESTS = 20_000
+
+
+def test_load_scales_the_decoder_out_without_5xx(serving: ServingEnv) -> None:
+    images = []
+    for seed in (301, 302, 303, 304):
+        scene, image_id = serving.scene(seed)
+        thing = scene.things[0]
+        images.append((image_id, point_in(scene.mask(thing.id))))
+
+    deadline = time.monotonic() + 90  # earlier tests may have scaled it up: wait for the downscale
+    while serving.decoder_replicas() != 1:
+        assert time.monotonic() < deadline, "decoder did not settle to 1 replica before the load"
+        time.sleep(1)
+
+    results: list[tuple[int, float]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def client(k: int) -> None:
+        session = requests.Session()
+        i = k
+        while not stop.is_set():
+            image_id, xy = images[i % len(images)]
+            i += 1
+            body = {"image_id": image_id, "prompts": [{"type": "point", "xy": xy}]}
+            t0 = time.perf_counter()
+            try:
+                status = session.post(serving.url("/v1/segment"), json=body, headers=serving.headers,
+                                      timeout=30).status_code
+            except requests.RequestException:
+                status = 599  # a dropped connection counts as a server failure
+            with lock:
+                results.append((status, (time.perf_counter() - t0) * 1000))
+                if len(results) >= MAX_REQUESTS:
+                    stop.set()
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    most = 1
+    scaled_at = None
+    try:
+        # Run until the scale-out has been seen and the new replica has served a while, or the time is up.
+        while not stop.is_set() and time.monotonic() - started < MAX_SECONDS:
+            most = max(most, serving.decoder_replicas())
+            if most >= 2 and scaled_at is None:
+                scaled_at = time.monotonic() - started
+            if scaled_at is not None and time.monotonic() - started > scaled_at + 10:
+                break
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=35)
+    elapsed = time.monotonic() - started
+
+    statuses = np.array([s for s, _ in results])
+    latencies = np.array([ms for _, ms in results])
+    p50, p99 = np.percentile(latencies, [50, 99])
+    print(f"\nload: {len(results)} requests from {CLIENTS} clients in {elapsed:.1f} s "
+          f"({len(results) / elapsed:.0f} req/s); p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+          f"decoder replicas 1 -> {most} (at {scaled_at if scaled_at is None else round(scaled_at, 1)} s); "
+          f"statuses {dict(zip(*np.unique(statuses, return_counts=True)))}")
+    assert elapsed <= MAX_SECONDS + 40  # the load itself stops at MAX_SECONDS; joins are bounded
+    assert len(results) > 100
+    assert (statuses >= 500).sum() == 0, "5xx under load"
+    assert (statuses == 200).all(), f"non-200 answers: {set(statuses.tolist())}"
+    assert most >= 2, "the decoder did not scale out under load"
