@@ -162,13 +162,16 @@ def latency(app: App, args: argparse.Namespace) -> dict:
                                                                     float(ys[len(ys) // 2])]}]}
     for _ in range(args.warmup):
         app.segment(body)
-    client, total, decode = [], [], []
+    client, total, call, inside, decode = [], [], [], [], []
     for _ in range(args.requests):
         t0 = time.perf_counter()
         answer = app.segment(body)
         client.append((time.perf_counter() - t0) * 1000)
-        total.append(answer["timings_ms"]["total"])
-        decode.append(answer["timings_ms"]["decode"] + answer["timings_ms"]["rle"])
+        t = answer["timings_ms"]
+        total.append(t["total"])
+        call.append(t["decoder_call"])
+        inside.append(t["decoder"])
+        decode.append(t["decode"] + t["rle"])
 
     # In process: the same work on the same cached features with the replica's thread count.
     torch.set_num_threads(replica["torch_threads"])
@@ -192,7 +195,11 @@ def latency(app: App, args: argparse.Namespace) -> dict:
         "replica_decode_p50_ms": pct(decode, 50),
         "in_process_p50_ms": pct(local, 50), "in_process_p99_ms": pct(local, 99),
         "added_p50_ms": pct(client, 50) - pct(local, 50),
+        # Where the added time goes (differences of medians, so only roughly additive):
         "proxy_and_http_p50_ms": pct(client, 50) - pct(total, 50),
+        "ingress_own_p50_ms": pct(total, 50) - pct(call, 50),
+        "ray_hop_p50_ms": pct(call, 50) - pct(inside, 50),
+        "decoder_batch_and_features_p50_ms": pct(inside, 50) - pct(decode, 50),
     }
 
 
@@ -310,6 +317,11 @@ def main() -> int:
               f"{lat['in_process_p50_ms']:.1f} | {lat['in_process_p99_ms']:.1f} |")
         print(f"| **added by HTTP + Serve** | **{lat['added_p50_ms']:.1f}** | |")
         print(f"| of which proxy + HTTP (client - ingress total) | {lat['proxy_and_http_p50_ms']:.1f} | |")
+        print(f"| of which ingress: auth, parse, validate, JSON (total - decoder call) | "
+              f"{lat['ingress_own_p50_ms']:.1f} | |")
+        print(f"| of which Ray hop ingress <-> decoder (call - decoder's own time) | {lat['ray_hop_p50_ms']:.1f} | |")
+        print(f"| of which batching, feature lookup, thread hop in the decoder | "
+              f"{lat['decoder_batch_and_features_p50_ms']:.1f} | |")
         print(f"| decode + RLE inside the replica | {lat['replica_decode_p50_ms']:.1f} | |")
         print(f"| Serve's floor: same two hops, no work ({lat['requests']} requests) | {lat['floor_p50_ms']:.1f} | "
               f"{lat['floor_p99_ms']:.1f} |\n")

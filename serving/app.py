@@ -179,11 +179,18 @@ class Decoder:
         self._segment_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
 
     # ---------------------------------------------------------------- features
-    def _in_lru(self, image_id: str) -> bool:
-        # Serve keeps the multiplexed LRU on the loader function; if that private layout ever
-        # changes this is False, which costs a store existence check, never a wrong answer.
+    def _lru(self) -> Any:
+        """Serve's multiplexed LRU (image id -> features) of this replica, or None.
+
+        Serve keeps it on the loader function. If that private layout ever changes this is
+        None: every lookup then costs a store existence check, never a wrong answer
+        (tests/serving/test_http_api.py notices).
+        """
         wrapper = getattr(self._load_fn, "__serve_multiplex_wrapper", None)
-        models = getattr(wrapper, "models", None)
+        return getattr(wrapper, "models", None)
+
+    def _in_lru(self, image_id: str) -> bool:
+        models = self._lru()
         return models is not None and image_id in models
 
     async def _load(self, image_id: str) -> Any:
@@ -267,8 +274,10 @@ class Decoder:
         """What this replica runs on (for benchmarks and debugging)."""
         import torch
 
+        models = self._lru()
         return {"model_id": self.model_id_, "device": str(self.predictor.device),
-                "torch_threads": torch.get_num_threads(), "cache_size": self.config.decoder.cache_size}
+                "torch_threads": torch.get_num_threads(), "cache_size": self.config.decoder.cache_size,
+                "cached_images": None if models is None else list(models)}
 
     # Public methods return an ApiError instead of raising it (see Encoder.encode).
     async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any] | ApiError:
@@ -281,7 +290,11 @@ class Decoder:
         return {"image_id": image_id, "width": int(width), "height": int(height), "cached": cached}
 
     async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any] | ApiError:
-        return await self._segment_batch((image_id, data, request))
+        started = time.perf_counter()
+        result = await self._segment_batch((image_id, data, request))
+        if isinstance(result, dict):  # the replica's own time: batching and the thread hop included
+            result["timings_ms"]["decoder"] = (time.perf_counter() - started) * 1000
+        return result
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def _segment_batch(self, jobs: list[tuple[str, bytes | None, SegmentRequest]]) -> list[Any]:
@@ -380,7 +393,10 @@ class Ingress:
         return await self._call(self._decoder_for(image_id).ingest.remote(image_id, data), "ingest")
 
     async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any]:
-        return await self._call(self._decoder_for(image_id).segment.remote(image_id, data, request), "segment")
+        started = time.perf_counter()
+        body = await self._call(self._decoder_for(image_id).segment.remote(image_id, data, request), "segment")
+        body["timings_ms"]["decoder_call"] = (time.perf_counter() - started) * 1000  # the decoder as seen from here
+        return body
 
     async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any]:
         return await self._call(self._decoder_for(image_id).panoptic.remote(image_id, data, request), "panoptic")

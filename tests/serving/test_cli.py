@@ -59,6 +59,8 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
                           headers=headers, timeout=60)
         assert r.status_code == 200, r.text
         assert requests.get(base + "/v1/images", timeout=10).status_code == 401  # --api-key applies
+        metrics = requests.get(base + "/metrics", headers=headers, timeout=60)
+        assert metrics.status_code == 200 and "ray_serve_" in metrics.text, metrics.text[:500]
 
         proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=90)

@@ -30,7 +30,7 @@ def point_in(mask: np.ndarray) -> list[float]:
 def check_masks(body: dict, height: int, width: int, vocabulary=CATEGORIES) -> list[np.ndarray]:
     """Every mask well-formed: RLE of the image's size, area and bbox agree, labelled."""
     assert set(body) == {"masks", "timings_ms"}
-    assert {"decode", "features", "total"} <= set(body["timings_ms"])
+    assert {"decode", "rle", "features", "decoder", "decoder_call", "total"} == set(body["timings_ms"])
     assert body["masks"], "no mask"
     out = []
     scores = [m["score"] for m in body["masks"]]
@@ -60,6 +60,19 @@ def test_upload_returns_sha256_size_and_caches(serving: ServingEnv) -> None:
     assert again == {**first, "cached": True}
     stored = list(serving.store_dir.rglob(f"{first['image_id']}.safetensors"))
     assert len(stored) == 1, "the encoder writes the features to the store"
+
+
+def test_the_decoder_holds_uploaded_images_in_its_lru(serving: ServingEnv) -> None:
+    """Routing by image id relies on the replica's multiplexed LRU; see that it is there."""
+    from ray import serve
+
+    data = png_bytes(generate_scene(103).image)
+    image_id = serving.upload(data)["image_id"]
+    decoder = serve.get_deployment_handle("Decoder", serving.app_name)
+    info = decoder.options(multiplexed_model_id=image_id).info.remote().result(timeout_s=60)
+    assert info["cached_images"] is not None, "Serve's multiplexed LRU is no longer where serving.app looks"
+    assert image_id in info["cached_images"]
+    assert len(info["cached_images"]) <= info["cache_size"]
 
 
 def test_upload_jpeg_applies_exif_orientation(serving: ServingEnv) -> None:
