@@ -13,6 +13,11 @@ import threading
 from typing import Any
 
 
+#: The default store of `seem encode` / `seem segment` / `seem demo` (pipeline/cli.py), so that
+#: features they computed are found here. Repeated, not imported: serving never imports pipeline.
+LOCAL_STORE = os.path.join("out", "store")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve", help="run the HTTP service (Ray Serve) until Ctrl-C / SIGTERM",
@@ -21,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the same keys as infra/serve.yaml's args.")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--store", help="feature store: a directory or s3://bucket/prefix (default ~/.cache/seem-ray/store)")
+    p.add_argument("--store", help=f"feature store: a directory or s3://bucket/prefix (default: {LOCAL_STORE}, "
+                                   "the one `seem encode` / `seem demo` fill)")
     p.add_argument("--endpoint-url", help="S3 endpoint for the store and s3:// image URIs (MinIO, ...)")
     p.add_argument("--model", help="registered model name or config file (default seem-tiny)")
     p.add_argument("--weights", help="checkpoint path or s3:// URI (default: the model's shipped weights)")
@@ -64,6 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             app_args[key] = value
+    app_args.setdefault("store", LOCAL_STORE)
+    if "://" not in app_args["store"]:  # replicas need not share this process's working directory
+        app_args["store"] = os.path.abspath(app_args["store"])
     try:
         ServeConfig.from_args(app_args)  # fail on bad options before starting anything
     except Exception as e:
