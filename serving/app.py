@@ -32,6 +32,9 @@ __all__ = ["build_app", "Ingress", "Decoder", "Encoder", "APP_NAME"]
 log = logging.getLogger("seem.serving")
 
 APP_NAME = "seem"
+#: Freshly encoded features waiting for the loader; more than this means requests were
+#: cancelled between encode and load, and the oldest entries are dropped (they are in the store).
+_MAX_INCOMING = 64
 
 def _internal(exc: BaseException, where: str) -> ApiError:
     """Client errors pass through; anything else is logged and becomes a generic error."""
@@ -207,12 +210,19 @@ class Decoder:
         if loads is not None:
             loads.append("store")
         try:
-            return await asyncio.to_thread(self.store.get, self.model_id_, image_id, dtype=None)
+            features = await asyncio.to_thread(self.store.get, self.model_id_, image_id, dtype=None)
         except CorruptObject as e:
             log.error("removing corrupt stored features: %s", e)
             await asyncio.to_thread(self.store.delete, self.model_id_, image_id)
             raise ApiError("unavailable", "the stored features of this image were damaged and have been removed; "
                                           "upload the image again") from None
+        if features.stage != "pixel_decoder":
+            # A store filled with backbone outputs (smaller objects): run the pixel decoder once
+            # here, on the thread that owns the model, rather than on every decode.
+            loop = asyncio.get_running_loop()
+            full = await loop.run_in_executor(self._pool, self.predictor.materialize, features)
+            features = full.to(dtype=features.dtype)
+        return features
 
     async def _encode(self, image_id: str, data: bytes) -> None:
         pending = self._encoding.get(image_id)
@@ -226,6 +236,8 @@ class Decoder:
             if isinstance(result, ApiError):
                 raise result
             self._incoming[image_id] = result
+            while len(self._incoming) > _MAX_INCOMING:  # only requests cancelled mid-way leave entries
+                self._incoming.pop(next(iter(self._incoming)))
             future.set_result(None)
         except BaseException as e:
             future.set_exception(e)

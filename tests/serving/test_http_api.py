@@ -217,3 +217,21 @@ def test_health_docs_page(serving: ServingEnv) -> None:
 def test_basic_auth_with_the_key_as_password_opens_the_page(serving: ServingEnv) -> None:
     r = serving.session.get(serving.url("/"), auth=("anyone", API_KEY), timeout=10)
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize("stage", ["pixel_decoder", "backbone"])
+def test_features_stored_by_another_job_are_served_without_an_upload(serving: ServingEnv, stage: str) -> None:
+    """The bulk pipeline fills the same store: its objects (either stage) answer prompts."""
+    from serving.inference import load_predictor
+    from store import FeatureStore
+
+    scene = generate_scene(150 if stage == "backbone" else 151)
+    data = png_bytes(scene.image)
+    predictor = load_predictor("seem-tiny", "default")  # same seed as the replicas: same model id
+    features = predictor.encode([scene.image], stage=stage)[0]
+    FeatureStore(str(serving.store_dir)).put(features, sha256(data))
+    r = serving.post_json("/v1/segment", {"image_id": sha256(data), "prompts": [{"type": "point", "xy": [10, 10]}]})
+    assert r.status_code == 200, r.text
+    check_masks(r.json(), scene.height, scene.width)
+    again = serving.upload(data)
+    assert again["cached"] is True and (again["width"], again["height"]) == (scene.width, scene.height)
