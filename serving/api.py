@@ -54,13 +54,21 @@ _PUBLIC = frozenset({"/healthz"})
 class Backend(Protocol):
     """What the API needs from the rest of the system (the ingress deployment)."""
 
-    async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any]: ...
+    async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any]:
+        """Features of the image available (encoded if new): an ImageResponse body."""
+        ...
 
-    async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any]: ...
+    async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any]:
+        """A SegmentResponse body; `data` are the image bytes when the request named a URI."""
+        ...
 
-    async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any]: ...
+    async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any]:
+        """A PanopticResponse body."""
+        ...
 
-    async def metrics_text(self) -> str: ...
+    async def metrics_text(self) -> str:
+        """Prometheus text of the app's and Serve's metrics."""
+        ...
 
 
 # --------------------------------------------------------------------------- guard
@@ -419,6 +427,7 @@ def create_api(config: ServeConfig, backend: Backend, *,
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
+        """The web page (plain HTML + JavaScript from serving/static)."""
         with open(os.path.join(static, "index.html"), encoding="utf-8") as f:
             return HTMLResponse(f.read())
 

@@ -81,6 +81,7 @@ class Encoder:
         self._encode_batch.set_batch_wait_timeout_s(self.config.encoder.batch_wait_timeout_s)
 
     async def model_id(self) -> str:
+        """The feature store's model id of this encoder."""
         return self.predictor.model_id
 
     async def encode(self, image_id: str, data: bytes) -> Any:
@@ -280,6 +281,7 @@ class Decoder:
 
     # ---------------------------------------------------------------- methods
     async def model_id(self) -> str:
+        """The feature store's model id of this decoder (equal to the encoder's)."""
         return self.model_id_
 
     async def info(self) -> dict[str, Any]:
@@ -302,6 +304,7 @@ class Decoder:
         return {"image_id": image_id, "width": int(width), "height": int(height), "cached": cached}
 
     async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any] | ApiError:
+        """Masks for one request; concurrent requests are batched (`_segment_batch`)."""
         started = time.perf_counter()
         result = await self._segment_batch((image_id, data, request))
         if isinstance(result, dict):  # the replica's own time: batching and the thread hop included
@@ -347,6 +350,7 @@ class Decoder:
         return out
 
     async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any] | ApiError:
+        """Every segment of the image (not batched: one panoptic pass is a whole batch)."""
         from .inference import panoptic
 
         try:
@@ -402,18 +406,22 @@ class Ingress:
         return result
 
     async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any]:
+        """Backend of POST /v1/images: to the decoder replica that will serve this image."""
         return await self._call(self._decoder_for(image_id).ingest.remote(image_id, data), "ingest")
 
     async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any]:
+        """Backend of POST /v1/segment."""
         started = time.perf_counter()
         body = await self._call(self._decoder_for(image_id).segment.remote(image_id, data, request), "segment")
         body["timings_ms"]["decoder_call"] = (time.perf_counter() - started) * 1000  # the decoder as seen from here
         return body
 
     async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any]:
+        """Backend of POST /v1/panoptic."""
         return await self._call(self._decoder_for(image_id).panoptic.remote(image_id, data, request), "panoptic")
 
     async def metrics_text(self) -> str:
+        """Backend of GET /metrics (503 when no node's metrics endpoint answers)."""
         from .metrics import gather_metrics_text
 
         try:

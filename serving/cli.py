@@ -19,6 +19,7 @@ LOCAL_STORE = os.path.join("out", "store")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `seem serve` to the `seem` command (called by seem_cli)."""
     p = subparsers.add_parser(
         "serve", help="run the HTTP service (Ray Serve) until Ctrl-C / SIGTERM",
         description="Runs Ingress -> Decoder (autoscaled) -> Encoder on Ray Serve with the embedded defaults "

@@ -68,6 +68,8 @@ class EncoderOptions(_Strict):
 
 
 class IngressOptions(_Strict):
+    """The Ingress deployment (HTTP, validation; no model)."""
+
     num_cpus: float = Field(0.25, ge=0)
     num_replicas: int = Field(1, gt=0)
     max_ongoing_requests: int = Field(256, gt=0)

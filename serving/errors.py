@@ -82,6 +82,7 @@ class ApiError(Exception):
         return (ApiError, (self.code, self.message, self.status, self.headers))
 
     def body(self) -> dict[str, Any]:
+        """The JSON response body."""
         return error_body(self.code, self.message)
 
 

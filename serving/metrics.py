@@ -35,6 +35,8 @@ _DROPPED = frozenset({"ray_serve_registered_multiplexed_model_id"})
 
 
 class IngressMetrics:
+    """Recorded by the ingress (created inside the replica: Serve adds its tags there)."""
+
     def __init__(self) -> None:
         from ray.serve import metrics
 
@@ -43,10 +45,13 @@ class IngressMetrics:
             boundaries=LATENCY_BUCKETS_MS, tag_keys=("route", "status"))
 
     def observe(self, route: str, status: int, ms: float) -> None:
+        """One finished HTTP request."""
         self.request_latency.observe(ms, tags={"route": route, "status": str(status)})
 
 
 class DecoderMetrics:
+    """Recorded by each decoder replica."""
+
     def __init__(self) -> None:
         from ray.serve import metrics
 
@@ -64,6 +69,8 @@ class DecoderMetrics:
 
 
 class EncoderMetrics:
+    """Recorded by each encoder replica."""
+
     def __init__(self) -> None:
         from ray.serve import metrics
 

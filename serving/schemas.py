@@ -151,6 +151,8 @@ class PanopticRequest(_ImageRef):
 
 # --------------------------------------------------------------------------- responses
 class ImageResponse(BaseModel):
+    """The uploaded image's id and size (the size the API's coordinates refer to)."""
+
     image_id: str = Field(description="sha256 of the image bytes")
     width: int
     height: int
@@ -158,11 +160,15 @@ class ImageResponse(BaseModel):
 
 
 class RLEOut(BaseModel):
+    """COCO compressed RLE (column-major runs), as pycocotools writes it."""
+
     size: list[int] = Field(description="[height, width]")
     counts: str
 
 
 class MaskOut(BaseModel):
+    """One mask in original image pixels; `label` is its best vocabulary class."""
+
     rle: RLEOut
     bbox: list[int] = Field(description="COCO [x, y, width, height]")
     area: int
@@ -172,11 +178,15 @@ class MaskOut(BaseModel):
 
 
 class SegmentResponse(BaseModel):
+    """Masks for the prompted object; send `masks[0].rle` back as the next round's previous_mask."""
+
     masks: list[MaskOut] = Field(description="best first")
     timings_ms: dict[str, float]
 
 
 class PanopticSegment(BaseModel):
+    """One panoptic segment (a thing instance, or all of one stuff class)."""
+
     id: int = Field(description="value of this segment in the PNG's id map (R + 256 G + 256^2 B)")
     label: str
     category_id: int = Field(description="index of the label in the vocabulary")
@@ -188,19 +198,27 @@ class PanopticSegment(BaseModel):
 
 
 class PanopticResponse(BaseModel):
+    """Every segment of the image, labelled."""
+
     segments: list[PanopticSegment]
     png: str | None = Field(None, description="base64 PNG of the segment map, when asked")
     timings_ms: dict[str, float]
 
 
 class HealthResponse(BaseModel):
+    """The ingress is up."""
+
     status: Literal["ok"]
 
 
 class ErrorDetail(BaseModel):
+    """A stable machine-readable `code` and a message for people."""
+
     code: str
     message: str
 
 
 class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: `{"error": {"code", "message"}}`."""
+
     error: ErrorDetail
