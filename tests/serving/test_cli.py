@@ -39,8 +39,10 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
     port = free_port()
     config = tmp_path / "args.json"
     # Small replicas: this runs next to the suite's own Ray on a small machine.
+    # A rate limit too: this app is the suite's one place to see a real 429.
     config.write_text(json.dumps({"decoder": {"num_cpus": 0.25}, "encoder": {"num_cpus": 0.25},
-                                  "ingress": {"num_cpus": 0.1}, "autoscaling": {"max_replicas": 1}}))
+                                  "ingress": {"num_cpus": 0.1}, "autoscaling": {"max_replicas": 1},
+                                  "limits": {"requests_per_s": 0.5, "burst": 6}}))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "seem_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -61,6 +63,14 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
         assert requests.get(base + "/v1/images", timeout=10).status_code == 401  # --api-key applies
         metrics = requests.get(base + "/metrics", headers=headers, timeout=60)
         assert metrics.status_code == 200 and "ray_serve_" in metrics.text, metrics.text[:500]
+
+        # 3 of the 6 tokens are spent; a quick burst runs out (a token comes back every 2 s).
+        burst = [requests.get(base + "/openapi.json", headers=headers, timeout=30) for _ in range(8)]
+        limited = [r for r in burst if r.status_code == 429]
+        assert limited and all(r.status_code in (200, 429) for r in burst), [r.status_code for r in burst]
+        assert limited[0].json()["error"]["code"] == "rate_limited"
+        assert int(limited[0].headers["retry-after"]) >= 1
+        assert requests.get(base + "/healthz", timeout=10).status_code == 200  # never limited
 
         proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=90)
