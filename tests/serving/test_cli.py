@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,13 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
     port = free_port()
     config = tmp_path / "args.json"
     # Small replicas: this runs next to the suite's own Ray on a small machine.
-    # A rate limit too: this app is the suite's one place to see a real 429.
-    config.write_text(json.dumps({"decoder": {"num_cpus": 0.25}, "encoder": {"num_cpus": 0.25},
-                                  "ingress": {"num_cpus": 0.1}, "autoscaling": {"max_replicas": 1},
-                                  "limits": {"requests_per_s": 0.5, "burst": 6}}))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    # Also the suite's one place for a real 429 (a rate limit) and a real 503 (a decoder
+    # queue of one request).
+    config.write_text(json.dumps({"decoder": {"num_cpus": 0.25, "max_ongoing_requests": 1, "max_queued_requests": 1},
+                                  "encoder": {"num_cpus": 0.25}, "ingress": {"num_cpus": 0.1},
+                                  "autoscaling": {"max_replicas": 1}, "limits": {"requests_per_s": 0.5, "burst": 24}}))
+    # A second key from the environment, as a Kubernetes secret would provide it.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "SEEM_API_KEYS": "env-key"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "seem_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--store", str(tmp_path / "store"), "--config", str(config), "--num-cpus", "2", "--api-key", "cli-key"]
@@ -56,7 +59,8 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
         data = png_bytes(generate_scene(12).image)
         r = requests.post(base + "/v1/images", data=data, headers={**headers, "Content-Type": "image/png"}, timeout=60)
         assert r.status_code == 200, r.text
-        r = requests.post(base + "/v1/segment", json={"image_id": r.json()["image_id"],
+        sha = r.json()["image_id"]
+        r = requests.post(base + "/v1/segment", json={"image_id": sha,
                                                        "prompts": [{"type": "point", "xy": [20, 20]}]},
                           headers=headers, timeout=60)
         assert r.status_code == 200, r.text
@@ -64,8 +68,19 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
         metrics = requests.get(base + "/metrics", headers=headers, timeout=60)
         assert metrics.status_code == 200 and "ray_serve_" in metrics.text, metrics.text[:500]
 
-        # 3 of the 6 tokens are spent; a quick burst runs out (a token comes back every 2 s).
-        burst = [requests.get(base + "/openapi.json", headers=headers, timeout=30) for _ in range(8)]
+        # Overload: 12 requests at once against a decoder that takes one and queues one.
+        env_headers = {"Authorization": "Bearer env-key"}
+        body = {"image_id": sha, "prompts": [{"type": "text", "text": "a long phrase to make decoding slower"}]}
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda _: requests.post(base + "/v1/segment", json=body, headers=env_headers,
+                                                            timeout=60), range(12)))
+        codes = sorted(r.status_code for r in answers)
+        assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+        busy = next(r for r in answers if r.status_code == 503)
+        assert busy.json()["error"]["code"] == "overloaded" and busy.headers.get("retry-after") == "1"
+
+        # 3 of the first key's 24 tokens are spent; a quick burst runs out (one token back every 2 s).
+        burst = [requests.get(base + "/openapi.json", headers=headers, timeout=30) for _ in range(24)]
         limited = [r for r in burst if r.status_code == 429]
         assert limited and all(r.status_code in (200, 429) for r in burst), [r.status_code for r in burst]
         assert limited[0].json()["error"]["code"] == "rate_limited"
