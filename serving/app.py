@@ -180,7 +180,8 @@ class Decoder:
         # Multiplexing wired at init so the LRU size comes from the config (Serve supports this form).
         self._get_features = serve.multiplexed(max_num_models_per_replica=opts.cache_size)(load_features)
         self._segment_batch.set_max_batch_size(opts.max_batch_size)
-        self._segment_batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+        self._batch_wait_s = opts.batch_wait_timeout_s
+        self._inflight = 0  # segment requests inside this replica (see `segment`)
 
     # ---------------------------------------------------------------- features
     def _lru(self) -> Any:
@@ -304,14 +305,25 @@ class Decoder:
         return {"image_id": image_id, "width": int(width), "height": int(height), "cached": cached}
 
     async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any] | ApiError:
-        """Masks for one request; concurrent requests are batched (`_segment_batch`)."""
+        """Masks for one request; concurrent requests are batched (`_segment_batch`).
+
+        Adaptive batching: @serve.batch forms a batch as soon as a request arrives and then
+        waits `batch_wait_timeout_s` for more. An idle replica therefore waits 0 s (a lone
+        request is answered at once); a busy one waits the configured time, which its
+        requests would spend queued anyway, and gets real batches.
+        """
         started = time.perf_counter()
-        result = await self._segment_batch((image_id, data, request))
+        self._segment_batch.set_batch_wait_timeout_s(self._batch_wait_s if self._inflight else 0.0)
+        self._inflight += 1
+        try:
+            result = await self._segment_batch((image_id, data, request))
+        finally:
+            self._inflight -= 1
         if isinstance(result, dict):  # the replica's own time: batching and the thread hop included
             result["timings_ms"]["decoder"] = (time.perf_counter() - started) * 1000
         return result
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # both set per replica in __init__ / segment
     async def _segment_batch(self, jobs: list[tuple[str, bytes | None, SegmentRequest]]) -> list[Any]:
         from .limits import referring_image_ids
 

@@ -50,8 +50,8 @@ class DecoderOptions(_Strict):
     num_gpus: float = Field(0, ge=0)
     cache_size: int = Field(32, gt=0, description="ImageFeatures held per replica (LRU)")
     max_batch_size: int = Field(8, gt=0)
-    # 0: a batch is whatever queued while the previous one ran, so a lone request never waits.
-    batch_wait_timeout_s: float = Field(0.0, ge=0)
+    # How long a busy replica waits to fill a batch; an idle one never waits (see Decoder.segment).
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_ongoing_requests: int = Field(16, gt=0)
     max_queued_requests: int = Field(256, description="-1: unbounded; beyond it requests get 503")
 
