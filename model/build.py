@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from .checkpoint import load_checkpoint
 from .coco_classes import COCO_PANOPTIC_CLASSES, COCO_STUFF_CLASSES
 from .config import (DecoderConfig, FocalConfig, InferenceConfig, PixelDecoderConfig, SeemConfig, TextConfig,
@@ -86,11 +88,16 @@ def get_config(name_or_path: str | Path | SeemConfig) -> SeemConfig:
     raise ValueError(f"unknown model {key!r}: expected one of {sorted(MODEL_REGISTRY)} or a config file")
 
 
-def build_model(name_or_path: str | Path | SeemConfig = DEFAULT_MODEL, weights: str | Path | None = "default") -> Seem:
+def build_model(name_or_path: str | Path | SeemConfig = DEFAULT_MODEL, weights: str | Path | None = "default",
+                init_seed: int = 0) -> Seem:
     """Builds the network. `weights`: "default" (the shipped weights of a registered model,
-    if any), None (random initialisation), or a checkpoint path / s3:// URI."""
+    if any), None (random initialisation from `init_seed`), or a checkpoint path / s3:// URI."""
     cfg = get_config(name_or_path)
-    model = Seem(cfg)
+    # Random initialisation is seeded (without touching the caller's RNG state), so random
+    # weights and their model id are the same in every process of a job.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        model = Seem(cfg)
     if weights == "default":
         weights = DEFAULT_WEIGHTS.get(cfg.name)
         if weights is not None and not Path(weights).is_file():
