@@ -19,6 +19,10 @@ Reported: images/s of each and ray/loop, for the whole job (listing, actor start
 model load included) and for the steady state (first finished batch to last, i.e.
 without the one-off actor start-up that a long job amortises).
 
+CPU: CPU seconds per image summed over every process involved (loop: the process; ray:
+driver + GCS + raylet + workers, from /proc), which shows Ray's overhead in work and,
+unlike wall time, hardly depends on what else runs on the machine.
+
 Memory: peak RSS summed over the driver and every Ray process (GCS, raylet, workers),
 sampled every 0.2 s from /proc, during an encode job and a segment job (one text prompt,
 so one mask per image) at each corpus size; the goal is that it does not grow with the
@@ -86,42 +90,67 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _rss(pid: int) -> int:
+def _rss_and_cpu(pid: int) -> tuple[int, float]:
+    """(resident bytes, CPU seconds so far) of one process; zeros when it is gone."""
     try:
+        rss = 0
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+                rss = int(line.split()[1]) * 1024
+                break
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return rss, cpu
+    except (OSError, IndexError, ValueError):
+        return 0, 0.0
 
 
-class RssSampler:
-    """Peak of (this process + all its descendants) RSS, and the peak of any one worker."""
+class ProcSampler:
+    """While active, every `interval` s: the summed RSS of this process and all its
+    descendants (Ray's GCS, raylet, workers) -> peak_total, the largest single process ->
+    peak_worker, and the CPU seconds all of them spend -> cpu_s (processes that start
+    meanwhile count from zero; ones present at the start from their value then)."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.peak_total = 0
         self.peak_worker = 0
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
+    def _sample(self, initial: bool = False) -> None:
         me = os.getpid()
-        while not self._stop.is_set():
-            kids = _descendants(me)
-            sizes = [_rss(p) for p in kids]
-            self.peak_total = max(self.peak_total, _rss(me) + sum(sizes))
-            self.peak_worker = max([self.peak_worker] + sizes)
-            self._stop.wait(self.interval)
+        total = 0
+        for pid in [me] + _descendants(me):
+            rss, cpu = _rss_and_cpu(pid)
+            if rss == 0:
+                continue
+            total += rss
+            if pid != me:
+                self.peak_worker = max(self.peak_worker, rss)
+            self._first.setdefault(pid, cpu if initial else 0.0)
+            self._last[pid] = cpu
+        self.peak_total = max(self.peak_total, total)
 
-    def __enter__(self) -> "RssSampler":
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._last[p] - self._first[p] for p in self._last)
+
+    def __enter__(self) -> "ProcSampler":
+        self._sample(initial=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
 
 
 # --------------------------------------------------------------------------- runs
@@ -135,6 +164,7 @@ def run_loop(src: Path, store_dir: Path, batch_size: int, fmt, threads: int | No
     from store import FeatureStore
 
     torch.set_num_threads(threads or DEFAULT_THREADS)
+    cpu0 = time.process_time()
     started = time.perf_counter()
     predictor = load_predictor(ModelSpec(), encode_batch_size=batch_size)
     store = FeatureStore(str(store_dir))
@@ -150,7 +180,9 @@ def run_loop(src: Path, store_dir: Path, batch_size: int, fmt, threads: int | No
         if first_batch is None:
             first_batch = (time.perf_counter(), len(chunk))
     end = time.perf_counter()
-    return _rates(len(items), started, end, first_batch)
+    out = _rates(len(items), started, end, first_batch)
+    out["cpu_s_per_image"] = (time.process_time() - cpu0) / len(items)
+    return out
 
 
 DEFAULT_THREADS = 1  # replaced in main() by torch's default for this machine
@@ -169,14 +201,17 @@ def run_ray(src: Path, store_dir: Path, batch_size: int, decode_in: str, torch_t
 
     jobs._run_encoder = timed
     try:
-        started = time.perf_counter()
-        summary = jobs.encode_job(str(src), str(store_dir), jobs.EncodeOptions(
-            progress=False, batch_size=batch_size, pool=(1, 1), decode_in=decode_in, torch_threads=torch_threads))
-        end = time.perf_counter()
+        with ProcSampler() as procs:
+            started = time.perf_counter()
+            summary = jobs.encode_job(str(src), str(store_dir), jobs.EncodeOptions(
+                progress=False, batch_size=batch_size, pool=(1, 1), decode_in=decode_in, torch_threads=torch_threads))
+            end = time.perf_counter()
     finally:
         jobs._run_encoder = original
     assert summary.encoded == summary.listed, summary
-    return _rates(summary.listed, started, end, stamps[0] if stamps else None)
+    out = _rates(summary.listed, started, end, stamps[0] if stamps else None)
+    out["cpu_s_per_image"] = procs.cpu_s / summary.listed
+    return out
 
 
 def _rates(n: int, started: float, end: float, first: tuple[float, int] | None) -> dict:
@@ -192,9 +227,9 @@ def run_memory(src: Path, work: Path, batch_size: int) -> dict:
     store, out = work / "store-mem", work / "out-mem"
     shutil.rmtree(store, ignore_errors=True)
     opts = jobs.EncodeOptions(progress=False, batch_size=batch_size, pool=(1, 1))
-    with RssSampler() as enc:
+    with ProcSampler() as enc:
         jobs.encode_job(str(src), str(store), opts)
-    with RssSampler() as seg:
+    with ProcSampler() as seg:
         s = jobs.segment_job(str(src), str(out), str(store), jobs.SegmentOptions(texts=("circle",)), opts)
     return {"encode_peak_total_mb": enc.peak_total / 2**20, "encode_peak_worker_mb": enc.peak_worker / 2**20,
             "segment_peak_total_mb": seg.peak_total / 2**20, "segment_peak_worker_mb": seg.peak_worker / 2**20,
@@ -216,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="48,192", help="two corpus sizes: throughput on the larger, memory on both")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved loop/ray rounds for the ratio")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--decode-in", default="tasks,actor", help="Ray variants to time: tasks, actor or both")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--decode-in", default="actor,tasks", help="Ray variants to time: actor, tasks or both")
     parser.add_argument("--torch-threads", type=int, help="torch threads of the encoder actor (default: the job's)")
     parser.add_argument("--loop-threads", default="default,1",
                         help="torch threads of the loop variants ('default' = torch's own choice); ratios use the "
@@ -247,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
 
     big = corpora[max(sizes)]
     # Warm-up (not timed): imports and first-call allocations in both paths.
+    for name in ("warm-loop", "warm-ray"):
+        shutil.rmtree(work / name, ignore_errors=True)
     run_loop(corpora[min(sizes)], work / "warm-loop", args.batch_size, DEFAULT_FEATURE_FORMAT, None)
     run_ray(corpora[min(sizes)], work / "warm-ray", args.batch_size, variants[0], args.torch_threads)
     rounds: list[dict] = []
@@ -259,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                 entry[name] = run_loop(big, store, args.batch_size, DEFAULT_FEATURE_FORMAT, loops[name])
             else:
                 entry[name] = run_ray(big, store, args.batch_size, name.split("-", 1)[1], args.torch_threads)
-            print(f"round {r + 1} {name:<10} {entry[name]['ips']:6.2f} img/s whole job, "
-                  f"{entry[name].get('steady_ips', float('nan')):6.2f} steady", flush=True)
+            print(f"round {r + 1} {name:<12} {entry[name]['ips']:6.2f} img/s whole job, "
+                  f"{entry[name].get('steady_ips', float('nan')):6.2f} steady, "
+                  f"{entry[name]['cpu_s_per_image'] * 1e3:6.0f} CPU ms/image (all processes)", flush=True)
         best = max(loops, key=lambda n: entry[n]["ips"])
         entry["loop"] = dict(entry[best], variant=best)  # the fastest plain loop is the baseline
         rounds.append(entry)

@@ -8,6 +8,7 @@ docs/benchmarks.md.
     .venv/bin/python bench/store_formats.py                       # synthetic Focal-T v1 features
     .venv/bin/python bench/store_formats.py --features f.safetensors   # real ones
     .venv/bin/python bench/store_formats.py --store s3://bucket/bench --endpoint-url http://…
+    .venv/bin/python bench/store_formats.py --model seem-tiny --image photo.jpg   # real features + mask IoU
 
 Synthetic features have the Focal-T v1 shapes for a 512 x 683 image (mask_features
 512x128x176, ms0 512x16x22, ms1 512x32x44, ms2 512x64x88) with smooth random content;
@@ -18,8 +19,18 @@ is either an object written by the store or any safetensors file whose metadata 
 Columns: `MB` stored bytes per image; `encode`/`decode` CPU time to (de)serialise
 (including the checksum, compression and the cast to float32 on read); `write`/`read`
 time of the backend put/get; `rel_err` RMS error relative to the features' RMS (0 for
-lossless float32); medians over `--repeat` runs. Mask IoU against float32 is measured on
-the model side (decode masks from each variant), not here.
+lossless float32); medians (or `--stat min`) over `--repeat` runs.
+
+`--model NAME --image PATH` (optionally `--weights`; "random" = seeded random weights)
+encodes a real image with the predictor and measures both things a store object can
+hold: the pixel-decoder outputs (`stage pixel_decoder`), and the backbone outputs
+(`stage backbone`), from which the pixel decoder is re-run on read (`materialize ms`).
+For every (stage, dtype) the object read back is decoded into masks and compared with
+the masks of the float32 pixel-decoder features (the reference): `click IoU` (a 3 x 3
+grid of single clicks, one mask each), `inst IoU` (top-10 instance masks, each matched to
+its best reference mask of the same label) and `pan IoU` (panoptic segments likewise;
+"-" when the model finds none, as random weights do). `load ms` = read + decode +
+materialize: the cost of one cache miss in the decoder.
 """
 from __future__ import annotations
 
@@ -49,6 +60,12 @@ from store.feature_store import (  # noqa: E402
 )
 
 DTYPES = ("float32", "float16", "bfloat16")
+# How repeated timings are summarised (--stat): the median, or the minimum, which is the
+# better estimate on a machine shared with other jobs (interference only adds time).
+_STAT = statistics.median
+# The clock (--clock): wall time, or this process's CPU time, which with one torch thread
+# (BENCH_THREADS=1) is the work itself, unaffected by other jobs waiting for the same cores.
+_CLOCK = time.perf_counter
 FOCAL_T_SHAPES = {
     "mask_features": (512, 128, 176),
     "ms0": (512, 16, 22),
@@ -102,15 +119,15 @@ def measure(features: ImageFeatures, store, dtype: str, codec: str, repeat: int)
     size = 0
     got = None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = _CLOCK()
         data = serialize_features(features, sha, dtype=dtype, compress=codec)
-        t1 = time.perf_counter()
+        t1 = _CLOCK()
         store.put_atomic(key, data)
-        t2 = time.perf_counter()
+        t2 = _CLOCK()
         back = store.get(key)
-        t3 = time.perf_counter()
+        t3 = _CLOCK()
         got = deserialize_features(back, uri=store.uri(key), dtype=torch.float32, expect_sha256=sha)
-        t4 = time.perf_counter()
+        t4 = _CLOCK()
         size = len(data)
         encode_s.append(t1 - t0)
         write_s.append(t2 - t1)
@@ -122,12 +139,126 @@ def measure(features: ImageFeatures, store, dtype: str, codec: str, repeat: int)
         "dtype": dtype,
         "codec": codec,
         "bytes": size,
-        "encode_ms": 1e3 * statistics.median(encode_s),
-        "write_ms": 1e3 * statistics.median(write_s),
-        "read_ms": 1e3 * statistics.median(read_s),
-        "decode_ms": 1e3 * statistics.median(decode_s),
+        "encode_ms": 1e3 * _STAT(encode_s),
+        "write_ms": 1e3 * _STAT(write_s),
+        "read_ms": 1e3 * _STAT(read_s),
+        "decode_ms": 1e3 * _STAT(decode_s),
         "rel_err": rel_rms_error(features, got),
     }
+
+
+# --------------------------------------------------------------------------- real features
+def _load_predictor(model: str, weights: str | None):
+    from model import SeemPredictor
+
+    if weights == "random":
+        # Seeded, so the model id (a hash of the weights) is the same on every run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return SeemPredictor.from_pretrained(model, weights=None)
+    return SeemPredictor.from_pretrained(model, weights=weights or "default")
+
+
+def _iou(a, b) -> float:
+    inter = float((a & b).sum())
+    union = float((a | b).sum())
+    return inter / union if union else 1.0
+
+
+def _matched_iou(ref: list, got: list) -> float | None:
+    """Mean over reference masks of the best IoU with a mask of the same label."""
+    if not ref:
+        return None
+    scores = []
+    for r in ref:
+        same = [g for g in got if g.label == r.label]
+        scores.append(max((_iou(r.mask, g.mask) for g in same), default=0.0))
+    return sum(scores) / len(scores)
+
+
+class MaskProbe:
+    """Masks of one image under fixed prompts, to compare feature variants."""
+
+    def __init__(self, predictor, reference: ImageFeatures) -> None:
+        from model import Point
+
+        self.predictor = predictor
+        h, w = reference.original_size
+        self.clicks = [Point(w * (i + 1) / 4, h * (j + 1) / 4) for j in range(3) for i in range(3)]
+        self.ref = self.masks(reference)
+
+    def masks(self, features: ImageFeatures) -> dict:
+        from model import Prompts
+
+        p = self.predictor
+        clicks = [p.decode(features, Prompts(spatial=(c,))).masks[0] for c in self.clicks]
+        return {"click": clicks, "inst": p.instances(features, top_k=10), "pan": p.panoptic(features).masks}
+
+    def compare(self, features: ImageFeatures) -> dict:
+        got = self.masks(features)
+        return {
+            "click_iou": sum(_iou(a.mask, b.mask) for a, b in zip(self.ref["click"], got["click"])) / len(self.clicks),
+            "inst_iou": _matched_iou(self.ref["inst"], got["inst"]),
+            "pan_iou": _matched_iou(self.ref["pan"], got["pan"]),
+            "pan_segments": len(self.ref["pan"]),
+        }
+
+
+def run_model(args: argparse.Namespace, store) -> tuple[list[dict], dict]:
+    """Real features of `args.image` at both stages, every dtype x codec, with mask IoU."""
+    from model.image_io import decode_image
+
+    predictor = _load_predictor(args.model, args.weights)
+    image = decode_image(Path(args.image).read_bytes())
+    reference = predictor.encode([image], stage="pixel_decoder")[0]
+    probe = MaskProbe(predictor, reference)
+    rows = []
+    for stage in args.stages.split(","):
+        features = reference if stage == "pixel_decoder" else predictor.encode([image], stage="backbone")[0]
+        for dtype in args.dtypes.split(","):
+            agreement = None
+            for codec in args.codecs.split(","):
+                row = measure(features, store, dtype, codec, args.repeat)
+                row["stage"] = stage
+                # The object as a reader gets it, then (backbone) the pixel decoder on top.
+                data = serialize_features(features, content_sha256(b"probe"), dtype=dtype, compress=codec)
+                got = deserialize_features(data, dtype=torch.float32)
+                times = []
+                for _ in range(args.repeat):
+                    t0 = _CLOCK()
+                    full = predictor.materialize(got)
+                    times.append(_CLOCK() - t0)
+                row["materialize_ms"] = 1e3 * _STAT(times) if stage == "backbone" else 0.0
+                row["load_ms"] = row["read_ms"] + row["decode_ms"] + row["materialize_ms"]
+                if agreement is None:  # codecs are lossless: masks depend on (stage, dtype) only
+                    agreement = probe.compare(full)
+                row.update(agreement)
+                rows.append(row)
+                print(".", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    meta = {
+        "model": args.model, "model_id": predictor.model_id, "weights": args.weights or "default",
+        "image": args.image, "image_size": list(image.shape[:2]), "input_size": list(reference.input_size),
+        "shapes": {stage: {k: list(v.shape) for k, v in f.tensors.items()} for stage, f in
+                   (("pixel_decoder", reference), ("backbone", predictor.encode([image], stage="backbone")[0]))},
+    }
+    return rows, meta
+
+
+def print_model_table(rows: list[dict], meta: dict) -> None:
+    print(f"model {meta['model']} ({meta['model_id']}, weights {meta['weights']}); image {meta['image']} "
+          f"{meta['image_size'][1]}x{meta['image_size'][0]} -> input {meta['input_size'][1]}x{meta['input_size'][0]}")
+    for stage, shapes in meta["shapes"].items():
+        print(f"  {stage}: " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items()))
+    header = (f"{'stage':<13} {'dtype':<9} {'codec':<13} {'MB':>6} {'write ms':>8} {'load ms':>8} {'(mat.)':>7} "
+              f"{'rel_err':>8} {'click IoU':>9} {'inst IoU':>8} {'pan IoU':>7}")
+    print(header)
+    print("-" * len(header))
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in rows:
+        print(f"{r['stage']:<13} {r['dtype']:<9} {r['codec']:<13} {r['bytes'] / 1e6:6.2f} "
+              f"{r['encode_ms'] + r['write_ms']:8.1f} {r['load_ms']:8.1f} {r['materialize_ms']:7.1f} {r['rel_err']:8.1e} "
+              f"{fmt(r['click_iou']):>9} {fmt(r['inst_iou']):>8} {fmt(r['pan_iou']):>7}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +271,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-fsync", action="store_true", help="local store without fsync (isolates CPU cost)")
     parser.add_argument("--json", help="write the results here as JSON")
+    parser.add_argument("--model", help="encode --image with this model (real features, both stages, mask IoU)")
+    parser.add_argument("--weights", help="weights for --model: a checkpoint, 'random' (seeded) or the default")
+    parser.add_argument("--image", help="the image --model encodes")
+    parser.add_argument("--stages", default="pixel_decoder,backbone", help="stages measured with --model")
+    parser.add_argument("--stat", choices=("median", "min"), default="median", help="summary of the --repeat timings")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or process CPU time (use with BENCH_THREADS=1 on a shared machine)")
     args = parser.parse_args(argv)
+    global _STAT, _CLOCK
+    _STAT = statistics.median if args.stat == "median" else min
+    _CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+
+    if args.model:
+        if not args.image:
+            parser.error("--model needs --image")
+        with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
+            store = open_store(args.store, endpoint_url=args.endpoint_url) if args.store else \
+                LocalStore(tmp, fsync=not args.no_fsync)
+            rows, meta = run_model(args, store)
+        print(f"store: {args.store or 'local temp dir'}{' (no fsync)' if args.no_fsync else ''}; repeat {args.repeat}, "
+              f"{args.stat} of {args.clock} times; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print_model_table(rows, meta)
+        if args.json:
+            meta.update({"store": args.store or "local-tmp", "fsync": not args.no_fsync, "repeat": args.repeat,
+                         "stat": args.stat, "clock": args.clock, "threads": torch.get_num_threads(),
+                         "cpus": os.cpu_count(), "torch": torch.__version__})
+            Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        return 0
 
     features = load_features(args.features) if args.features else synthetic_features()
     with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:

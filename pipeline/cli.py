@@ -58,13 +58,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     g.add_argument("--endpoint-url",
                    help="S3 endpoint for s3:// sources, stores and outputs (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)")
-    g.add_argument("--batch-size", type=int, default=8, help="images per encoder call (default: 8)")
+    g.add_argument("--batch-size", type=int, default=16, help="images per encoder call (default: 16)")
     g.add_argument("--pool", type=_pair, help="encoder actors N or MIN,MAX (default: 1,GPUs on a GPU cluster, else 1,CPUs/4)")
     g.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
     g.add_argument("--cpus-per-actor", type=float, help="default: 1, or 0.5 on machines with fewer than 4 CPUs")
     g.add_argument("--torch-threads", type=int, help="torch threads per CPU actor (default: the CPUs it holds, at least 1)")
-    g.add_argument("--decode-in", choices=("tasks", "actor"), default="tasks",
-                   help="decode images in separate CPU tasks (default) or inside the encoder actors")
+    g.add_argument("--decode-in", choices=("auto", "tasks", "actor"), default="auto",
+                   help="decode images in separate CPU tasks or inside the encoder actors; auto (default): "
+                        "tasks when the encoders have GPUs, else inside the actors")
     g.add_argument("--max-pixels", type=int, help="refuse images with more pixels (decompression-bomb cap; default 64M)")
     g.add_argument("--manifest-flush-rows", type=int, default=256,
                    help="record finished images in the manifest at least every N images (default: 256; "

@@ -7,4 +7,4 @@ from __future__ import annotations
 
 FEATURE_STAGE = "pixel_decoder"
 FEATURE_DTYPE = "float16"
-FEATURE_CODEC = "none"
+FEATURE_CODEC = "shuffle+zstd"

@@ -7,9 +7,10 @@ encode_job(src, store)
        an item whose size and etag match an ok row is skipped without reading a byte
        (as is one whose last attempt failed to *decode* the very same object, unless
        `retry_failed`: that failure would repeat).
-    2. CPU tasks (`map_batches(decode_table)`): read bytes, sha256, "features already
-       stored?" (identical bytes under another name: no encoder work), decode + resize to
-       the model's input. Broken items become error rows.
+    2. decode (`decode_table`): read bytes, sha256, "features already stored?" (identical
+       bytes under another name: no encoder work), decode + resize to the model's input.
+       Broken items become error rows. In CPU tasks (`map_batches`) when the encoders hold
+       GPUs, inside the encoder actor on CPU-only clusters (`EncodeOptions.decode_in`).
     3. encoder actor pool (`map_batches(EncoderWorker, compute=ActorPoolStrategy)`): one
        GPU per actor when the cluster has GPUs (bf16 autocast there), fractional CPUs
        otherwise; writes features straight to the store, returns metadata rows only.
@@ -77,19 +78,21 @@ class EncodeOptions:
     (1, max(1, CPUs // 4)). gpus_per_actor / cpus_per_actor: None = 1 GPU + 1 CPU per
     actor when the cluster has GPUs, else no GPU and `cpus_per_actor` 0.5 on a small
     machine (< 4 CPUs, where a whole CPU per actor would starve the decode tasks) or 1.
-    decode_in: "tasks" (separate CPU tasks, the default) or "actor" (inside the encoder).
+    decode_in: "tasks" (separate CPU tasks), "actor" (inside the encoder actor) or "auto":
+    tasks when the encoder actors hold GPUs (CPU cores decode while the GPU encodes),
+    actor otherwise (measured faster on CPU-only machines: docs/benchmarks.md).
     """
 
     model: ModelSpec = field(default_factory=ModelSpec)
     feature_format: FeatureFormat = DEFAULT_FEATURE_FORMAT
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     endpoint_url: str | None = None  # S3 endpoint of the store (the source's is decode.endpoint_url)
-    batch_size: int = 8
+    batch_size: int = 16
     pool: tuple[int, int] | None = None
     gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None
     torch_threads: int | None = None
-    decode_in: str = "tasks"
+    decode_in: str = "auto"
     decode_cpus: float = 0.5
     retry_failed: bool = False
     manifest_flush_rows: int = 256
@@ -99,8 +102,8 @@ class EncodeOptions:
     run_id: str | None = None
 
     def __post_init__(self) -> None:
-        if self.decode_in not in ("tasks", "actor"):
-            raise ValueError(f"decode_in must be 'tasks' or 'actor', got {self.decode_in!r}")
+        if self.decode_in not in ("auto", "tasks", "actor"):
+            raise ValueError(f"decode_in must be 'auto', 'tasks' or 'actor', got {self.decode_in!r}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.pool is not None and not (1 <= self.pool[0] <= self.pool[1]):
@@ -321,7 +324,10 @@ def _run_encoder(todo: list[SourceItem], model_id: str, store_uri: str, opts: En
     worker_kwargs: dict[str, Any] = dict(model=opts.model, model_id=model_id, store_uri=store_uri,
                                          store_endpoint_url=opts.endpoint_url, feature_format=opts.feature_format,
                                          batch_size=opts.batch_size, torch_threads=res.torch_threads)
-    if opts.decode_in == "tasks":
+    decode_in = opts.decode_in
+    if decode_in == "auto":
+        decode_in = "tasks" if res.num_gpus > 0 else "actor"
+    if decode_in == "tasks":
         ds = ds.map_batches(
             decode_table,
             batch_format="pyarrow",

@@ -108,6 +108,11 @@ class FeatureFormat:
             raise ValueError(f"feature dtype must be float16, bfloat16 or float32, got {self.dtype!r}")
         if self.codec not in CODECS:
             raise ValueError(f"feature codec must be one of {CODECS}, got {self.codec!r}")
+        if self.codec.endswith("zstd"):
+            from store.feature_store import _zstd_available
+
+            if not _zstd_available():  # fail at start-up, not as one store error per image
+                raise ValueError(f"codec {self.codec!r} needs a pyarrow built with zstd; use 'shuffle+zlib'")
 
 
 #: The default of `seem encode`: see "Feature store format" in docs/benchmarks.md.

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -14,6 +15,8 @@ from model.rle import encode_mask
 from pipeline import exports
 from pipeline.stages import SEGMENTED_SCHEMA
 from store.backends import LocalStore
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
 
 
 def _mask_row(index: int, mask: np.ndarray, label: str, cat: int, source: str = "panoptic") -> dict:

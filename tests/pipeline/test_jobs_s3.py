@@ -28,7 +28,9 @@ def test_s3_end_to_end(ray_address, s3_bucket, mixed_source):
         client.put_object(Bucket=s3_bucket.name, Key=f"photos/in/{name}", Body=(root / name).read_bytes())
     client.put_object(Bucket=s3_bucket.name, Key="photos/in/readme.txt", Body=b"not listed: no image extension")
     endpoint = s3_bucket.endpoint_url
-    opts = EncodeOptions(progress=False, batch_size=4, endpoint_url=endpoint, decode=DecodeOptions(endpoint_url=endpoint))
+    # Decoding in separate CPU tasks here (the GPU-cluster layout), reading from S3 there.
+    opts = EncodeOptions(progress=False, batch_size=4, endpoint_url=endpoint, decode=DecodeOptions(endpoint_url=endpoint),
+                         decode_in="tasks")
     seg = SegmentOptions(texts=("circle",), overlays=True, out_endpoint_url=endpoint)
     src, store, out = s3_bucket.uri("photos/in"), s3_bucket.uri("features"), s3_bucket.uri("results/run1")
 

@@ -31,6 +31,8 @@ from store import FeatureStore
 
 from .conftest import SAMPLES
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
+
 MODEL = ModelSpec()  # seem-tiny with its default weights (seeded random until they ship)
 
 
