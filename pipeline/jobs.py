@@ -155,6 +155,8 @@ def _configure_ray_data() -> None:
     ctx.print_on_execution_start = False
     for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It would warn that its bars are off, which is on purpose (ours replace them).
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
