@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -678,8 +678,3 @@ def _stage_error(exc: BaseException, default_stage: str) -> str:
         return error_text(exc.stage, exc)
     return error_text(default_stage, _exception_reason(exc))
 
-
-def iter_chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    """Consecutive slices of at most `size` items."""
-    for start in range(0, len(seq), max(1, size)):
-        yield seq[start:start + size]
