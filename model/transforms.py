@@ -27,6 +27,7 @@ def resized_size(height: int, width: int, shortest_edge: int | None, max_size: i
     new_short, new_long = shortest_edge, int(shortest_edge * long / short)
     if max_size is not None and new_long > max_size:
         new_short, new_long = int(max_size * new_short / new_long), max_size
+    new_short = max(1, new_short)  # a very thin image keeps at least one row/column
     return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
