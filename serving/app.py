@@ -102,8 +102,6 @@ class Encoder:
         from model.image_io import ImageDecodeError, decode_image
         from store import StoreError
 
-        from .inference import check_encodable
-
         started = time.perf_counter()
         dtype = getattr(torch, self.config.store_dtype)
         model_id = self.predictor.model_id
@@ -115,7 +113,6 @@ class Encoder:
                     out[i] = self.store.get(model_id, image_id, dtype=None)
                     continue
                 image = decode_image(data, max_pixels=self.config.limits.max_pixels)
-                check_encodable(self.predictor, image.shape[0], image.shape[1])
                 todo.append((i, image_id, image))
             except ImageDecodeError as e:
                 out[i] = ApiError("invalid_image", f"cannot decode the image: {e}")

@@ -24,7 +24,7 @@ from .errors import ApiError
 from .prompts import to_prompts
 from .schemas import PanopticRequest, SegmentRequest
 
-__all__ = ["load_predictor", "warm_up", "segment", "panoptic", "mask_json", "check_encodable", "FEATURE_LOADS"]
+__all__ = ["load_predictor", "warm_up", "segment", "panoptic", "mask_json", "FEATURE_LOADS"]
 
 #: Set by a decoder around its feature lookup; the multiplexed loader appends where a load
 #: came from ("store", "encoder"). The loader is awaited in the caller's task, so the caller
@@ -76,14 +76,6 @@ def mask_json(result: MaskResult) -> dict[str, Any]:
         "label": result.label,
         "label_score": _finite(result.label_score),
     }
-
-
-def check_encodable(predictor: SeemPredictor, height: int, width: int) -> None:
-    """Images so elongated that resizing leaves a zero side cannot be encoded (422)."""
-    h, w = predictor.input_size(height, width)
-    if h < 1 or w < 1:
-        raise ApiError("invalid_image", f"a {width} x {height} image is too elongated for this model "
-                                        f"(it would be resized to {w} x {h})")
 
 
 def segment(predictor: SeemPredictor, features: ImageFeatures, request: SegmentRequest,

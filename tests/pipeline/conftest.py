@@ -24,7 +24,7 @@ from tests.corpus import build_corpus
 SAMPLES = Path(__file__).resolve().parents[2] / "pipeline" / "samples"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_address(s3_server: str) -> Iterator[str]:
     import ray
 

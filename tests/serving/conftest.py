@@ -99,7 +99,7 @@ class ServingEnv:
         return int(status.replica_states.get("RUNNING", 0))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def serving(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingEnv]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray

@@ -65,8 +65,16 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
                           headers=headers, timeout=60)
         assert r.status_code == 200, r.text
         assert requests.get(base + "/v1/images", timeout=10).status_code == 401  # --api-key applies
-        metrics = requests.get(base + "/metrics", headers=headers, timeout=60)
-        assert metrics.status_code == 200 and "ray_serve_" in metrics.text, metrics.text[:500]
+        # Ray's agents export every report interval (10 s by default): Serve's series appear
+        # some seconds after the first requests, not at once.
+        deadline = time.monotonic() + 60
+        while True:
+            metrics = requests.get(base + "/metrics", headers=headers, timeout=60)
+            assert metrics.status_code == 200, metrics.text[:500]
+            if "ray_serve_" in metrics.text or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert "ray_serve_" in metrics.text, metrics.text[:500]
 
         # Overload: 12 requests at once against a decoder that takes one and queues one.
         env_headers = {"Authorization": "Bearer env-key"}
@@ -79,7 +87,7 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
         busy = next(r for r in answers if r.status_code == 503)
         assert busy.json()["error"]["code"] == "overloaded" and busy.headers.get("retry-after") == "1"
 
-        # 3 of the first key's 24 tokens are spent; a quick burst runs out (one token back every 2 s).
+        # A few of the first key's 24 tokens are spent; a quick burst of 24 runs out (one token back every 2 s).
         burst = [requests.get(base + "/openapi.json", headers=headers, timeout=30) for _ in range(24)]
         limited = [r for r in burst if r.status_code == 429]
         assert limited and all(r.status_code in (200, 429) for r in burst), [r.status_code for r in burst]

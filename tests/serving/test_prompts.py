@@ -275,11 +275,14 @@ def test_prompt_the_rasteriser_refuses_becomes_422(predictor_and_scene) -> None:
     assert e.value.status == 422
 
 
-def test_too_elongated_image_is_422(predictor_and_scene) -> None:
-    from serving.inference import check_encodable
+def test_very_thin_image_is_segmented_in_its_own_coordinates(predictor_and_scene) -> None:
+    """A 1 x 1024 strip resizes to one row at the model's input, not to nothing: it must encode and
+    answer a click with a mask of the strip's own shape."""
+    from serving.inference import segment
 
     predictor = predictor_and_scene[0]
-    check_encodable(predictor, 2, 1024)
-    with pytest.raises(ApiError) as e:
-        check_encodable(predictor, 1, 1024)
-    assert e.value.code == "invalid_image"
+    strip = np.zeros((1, 1024, 3), np.uint8)
+    strip[:, 300:700] = (220, 30, 30)
+    features = predictor.encode([strip])[0]
+    body = segment(predictor, features, seg(prompts=[{"type": "point", "xy": [500, 0]}]), {})
+    assert body["masks"] and decode_mask(body["masks"][0]["rle"]).shape == (1, 1024)
