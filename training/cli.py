@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--workers", type=int, default=1)
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")
     t.add_argument("--cpus-per-worker", type=float, default=1.0)
+    t.add_argument("--max-failures", type=int, default=3,
+                   help="restarts from the last checkpoint after a worker dies (default 3)")
     t.add_argument("--endpoint-url", default=None, help="S3 endpoint for --storage (default: AWS environment)")
     t.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     t.add_argument("--export", default=None, help="write the final weights (safetensors) here")
@@ -54,7 +56,7 @@ def _train(args: argparse.Namespace) -> int:
                       lr=args.lr, max_rounds=args.max_rounds, seed=args.seed, dataset=args.dataset,
                       images=args.images, checkpoint_every=args.checkpoint_every, loss=loss)
     result = run_training(cfg, storage_path=args.storage, name=args.name, num_workers=args.workers,
-                          use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                          use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
                           endpoint_url=args.endpoint_url, address=args.address)
     if result.error:
         print(f"training failed: {result.error}", file=sys.stderr)

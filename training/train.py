@@ -344,8 +344,12 @@ def _mean(window: list[dict[str, float]], step: int, started: float, start: int)
 
 def run_training(cfg: TrainConfig, *, storage_path: str, name: str, num_workers: int = 1, use_gpu: bool = False,
                  cpus_per_worker: float = 1.0, endpoint_url: str | None = None, address: str | None = None,
-                 progress: bool = True) -> "Any":
-    """Starts (or resumes: same `storage_path` and `name`) a TorchTrainer run; returns its Result."""
+                 progress: bool = True, max_failures: int = 3) -> "Any":
+    """Starts (or resumes: same `storage_path` and `name`) a TorchTrainer run; returns its Result.
+
+    A worker that dies (preempted node, OOM, a placement group removed under it) is restarted
+    up to `max_failures` times from the last checkpoint, as a resumed run would be.
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -372,6 +376,7 @@ def run_training(cfg: TrainConfig, *, storage_path: str, name: str, num_workers:
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)),
     )
     return trainer.fit()
