@@ -23,7 +23,7 @@ import requests
 API_KEY = "test-key-0123456789"
 OTHER_KEY = "second-key-abcdef"
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights" / "seem-tiny.safetensors"
-needs_weights = pytest.mark.skipif(not WEIGHTS.exists(), reason="seem-tiny weights not trained yet")
+needs_weights = pytest.mark.skipif(not WEIGHTS.exists(), reason="model/weights/seem-tiny.safetensors is missing from this checkout")
 
 LIMITS = {
     "max_body_bytes": 2 << 20,
