@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-
+from tests.support import descendants  # noqa: E402
 
 
 # --------------------------------------------------------------------------- corpus
@@ -72,24 +72,6 @@ def make_corpus(root: Path, n: int) -> Path:
 
 
 # --------------------------------------------------------------------------- memory
-def _descendants(pid: int) -> list[int]:
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        found += kids
-        frontier += kids
-    return found
-
-
 def _rss_and_cpu(pid: int) -> tuple[int, float]:
     """(resident bytes, CPU seconds so far) of one process; zeros when it is gone."""
     try:
@@ -123,7 +105,7 @@ class ProcSampler:
     def _sample(self, initial: bool = False) -> None:
         me = os.getpid()
         total = 0
-        for pid in [me] + _descendants(me):
+        for pid in [me] + descendants(me):
             rss, cpu = _rss_and_cpu(pid)
             if rss == 0:
                 continue

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import random
-import socket
 import sys
 import tempfile
 import time
@@ -39,23 +38,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from tests.support import free_port, png_bytes  # noqa: E402
+
 API_KEY = "bench-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def png(image: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -156,7 +141,7 @@ def latency(app: App, args: argparse.Namespace) -> dict:
     app.deploy(replicas=1, cache_size=8, route_by_image=True)
     replica = app_info()
     scene = generate_scene(2024)
-    image_id = app.upload(png(scene.image))
+    image_id = app.upload(png_bytes(scene.image))
     ys, xs = np.nonzero(scene.mask(scene.things[0].id))
     body = {"image_id": image_id, "prompts": [{"type": "point", "xy": [float(xs[len(xs) // 2]),
                                                                     float(ys[len(ys) // 2])]}]}
@@ -258,7 +243,7 @@ def hit_rate(app: App, args: argparse.Namespace, route_by_image: bool) -> dict:
     images = []
     for i in range(args.images):
         scene = generate_scene(5000 + i)
-        image_id = app.upload(png(scene.image))
+        image_id = app.upload(png_bytes(scene.image))
         ys, xs = np.nonzero(scene.mask(scene.things[0].id))
         images.append((image_id, [float(xs[len(xs) // 2]), float(ys[len(ys) // 2])]))
     hits0, misses0 = app.settled_counts(args.images)

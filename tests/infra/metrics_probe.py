@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -30,13 +29,9 @@ sys.path.insert(0, str(REPO / "infra"))
 
 import check  # noqa: E402
 
+from tests.support import free_port  # noqa: E402
+
 DASHBOARD = REPO / "infra" / "grafana" / "dashboards" / "seem-ray.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wanted_series() -> set[str]:

@@ -22,6 +22,8 @@ from pipeline.jobs import EncodeOptions, SegmentOptions, encode_job, segment_job
 from store import FeatureStore
 from store.backends import TEMP_PREFIX
 
+from tests.support import descendants
+
 from .conftest import write_png
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -70,31 +72,10 @@ def _check_exactly_once(store: Path, src: Path, model_id: str) -> None:
     assert not any(TEMP_PREFIX in k for k in objects)
 
 
-def _descendants(pid: int) -> list[int]:
-    """Process ids below `pid`, from /proc (Linux)."""
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # Field 4 is the parent pid; the command name (field 2) may contain spaces.
-        parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        found += kids
-        frontier += kids
-    return found
-
-
 def _encoder_processes() -> list[int]:
     """This test session's encoder actor processes (Ray titles them after the UDF)."""
     found = []
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:

@@ -8,17 +8,16 @@ autoscaling (so the load test sees 1 -> 2 decoder replicas).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pytest
 import requests
+
+from tests.support import free_port, png_bytes  # noqa: F401 (the serving tests import them from here)
 
 API_KEY = "test-key-0123456789"
 OTHER_KEY = "second-key-abcdef"
@@ -34,20 +33,6 @@ LIMITS = {
     "max_masks": 5,
     "max_text_chars": 100,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @dataclass
