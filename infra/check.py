@@ -90,6 +90,19 @@ def load_yaml(path: Path | str) -> Any:
         raise CheckError(f"not valid YAML: {e}") from None
 
 
+def _open(config: dict | Path | str, dict_label: str = "<config>", label: str | None = None) -> tuple[Report, Any]:
+    """A report for `config` (named `label`, else the file, else `dict_label`) and its content:
+    a dict as given, a file parsed as YAML (a parse error goes into the report, content None)."""
+    report = Report(label or (dict_label if isinstance(config, dict) else _rel(config)))
+    if isinstance(config, dict):
+        return report, config
+    try:
+        return report, load_yaml(config)
+    except CheckError as e:
+        report.errors.append(str(e))
+        return report, None
+
+
 def _rel(path: Path | str) -> str:
     p = Path(path).resolve()
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
@@ -179,11 +192,8 @@ def _image_ray_version(image: str) -> str | None:
 
 
 def check_cluster(config: dict | Path | str) -> Report:
-    report = Report(_rel(config) if not isinstance(config, dict) else "<cluster config>")
-    try:
-        cfg = load_yaml(config) if not isinstance(config, dict) else config
-    except CheckError as e:
-        report.errors.append(str(e))
+    report, cfg = _open(config, "<cluster config>")
+    if not report.ok:
         return report
     import jsonschema
 
@@ -244,11 +254,8 @@ def build_serve_app(app: dict) -> list[str]:
 
 
 def check_serve_config(config: dict | Path | str, build: bool = True, label: str | None = None) -> Report:
-    report = Report(label or (_rel(config) if not isinstance(config, dict) else "<serve config>"))
-    try:
-        cfg = load_yaml(config) if not isinstance(config, dict) else config
-    except CheckError as e:
-        report.errors.append(str(e))
+    report, cfg = _open(config, "<serve config>", label)
+    if not report.ok:
         return report
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
@@ -338,11 +345,8 @@ def check_seem_command(command: str) -> str | None:
 
 def check_kuberay(path: Path | str, serve_config: Path | str | None = REPO / "infra" / "serve.yaml",
                   build: bool = False) -> Report:
-    report = Report(_rel(path))
-    try:
-        manifest = load_yaml(path)
-    except CheckError as e:
-        report.errors.append(str(e))
+    report, manifest = _open(path)
+    if not report.ok:
         return report
     if not isinstance(manifest, dict):
         report.errors.append("not a Kubernetes object")
@@ -659,11 +663,8 @@ _RELABEL_ACTIONS = {"replace", "keep", "drop", "keepequal", "dropequal", "hashmo
 
 
 def check_prometheus(path: Path | str) -> Report:
-    report = Report(_rel(path))
-    try:
-        cfg = load_yaml(path)
-    except CheckError as e:
-        report.errors.append(str(e))
+    report, cfg = _open(path)
+    if not report.ok:
         return report
     jobs = (cfg or {}).get("scrape_configs")
     if not isinstance(jobs, list) or not jobs:
@@ -701,11 +702,8 @@ def check_prometheus(path: Path | str) -> Report:
 
 def check_podmonitor(path: Path | str, manifests: Iterable[Path] = tuple(DEFAULTS["kuberay"])) -> Report:
     """The PodMonitor must select the KubeRay pods and a container port they declare."""
-    report = Report(_rel(path))
-    try:
-        pm = load_yaml(path)
-    except CheckError as e:
-        report.errors.append(str(e))
+    report, pm = _open(path)
+    if not report.ok:
         return report
     if pm.get("apiVersion") != "monitoring.coreos.com/v1" or pm.get("kind") != "PodMonitor":
         report.errors.append("expected apiVersion monitoring.coreos.com/v1, kind PodMonitor")
