@@ -385,16 +385,21 @@ def create_api(config: ServeConfig, backend: Backend, *,
                            f"Content-Type {media or '(none)'!r}: send image bytes as image/* or JSON {{\"uri\": ...}}")
         return _json(200, await backend.ingest(_image_id(data), data))
 
+    async def _json_request(request: Request, model: type[BaseModel]) -> Any:
+        """The body of a JSON-only route as `model`, within the request limits."""
+        media = _media_type(request)
+        if not _is_json(media):
+            raise ApiError("unsupported_media_type", f"Content-Type {media or '(none)'!r}: send application/json")
+        req = _parse(model, await _read_body(request, limits.max_body_bytes))
+        check_limits(req, limits)
+        return req
+
     @app.post("/v1/segment", response_model=SegmentResponse, tags=["inference"],
               responses=_responses(400, 401, 404, 413, 415, 422, 429, 503), openapi_extra=_json_body("SegmentRequest"))
     async def post_segment(request: Request) -> JSONResponse:
         """Masks (best first, each with a label) for prompts that together describe one object."""
         started = time.perf_counter()
-        media = _media_type(request)
-        if not _is_json(media):
-            raise ApiError("unsupported_media_type", f"Content-Type {media or '(none)'!r}: send application/json")
-        req: SegmentRequest = _parse(SegmentRequest, await _read_body(request, limits.max_body_bytes))
-        check_limits(req, limits)
+        req: SegmentRequest = await _json_request(request, SegmentRequest)
         for prompt in req.prompts:  # referring ids in canonical form, unknown forms are 404 now
             if isinstance(prompt, ReferringPrompt):
                 canonical = normalize_image_id(prompt.image_id)
@@ -412,11 +417,7 @@ def create_api(config: ServeConfig, backend: Backend, *,
     async def post_panoptic(request: Request) -> JSONResponse:
         """Every segment of the image with a label from `vocabulary` (default: the model's)."""
         started = time.perf_counter()
-        media = _media_type(request)
-        if not _is_json(media):
-            raise ApiError("unsupported_media_type", f"Content-Type {media or '(none)'!r}: send application/json")
-        req: PanopticRequest = _parse(PanopticRequest, await _read_body(request, limits.max_body_bytes))
-        check_limits(req, limits)
+        req: PanopticRequest = await _json_request(request, PanopticRequest)
         image_id, data = await _resolve(req.image_id, req.image_uri)
         body = await backend.panoptic(image_id, data, req)
         body["timings_ms"]["total"] = (time.perf_counter() - started) * 1000
