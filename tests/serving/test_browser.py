@@ -70,6 +70,14 @@ def test_web_page_round_after_round(serving: ServingEnv, chromium: str, tmp_path
                 return {"x": (xy[0] + 0.5) * box["width"] / scene.width,
                         "y": (xy[1] + 0.5) * box["height"] / scene.height}
 
+            def drag(start: dict, end: dict, steps: int) -> None:
+                """Press at `start`, move to `end`, release (positions as `at` gives them)."""
+                box = page.locator("#overlay").bounding_box()
+                page.mouse.move(box["x"] + start["x"], box["y"] + start["y"])
+                page.mouse.down()
+                page.mouse.move(box["x"] + end["x"], box["y"] + end["y"], steps=steps)
+                page.mouse.up()
+
             def wait_round(n: int) -> None:
                 page.wait_for_function(f"window.seem.round === {n} && !window.seem.busy", timeout=60_000)
 
@@ -92,21 +100,14 @@ def test_web_page_round_after_round(serving: ServingEnv, chromium: str, tmp_path
             page.check("input[name=tool][value=box]")
             x, y, w, h = target.bbox
             start, end = at([x, y]), at([x + w - 1, y + h - 1])
-            box = page.locator("#overlay").bounding_box()
-            page.mouse.move(box["x"] + start["x"], box["y"] + start["y"])
-            page.mouse.down()
-            page.mouse.move(box["x"] + end["x"], box["y"] + end["y"], steps=5)
-            page.mouse.up()
+            drag(start, end, steps=5)
             wait_round(3)
             assert sent[-1]["prompts"][-1]["type"] == "box"
 
             # Round 4: a scribble across the object.
             page.check("input[name=tool][value=scribble]")
             a, b = at([x + w * 0.3, y + h * 0.5]), at([x + w * 0.7, y + h * 0.5])
-            page.mouse.move(box["x"] + a["x"], box["y"] + a["y"])
-            page.mouse.down()
-            page.mouse.move(box["x"] + b["x"], box["y"] + b["y"], steps=8)
-            page.mouse.up()
+            drag(a, b, steps=8)
             wait_round(4)
             assert sent[-1]["prompts"][-1]["type"] == "scribble"
             assert len(sent[-1]["prompts"][-1]["path"]) >= 2

@@ -33,16 +33,26 @@ def code_of(excinfo: pytest.ExceptionInfo) -> str:
 
 
 # --------------------------------------------------------------------------- schemas
-def test_every_prompt_type_parses() -> None:
+def _mask() -> np.ndarray:
     mask = np.zeros(SIZE, bool)
     mask[10:20, 30:40] = True
-    req = seg(prompts=[
+    return mask
+
+
+def _prompts_on_this_image(mask: np.ndarray) -> list[dict]:
+    """One prompt of every type that lies on the request's own image."""
+    return [
         {"type": "text", "text": "red circle"},
         {"type": "point", "xy": [5, 6], "positive": False},
         {"type": "box", "xyxy": [1, 2, 30, 40]},
         {"type": "scribble", "path": [[1, 1], [5, 5]], "width": 3},
         {"type": "polygon", "points": [[1, 1], [10, 1], [5, 8]]},
         {"type": "mask", "rle": encode_mask(mask)},
+    ]
+
+
+def test_every_prompt_type_parses() -> None:
+    req = seg(prompts=_prompts_on_this_image(_mask()) + [
         {"type": "referring", "image_id": "cd" * 32, "region": {"type": "point", "xy": [3, 3]}},
     ], vocabulary=["circle", "square"], max_masks=2)
     assert [p.type for p in req.prompts] == ["text", "point", "box", "scribble", "polygon", "mask", "referring"]
@@ -105,16 +115,8 @@ def test_image_ids() -> None:
 
 # --------------------------------------------------------------------------- conversion
 def test_conversion_to_model_types() -> None:
-    mask = np.zeros(SIZE, bool)
-    mask[10:20, 30:40] = True
-    req = seg(prompts=[
-        {"type": "text", "text": "red circle"},
-        {"type": "point", "xy": [5, 6], "positive": False},
-        {"type": "box", "xyxy": [1, 2, 30, 40]},
-        {"type": "scribble", "path": [[1, 1], [5, 5]], "width": 3},
-        {"type": "polygon", "points": [[1, 1], [10, 1], [5, 8]]},
-        {"type": "mask", "rle": encode_mask(mask)},
-    ], previous_mask=encode_mask(mask))
+    mask = _mask()
+    req = seg(prompts=_prompts_on_this_image(mask), previous_mask=encode_mask(mask))
     prompts, previous = to_prompts(req, SIZE, {})
     assert prompts.text == "red circle"
     kinds = [type(p) for p in prompts.spatial]

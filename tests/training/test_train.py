@@ -29,33 +29,35 @@ def small_config(steps: int) -> TrainConfig:
                        loss=LossWeights(num_points=256, match_points=128))
 
 
+def _last_checkpoint(result) -> tuple[dict, torch.nn.Module]:  # noqa: ANN001 - a ray.train.Result
+    """A finished run's last checkpoint: its training state and the model loaded from it."""
+    assert result.error is None
+    with result.checkpoint.as_directory() as d:
+        state = json.loads((Path(d) / "state.json").read_text())
+        model = build_model("seem-tiny", weights=None)
+        load_checkpoint(model, Path(d) / "model.safetensors")
+    return state, model
+
+
 @pytest.mark.timeout(900)
 def test_loss_falls_and_a_rerun_resumes_from_the_checkpoint(local_ray, tmp_path: Path) -> None:
     first = run_training(small_config(12), storage_path=str(tmp_path), name="smoke", cpus_per_worker=1.0,
                          progress=False)
-    assert first.error is None
-    with first.checkpoint.as_directory() as d:
-        state = json.loads((Path(d) / "state.json").read_text())
-        assert state["step"] == 11
-        losses = [h["loss"] for h in state["history"]]
-        assert [h["step"] for h in state["history"]] == [2, 5, 8, 11]
-        assert losses[-1] < 0.8 * losses[0], losses
-        saved = build_model("seem-tiny", weights=None)
-        load_checkpoint(saved, Path(d) / "model.safetensors")
+    state, saved = _last_checkpoint(first)
+    assert state["step"] == 11
+    losses = [h["loss"] for h in state["history"]]
+    assert [h["step"] for h in state["history"]] == [2, 5, 8, 11]
+    assert losses[-1] < 0.8 * losses[0], losses
 
     # Same name and storage: continues at step 12 from those weights, ends at 17.
     second = run_training(small_config(18), storage_path=str(tmp_path), name="smoke", cpus_per_worker=1.0,
                           progress=False)
-    assert second.error is None
-    with second.checkpoint.as_directory() as d:
-        state = json.loads((Path(d) / "state.json").read_text())
-        assert state["step"] == 17
-        # The first run's history, then only steps after its checkpoint (nothing trained twice).
-        assert [h["step"] for h in state["history"]] == [2, 5, 8, 11, 14, 17]
-        # It continued from the trained weights: no jump back to the initial loss.
-        assert state["history"][4]["loss"] < 0.8 * losses[0]
-        resumed = build_model("seem-tiny", weights=None)
-        load_checkpoint(resumed, Path(d) / "model.safetensors")
+    state, resumed = _last_checkpoint(second)
+    assert state["step"] == 17
+    # The first run's history, then only steps after its checkpoint (nothing trained twice).
+    assert [h["step"] for h in state["history"]] == [2, 5, 8, 11, 14, 17]
+    # It continued from the trained weights: no jump back to the initial loss.
+    assert state["history"][4]["loss"] < 0.8 * losses[0]
     # The resumed run changed the weights it started from (it trained, from them).
     a, b = saved.state_dict(), resumed.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
