@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from model.types import ImageFeatures  # noqa: E402
 from store.backends import LocalStore, open_store  # noqa: E402
+from training.prompt_sampling import iou  # noqa: E402
 from store.feature_store import (  # noqa: E402
     CODECS,
     CorruptObject,
@@ -159,12 +160,6 @@ def _load_predictor(model: str, weights: str | None):
     return SeemPredictor.from_pretrained(model, weights=weights or "default")
 
 
-def _iou(a, b) -> float:
-    inter = float((a & b).sum())
-    union = float((a | b).sum())
-    return inter / union if union else 1.0
-
-
 def _matched_iou(ref: list, got: list) -> float | None:
     """Mean over reference masks of the best IoU with a mask of the same label."""
     if not ref:
@@ -172,7 +167,7 @@ def _matched_iou(ref: list, got: list) -> float | None:
     scores = []
     for r in ref:
         same = [g for g in got if g.label == r.label]
-        scores.append(max((_iou(r.mask, g.mask) for g in same), default=0.0))
+        scores.append(max((iou(r.mask, g.mask) for g in same), default=0.0))
     return sum(scores) / len(scores)
 
 
@@ -197,7 +192,7 @@ class MaskProbe:
     def compare(self, features: ImageFeatures) -> dict:
         got = self.masks(features)
         return {
-            "click_iou": sum(_iou(a.mask, b.mask) for a, b in zip(self.ref["click"], got["click"])) / len(self.clicks),
+            "click_iou": sum(iou(a.mask, b.mask) for a, b in zip(self.ref["click"], got["click"])) / len(self.clicks),
             "inst_iou": _matched_iou(self.ref["inst"], got["inst"]),
             "pan_iou": _matched_iou(self.ref["pan"], got["pan"]),
             "pan_segments": len(self.ref["pan"]),

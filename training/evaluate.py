@@ -23,14 +23,10 @@ from model.types import Point, Prompts
 
 from . import prompt_sampling as ps
 from .data import PROMPT_KINDS, sample_prompt
+from .prompt_sampling import iou
 from .shapes_world import CATEGORIES, Scene, default_vocabulary, generate_scene, split_seeds
 
 MAX_CLICKS = 20
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 from model import Point, Prompts
 from model.build import DEFAULT_WEIGHTS
 from model.predictor import SeemPredictor
-from training.prompt_sampling import iou
+from training.prompt_sampling import inner_distance, iou
 from training.shapes_world import default_vocabulary, generate_scene, split_seeds
 
 # A test-split scene (never generated during training) and its largest thing with a phrase.
@@ -51,8 +51,6 @@ def test_a_click_segments_the_object_under_it(shipped) -> None:
     thing = _target(scene)
     gt = scene.mask(thing.id)
     # The click simulator's first click: the point deepest inside the object.
-    from training.prompt_sampling import inner_distance
-
     y, x = np.unravel_index(int(np.argmax(inner_distance(gt))), gt.shape)
     result = predictor.decode(features, Prompts(spatial=(Point(float(x), float(y)),)), vocabulary=default_vocabulary())
     score = iou(result.masks[0].mask, gt)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
 from pipeline.jobs import EncodeOptions, SegmentOptions, segment_job
 from pipeline.stages import ModelSpec
+from training.prompt_sampling import iou
 from training.shapes_world import split_seeds, write_coco
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -22,11 +22,6 @@ SCENES = split_seeds("test", 8, start=500)  # never generated in training
 # SeemPredictor.panoptic on the same images, so the job loses nothing. The floors hold
 # that level, with a margin for other CPUs' floating point; random weights get ~0.
 MASK_RECALL_FLOOR, RECALL_FLOOR, PRECISION_FLOOR = 0.6, 0.25, 0.35
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 def test_bulk_panoptic_finds_the_ground_truth_things(ray_address, tmp_path: Path) -> None:
@@ -49,11 +44,11 @@ def test_bulk_panoptic_finds_the_ground_truth_things(ray_address, tmp_path: Path
         gts = [(gt_names[a["category_id"]], gt.annToMask(a).astype(bool)) for a in gt.loadAnns(gt.getAnnIds(imgIds=[img["id"]]))]
         for name, mask in gts:
             things += 1
-            found += any(p == name and _iou(mask, m) >= 0.5 for p, m in preds)
-            any_label += any(_iou(mask, m) >= 0.5 for _, m in preds)
+            found += any(p == name and iou(mask, m) >= 0.5 for p, m in preds)
+            any_label += any(iou(mask, m) >= 0.5 for _, m in preds)
         for name, mask in preds:
             thing_preds += 1
-            matched_preds += any(g == name and _iou(mask, m) >= 0.5 for g, m in gts)
+            matched_preds += any(g == name and iou(mask, m) >= 0.5 for g, m in gts)
     recall, precision = found / things, matched_preds / max(thing_preds, 1)
     print(f"bulk panoptic on {len(SCENES)} held-out scenes: masks found {any_label}/{things}, "
           f"with the right label {found}/{things}, precision {precision:.2f} ({matched_preds}/{thing_preds})")
