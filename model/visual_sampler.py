@@ -62,11 +62,6 @@ class PromptPixels:
         return PromptPoints(coords=nz[:, 1:].to(torch.float32) / self.divisor, prompt=nz[:, 0])
 
 
-def sample_prompt_points(masks: torch.Tensor, max_len: int, generator: torch.Generator | None = None) -> PromptPoints:
-    """masks: ns x Hp x Wp bool -> the prompt pixels, at most `max_len` (see `PromptPixels`)."""
-    return PromptPixels(masks).sample(max_len, generator)
-
-
 def sample_at(feature_map: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """feature_map C x H x W, coords n x 2 normalised (y, x) -> n x C (bilinear, align_corners=True)."""
     if coords.shape[0] == 0:
