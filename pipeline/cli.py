@@ -58,12 +58,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     g.add_argument("--endpoint-url",
                    help="S3 endpoint for s3:// sources, stores and outputs (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)")
-    g.add_argument("--batch-size", type=int, default=16, help="images per encoder call (default: 16)")
+    # --batch-size and --decode-in left out take EncodeOptions' defaults (pipeline.jobs is
+    # imported only when a command runs).
+    g.add_argument("--batch-size", type=int, help="images per encoder call (default: 16)")
     g.add_argument("--pool", type=_pair, help="encoder actors N or MIN,MAX (default: 1,GPUs on a GPU cluster, else 1,CPUs/4)")
     g.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
     g.add_argument("--cpus-per-actor", type=float, help="default: 1, or 0.5 on machines with fewer than 4 CPUs")
     g.add_argument("--torch-threads", type=int, help="torch threads per CPU actor (default: the CPUs it holds, at least 1)")
-    g.add_argument("--decode-in", choices=("auto", "tasks", "actor"), default="auto",
+    g.add_argument("--decode-in", choices=("auto", "tasks", "actor"),
                    help="decode images in separate CPU tasks or inside the encoder actors; auto (default): "
                         "tasks when the encoders have GPUs, else inside the actors")
     g.add_argument("--max-pixels", type=int, help="refuse images with more pixels (decompression-bomb cap; default 64M)")
@@ -96,16 +98,15 @@ def _encode_options(args: argparse.Namespace) -> Any:
         feature_format=FeatureFormat(stage=args.feature_stage, dtype=args.feature_dtype, codec=args.feature_codec),
         decode=decode,
         endpoint_url=args.endpoint_url,
-        batch_size=args.batch_size,
         pool=args.pool,
         gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor,
         torch_threads=args.torch_threads,
-        decode_in=args.decode_in,
         retry_failed=args.retry_failed,
         manifest_flush_rows=args.manifest_flush_rows,
         progress=args.progress,
         address=args.address,
+        **{k: getattr(args, k) for k in ("batch_size", "decode_in") if getattr(args, k) is not None},
     )
 
 

@@ -15,20 +15,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--init-weights", default=None, help="start from these weights (fine-tuning)")
     t.add_argument("--dataset", default="shapes-world", help="'shapes-world' or a COCO annotations JSON")
     t.add_argument("--images", default=None, help="COCO image folder (default: beside the JSON)")
-    t.add_argument("--steps", type=int, default=20000)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--max-rounds", type=int, default=2, help="interactive rounds simulated per step (0..N)")
-    t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--seed", type=int, default=0)
+    # Left out, these take TrainConfig's defaults (imported only when training runs).
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--max-rounds", type=int, help="interactive rounds simulated per step (0..N)")
+    t.add_argument("--checkpoint-every", type=int)
+    t.add_argument("--seed", type=int)
     t.add_argument("--loss-weights", default=None, help="JSON of loss weights to override, e.g. '{\"grounding_class\": 2}'")
     t.add_argument("--storage", default="runs", help="checkpoint location: a folder or s3://bucket/prefix")
     t.add_argument("--name", default="seem-tiny", help="run name (same name + storage resumes)")
     t.add_argument("--workers", type=int, default=1)
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")
     t.add_argument("--cpus-per-worker", type=float, default=1.0)
-    t.add_argument("--max-failures", type=int, default=3,
-                   help="restarts from the last checkpoint after a worker dies (default 3)")
+    t.add_argument("--max-failures", type=int,
+                   help="restarts from the last checkpoint after a worker dies (default: run_training's, 3)")
     t.add_argument("--endpoint-url", default=None, help="S3 endpoint for --storage (default: AWS environment)")
     t.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     t.add_argument("--export", default=None, help="write the final weights (safetensors) here")
@@ -52,12 +53,13 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, run_training
 
     loss = LossWeights(**json.loads(args.loss_weights)) if args.loss_weights else LossWeights()
-    cfg = TrainConfig(model=args.model, init_weights=args.init_weights, steps=args.steps, batch_size=args.batch_size,
-                      lr=args.lr, max_rounds=args.max_rounds, seed=args.seed, dataset=args.dataset,
-                      images=args.images, checkpoint_every=args.checkpoint_every, loss=loss)
+    given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "max_rounds", "seed", "checkpoint_every")}
+    cfg = TrainConfig(model=args.model, init_weights=args.init_weights, dataset=args.dataset, images=args.images,
+                      loss=loss, **{k: v for k, v in given.items() if v is not None})
+    extra = {} if args.max_failures is None else {"max_failures": args.max_failures}
     result = run_training(cfg, storage_path=args.storage, name=args.name, num_workers=args.workers,
-                          use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
-                          endpoint_url=args.endpoint_url, address=args.address)
+                          use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                          endpoint_url=args.endpoint_url, address=args.address, **extra)
     if result.error:
         print(f"training failed: {result.error}", file=sys.stderr)
         return 1
