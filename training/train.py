@@ -327,7 +327,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             continue
         if rank == 0:  # progress for whoever watches the run's log
-            shown = {k: round(v, 4) for k, v in report.items() if k in _SHOWN}
+            # Four significant digits: the learning rate is ~1e-5 late in a run.
+            shown = {k: float(f"{v:.4g}") for k, v in report.items() if k in _SHOWN}
             print(f"step {step + 1}/{cfg.steps} {json.dumps(shown)}", flush=True)
 
 
@@ -340,6 +341,18 @@ def _mean(window: list[dict[str, float]], step: int, started: float, start: int)
     out["step"] = step
     out["steps_per_s"] = (step + 1 - start) / max(1e-6, time.time() - started)
     return out
+
+
+def _absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
+    """Ray Train workers run in their own working directory: a relative path the user gave
+    (weights, a COCO JSON or image folder, a model config file) must be made absolute here."""
+    def absolute(path: str | None) -> str | None:
+        if path is None or "://" in path or not Path(path).exists():
+            return path
+        return str(Path(path).resolve())
+
+    return dataclass_replace(cfg, model=absolute(cfg.model), init_weights=absolute(cfg.init_weights),
+                             dataset=absolute(cfg.dataset), images=absolute(cfg.images))
 
 
 def run_training(cfg: TrainConfig, *, storage_path: str, name: str, num_workers: int = 1, use_gpu: bool = False,
@@ -369,7 +382,8 @@ def run_training(cfg: TrainConfig, *, storage_path: str, name: str, num_workers:
         storage_path = storage_path[len("s3://"):]
     else:
         storage_path = str(Path(storage_path).resolve())
-    cfg = dataclass_replace(cfg, threads=cfg.threads or (0 if use_gpu else max(1, int(cpus_per_worker))))
+    cfg = dataclass_replace(_absolute_local_paths(cfg),
+                            threads=cfg.threads or (0 if use_gpu else max(1, int(cpus_per_worker))))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": asdict(cfg)},

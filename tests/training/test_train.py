@@ -11,7 +11,7 @@ import torch
 
 from model import build_model, load_checkpoint
 from training.losses import LossWeights
-from training.train import TrainConfig, run_training
+from training.train import TrainConfig, _absolute_local_paths, run_training
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,20 @@ def test_loss_falls_and_a_rerun_resumes_from_the_checkpoint(local_ray, tmp_path:
     # The resumed run changed the weights it started from (it trained, from them).
     a, b = saved.state_dict(), resumed.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_relative_paths_reach_the_workers_as_absolute(tmp_path: Path, monkeypatch) -> None:
+    # Ray Train workers run in their own directory: `--init-weights weights.safetensors`
+    # given relative to the user's shell must still name that file there.
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "train.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    cfg = _absolute_local_paths(TrainConfig(init_weights="weights.safetensors", dataset="coco/train.json",
+                                            images="coco"))
+    assert cfg.init_weights == str(tmp_path / "weights.safetensors")
+    assert cfg.dataset == str(tmp_path / "coco" / "train.json")
+    assert cfg.images == str(tmp_path / "coco")
+    # Names that are not local files pass through untouched.
+    cfg = _absolute_local_paths(TrainConfig(model="seem-tiny", init_weights="s3://bucket/w.safetensors"))
+    assert (cfg.model, cfg.init_weights, cfg.dataset) == ("seem-tiny", "s3://bucket/w.safetensors", "shapes-world")
