@@ -323,8 +323,12 @@ class SeemPredictor:
     # ------------------------------------------------------------------ generic segmentation
     @torch.inference_mode()
     def panoptic(self, features: ImageFeatures, vocabulary: Vocabulary | Sequence[str] | None = None,
-                 *, semantic: bool = False) -> PanopticResult:
-        """Panoptic segmentation with an open vocabulary (stuff names merge per class)."""
+                 *, semantic: bool = False, object_mask_threshold: float | None = None) -> PanopticResult:
+        """Panoptic segmentation with an open vocabulary (stuff names merge per class).
+
+        `object_mask_threshold` (default: the model's inference config) is the class
+        confidence a query needs to become a segment.
+        """
         started = time.perf_counter()
         vocab = self.vocabulary(vocabulary)
         vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names)
@@ -333,7 +337,8 @@ class SeemPredictor:
         obj = out.final[OBJECT]
         logits = self.model.class_logits(obj.class_emb, vocab_emb)[0]
         inf = self.cfg.inference
-        idx, scores, labels = panoptic_keep(logits, inf.object_mask_threshold)
+        threshold = inf.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
+        idx, scores, labels = panoptic_keep(logits, threshold)
         masks = to_original(obj.masks[0, idx], features.padded_size, features.input_size, features.original_size)
         is_thing = [vocab.is_thing(k) for k in range(len(vocab.names))]
         seg_map, segments = panoptic_merge(scores, labels, masks, is_thing, inf.overlap_threshold)

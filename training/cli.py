@@ -40,8 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="PQ/mIoU, referring cIoU/mIoU, NoC85/NoC90, 1-IoU per prompt type, text vs text+click.")
     e.add_argument("--model", default="seem-tiny")
     e.add_argument("--weights", default="default", help="checkpoint (default: the model's shipped weights)")
-    e.add_argument("--seed", type=int, default=12345, help="first scene of the held-out test split")
+    e.add_argument("--seed", type=int, default=12345, help="first scene of the split (an offset into its seed range)")
     e.add_argument("--images", type=int, default=200)
+    e.add_argument("--split", choices=("test", "val"), default="test",
+                   help="held-out scenes to use: test (the reported table) or val (for tuning)")
+    e.add_argument("--panoptic-thresholds", default=None,
+                   help="comma-separated object_mask_threshold values: report PQ at each instead of the table")
     e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     e.set_defaults(func=_eval)
 
@@ -76,11 +80,24 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from model.predictor import SeemPredictor
 
-    from .evaluate import evaluate, format_table
+    from .evaluate import evaluate, format_table, panoptic_threshold_sweep
 
     weights = None if args.weights in ("none", "random") else args.weights
     predictor = SeemPredictor.from_pretrained(args.model, weights=weights)
-    result = evaluate(predictor, seed=args.seed, images=args.images)
+    if args.panoptic_thresholds:
+        try:
+            thresholds = [float(t) for t in args.panoptic_thresholds.split(",")]
+        except ValueError:
+            print(f"--panoptic-thresholds: expected numbers separated by commas, got {args.panoptic_thresholds!r}",
+                  file=sys.stderr)
+            return 2
+        sweep = panoptic_threshold_sweep(predictor, thresholds, split=args.split, seed=args.seed, images=args.images)
+        for t, r in sweep.items():
+            print(f"threshold {t:<6g} PQ {100 * r['pq']:.1f}   SQ {100 * r['sq']:.1f}   RQ {100 * r['rq']:.1f}")
+        if args.json:
+            print(json.dumps({str(t): r for t, r in sweep.items()}))
+        return 0
+    result = evaluate(predictor, seed=args.seed, images=args.images, split=args.split)
     print(format_table(result))
     if args.json:
         print(json.dumps(result))

@@ -8,13 +8,15 @@
   the previous answer, with the previous mask as memory);
 - 1-IoU per prompt type (point, stroke, scribble, polygon, box): IoU after one prompt;
 - composition: IoU of text alone vs text + one click, on objects that have a phrase.
-Scenes come from the test split (seeds offset into a range training never draws from).
+Scenes come from the test split (seeds offset into a range training never draws from);
+the validation split is for choices such as the panoptic threshold.
 """
 from __future__ import annotations
 
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -112,7 +114,33 @@ def clicks_to_reach(predictor: SeemPredictor, features, gt: np.ndarray, rng: np.
     return {t: reached.get(t, MAX_CLICKS) for t in targets}
 
 
-def evaluate(predictor: SeemPredictor, seed: int = 12345, images: int = 200, progress: bool = True) -> dict[str, float]:
+def panoptic_threshold_sweep(predictor: SeemPredictor, thresholds: Sequence[float], *, split: str = "val",
+                             seed: int = 0, images: int = 80, progress: bool = True) -> dict[float, dict[str, float]]:
+    """PQ / SQ / RQ at each `object_mask_threshold`, on the same scenes (one encode per scene).
+
+    How a checkpoint's panoptic threshold is chosen: on the validation split, never on the
+    test scenes the eval table reports.
+    """
+    vocab = default_vocabulary()
+    accs = {t: PanopticAccumulator(len(CATEGORIES)) for t in thresholds}
+    seeds = split_seeds(split, images, start=seed)
+    iterator = seeds
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(seeds, desc=f"panoptic sweep ({split})", unit="img", file=sys.stderr)
+    for scene_seed in iterator:
+        scene = generate_scene(scene_seed)
+        features = predictor.encode([scene.image])[0]
+        gt_segments = [(s.category_id, scene.mask(s.id)) for s in scene.segments]
+        for t, acc in accs.items():
+            pan = predictor.panoptic(features, vocab, object_mask_threshold=t)
+            acc.add_panoptic(gt_segments, [(seg["category_id"], pan.segment_map == seg["id"]) for seg in pan.segments])
+    return {t: dict(zip(("pq", "sq", "rq"), acc.pq())) for t, acc in accs.items()}
+
+
+def evaluate(predictor: SeemPredictor, seed: int = 12345, images: int = 200, progress: bool = True,
+             split: str = "test") -> dict[str, float]:
     vocab = default_vocabulary()
     acc = PanopticAccumulator(len(CATEGORIES))
     ref_inter = ref_union = 0.0
@@ -122,7 +150,7 @@ def evaluate(predictor: SeemPredictor, seed: int = 12345, images: int = 200, pro
     text_alone: list[float] = []
     text_click: list[float] = []
     started = time.time()
-    seeds = split_seeds("test", images, start=seed)
+    seeds = split_seeds(split, images, start=seed)
     iterator = seeds
     if progress:
         from tqdm import tqdm
