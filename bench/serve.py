@@ -19,6 +19,12 @@
    own counters (`ray_seem_feature_cache_*`), read from GET /metrics before and after.
    With more images than one LRU holds but fewer than two, routing decides the outcome:
    each replica needs to hold only its share.
+3. Throughput vs decoder replicas. For each count in `--replica-counts` (fixed, not
+   autoscaled), `--images` images are uploaded and each is asked once (every cache warm),
+   then `--throughput-requests` one-click requests to random images come from
+   `--throughput-concurrency` clients: requests per second and client latency. On a
+   machine with few cores the replicas share them with the proxy, the ingress and the
+   clients, so the scaling shown is what this machine allows, not Serve's limit.
 """
 from __future__ import annotations
 
@@ -268,6 +274,39 @@ def hit_rate(app: App, args: argparse.Namespace, route_by_image: bool) -> dict:
             "hit_rate": hits / max(hits + misses, 1), "req_per_s": args.hit_requests / elapsed}
 
 
+def throughput(app: App, args: argparse.Namespace, replicas: int) -> dict:
+    from training.shapes_world import generate_scene
+
+    app.deploy(replicas=replicas, cache_size=args.images, route_by_image=True)
+    threads = app_info()["torch_threads"]
+    bodies = []
+    for i in range(args.images):
+        scene = generate_scene(7000 + i)
+        image_id = app.upload(png_bytes(scene.image))
+        ys, xs = np.nonzero(scene.mask(scene.things[0].id))
+        bodies.append({"image_id": image_id, "prompts": [{"type": "point", "xy": [float(xs[len(xs) // 2]),
+                                                                                   float(ys[len(ys) // 2])]}]})
+    for body in bodies:  # every replica's cache holds its images before the clock starts
+        app.segment(body)
+    rng = random.Random(11)
+    plan = [bodies[rng.randrange(len(bodies))] for _ in range(args.throughput_requests)]
+    sessions = [requests.Session() for _ in range(args.throughput_concurrency)]
+    for s in sessions:
+        s.headers["Authorization"] = f"Bearer {API_KEY}"
+
+    def one(k: int) -> float:
+        t0 = time.perf_counter()
+        app.segment(plan[k], sessions[k % len(sessions)])
+        return (time.perf_counter() - t0) * 1000
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.throughput_concurrency) as pool:
+        times = list(pool.map(one, range(len(plan))))
+    elapsed = time.perf_counter() - started
+    return {"replicas": replicas, "torch_threads": threads, "clients": args.throughput_concurrency,
+            "requests": len(plan), "req_per_s": len(plan) / elapsed, "p50_ms": pct(times, 50), "p99_ms": pct(times, 99)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=300, help="sequential requests for the latency part")
@@ -276,7 +315,10 @@ def main() -> int:
     p.add_argument("--cache-size", type=int, default=10, help="LRU size per decoder replica")
     p.add_argument("--hit-requests", type=int, default=400)
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--only", choices=["latency", "hits"], help="run one part")
+    p.add_argument("--replica-counts", default="1,2", help="decoder replica counts for the throughput part")
+    p.add_argument("--throughput-requests", type=int, default=300)
+    p.add_argument("--throughput-concurrency", type=int, default=8)
+    p.add_argument("--only", choices=["latency", "hits", "throughput"], help="run one part")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -290,6 +332,8 @@ def main() -> int:
             results["latency"].update(serve_floor(app, args))
         if args.only in (None, "hits"):
             results["hit_rate"] = [hit_rate(app, args, True), hit_rate(app, args, False)]
+        if args.only in (None, "throughput"):
+            results["throughput"] = [throughput(app, args, int(n)) for n in args.replica_counts.split(",")]
     finally:
         app.close()
 
@@ -317,6 +361,13 @@ def main() -> int:
             print(f"| {'yes' if h['route_by_image'] else 'no'} | {h['replicas']} | {h['cache_size']} | {h['images']} | "
                   f"{h['requests']} | {h['hits']:.0f} | {h['misses']:.0f} | {100 * h['hit_rate']:.1f}% | "
                   f"{h['req_per_s']:.0f} |")
+    if "throughput" in results:
+        base = results["throughput"][0]["req_per_s"]
+        print(f"\n| decoder replicas | torch threads each | clients | requests | req/s | vs {results['throughput'][0]['replicas']} "
+              "| p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|")
+        for t in results["throughput"]:
+            print(f"| {t['replicas']} | {t['torch_threads']} | {t['clients']} | {t['requests']} | {t['req_per_s']:.1f} | "
+                  f"{t['req_per_s'] / base:.2f}x | {t['p50_ms']:.1f} | {t['p99_ms']:.1f} |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))
