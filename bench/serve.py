@@ -68,8 +68,7 @@ class App:
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         self.store = store
         self.base = f"http://127.0.0.1:{self.port}"
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {API_KEY}"
+        self.session = self.new_session()
 
     def deploy(self, *, replicas: int, cache_size: int, route_by_image: bool) -> None:
         from ray import serve
@@ -96,10 +95,27 @@ class App:
                 raise RuntimeError(f"decoder replicas did not start: {status}")
             time.sleep(0.5)
 
+    @staticmethod
+    def new_session() -> requests.Session:
+        """A keep-alive client with the API key (one per concurrent client)."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {API_KEY}"
+        return session
+
     def upload(self, data: bytes) -> str:
         r = self.session.post(self.base + "/v1/images", data=data, headers={"Content-Type": "image/png"}, timeout=120)
         r.raise_for_status()
         return r.json()["image_id"]
+
+    def upload_scene(self, seed: int) -> dict:
+        """Uploads Shapes World scene `seed`; returns a one-click segment request on its first thing."""
+        from training.shapes_world import generate_scene
+
+        scene = generate_scene(seed)
+        image_id = self.upload(png_bytes(scene.image))
+        ys, xs = np.nonzero(scene.mask(scene.things[0].id))
+        return {"image_id": image_id, "prompts": [{"type": "point", "xy": [float(xs[len(xs) // 2]),
+                                                                          float(ys[len(ys) // 2])]}]}
 
     def segment(self, body: dict, session: requests.Session | None = None) -> dict:
         r = (session or self.session).post(self.base + "/v1/segment", json=body, timeout=120)
@@ -142,15 +158,11 @@ def latency(app: App, args: argparse.Namespace) -> dict:
     from serving.inference import load_predictor, segment, warm_up
     from serving.schemas import SegmentRequest
     from store import FeatureStore
-    from training.shapes_world import generate_scene
 
     app.deploy(replicas=1, cache_size=8, route_by_image=True)
     replica = app_info()
-    scene = generate_scene(2024)
-    image_id = app.upload(png_bytes(scene.image))
-    ys, xs = np.nonzero(scene.mask(scene.things[0].id))
-    body = {"image_id": image_id, "prompts": [{"type": "point", "xy": [float(xs[len(xs) // 2]),
-                                                                    float(ys[len(ys) // 2])]}]}
+    body = app.upload_scene(2024)
+    image_id = body["image_id"]
     for _ in range(args.warmup):
         app.segment(body)
     client, total, call, inside, decode = [], [], [], [], []
@@ -242,31 +254,29 @@ def app_info() -> dict:
     return serve.get_deployment_handle("Decoder", APP_NAME).info.remote().result(timeout_s=60)
 
 
-def hit_rate(app: App, args: argparse.Namespace, route_by_image: bool) -> dict:
-    from training.shapes_world import generate_scene
+def run_clients(app: App, plan: list[dict], clients: int) -> tuple[list[float], float]:
+    """Sends the segment requests of `plan` from `clients` concurrent keep-alive clients:
+    each request's client-side latency (ms) and the wall time of the whole plan (s)."""
+    sessions = [app.new_session() for _ in range(clients)]
 
-    app.deploy(replicas=2, cache_size=args.cache_size, route_by_image=route_by_image)
-    images = []
-    for i in range(args.images):
-        scene = generate_scene(5000 + i)
-        image_id = app.upload(png_bytes(scene.image))
-        ys, xs = np.nonzero(scene.mask(scene.things[0].id))
-        images.append((image_id, [float(xs[len(xs) // 2]), float(ys[len(ys) // 2])]))
-    hits0, misses0 = app.settled_counts(args.images)
-    rng = random.Random(7)
-    plan = [images[rng.randrange(len(images))] for _ in range(args.hit_requests)]
-    sessions = [requests.Session() for _ in range(args.concurrency)]
-    for s in sessions:
-        s.headers["Authorization"] = f"Bearer {API_KEY}"
-
-    def one(k: int) -> None:
-        image_id, xy = plan[k]
-        app.segment({"image_id": image_id, "prompts": [{"type": "point", "xy": xy}]}, sessions[k % len(sessions)])
+    def one(k: int) -> float:
+        t0 = time.perf_counter()
+        app.segment(plan[k], sessions[k % clients])
+        return (time.perf_counter() - t0) * 1000
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        list(pool.map(one, range(len(plan))))
-    elapsed = time.perf_counter() - started
+    with ThreadPoolExecutor(clients) as pool:
+        times = list(pool.map(one, range(len(plan))))
+    return times, time.perf_counter() - started
+
+
+def hit_rate(app: App, args: argparse.Namespace, route_by_image: bool) -> dict:
+    app.deploy(replicas=2, cache_size=args.cache_size, route_by_image=route_by_image)
+    bodies = [app.upload_scene(5000 + i) for i in range(args.images)]
+    hits0, misses0 = app.settled_counts(args.images)
+    rng = random.Random(7)
+    plan = [bodies[rng.randrange(len(bodies))] for _ in range(args.hit_requests)]
+    _, elapsed = run_clients(app, plan, args.concurrency)
     hits1, misses1 = app.settled_counts(hits0 + misses0 + args.hit_requests)
     hits, misses = hits1 - hits0, misses1 - misses0
     return {"route_by_image": route_by_image, "replicas": 2, "cache_size": args.cache_size, "images": args.images,
@@ -275,34 +285,14 @@ def hit_rate(app: App, args: argparse.Namespace, route_by_image: bool) -> dict:
 
 
 def throughput(app: App, args: argparse.Namespace, replicas: int) -> dict:
-    from training.shapes_world import generate_scene
-
     app.deploy(replicas=replicas, cache_size=args.images, route_by_image=True)
     threads = app_info()["torch_threads"]
-    bodies = []
-    for i in range(args.images):
-        scene = generate_scene(7000 + i)
-        image_id = app.upload(png_bytes(scene.image))
-        ys, xs = np.nonzero(scene.mask(scene.things[0].id))
-        bodies.append({"image_id": image_id, "prompts": [{"type": "point", "xy": [float(xs[len(xs) // 2]),
-                                                                                   float(ys[len(ys) // 2])]}]})
+    bodies = [app.upload_scene(7000 + i) for i in range(args.images)]
     for body in bodies:  # every replica's cache holds its images before the clock starts
         app.segment(body)
     rng = random.Random(11)
     plan = [bodies[rng.randrange(len(bodies))] for _ in range(args.throughput_requests)]
-    sessions = [requests.Session() for _ in range(args.throughput_concurrency)]
-    for s in sessions:
-        s.headers["Authorization"] = f"Bearer {API_KEY}"
-
-    def one(k: int) -> float:
-        t0 = time.perf_counter()
-        app.segment(plan[k], sessions[k % len(sessions)])
-        return (time.perf_counter() - t0) * 1000
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(args.throughput_concurrency) as pool:
-        times = list(pool.map(one, range(len(plan))))
-    elapsed = time.perf_counter() - started
+    times, elapsed = run_clients(app, plan, args.throughput_concurrency)
     return {"replicas": replicas, "torch_threads": threads, "clients": args.throughput_concurrency,
             "requests": len(plan), "req_per_s": len(plan) / elapsed, "p50_ms": pct(times, 50), "p99_ms": pct(times, 99)}
 
