@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -114,6 +114,27 @@ def clicks_to_reach(predictor: SeemPredictor, features, gt: np.ndarray, rng: np.
     return {t: reached.get(t, MAX_CLICKS) for t in targets}
 
 
+def _scenes(split: str, images: int, seed: int, progress: bool, desc: str) -> Iterator[Scene]:
+    """The split's scenes from offset `seed`, with a progress bar on stderr if asked."""
+    seeds = split_seeds(split, images, start=seed)
+    if progress:
+        from tqdm import tqdm
+
+        seeds = tqdm(seeds, desc=desc, unit="img", file=sys.stderr)
+    for scene_seed in seeds:
+        yield generate_scene(scene_seed)
+
+
+def _gt_segments(scene: Scene) -> list[tuple[int, np.ndarray]]:
+    """(category, mask) per ground-truth segment, as PanopticAccumulator takes them."""
+    return [(s.category_id, scene.mask(s.id)) for s in scene.segments]
+
+
+def _panoptic_segments(pan) -> list[tuple[int, np.ndarray]]:  # noqa: ANN001 - a PanopticResult
+    """(category, mask) per predicted segment."""
+    return [(seg["category_id"], pan.segment_map == seg["id"]) for seg in pan.segments]
+
+
 def panoptic_threshold_sweep(predictor: SeemPredictor, thresholds: Sequence[float], *, split: str = "val",
                              seed: int = 0, images: int = 80, progress: bool = True) -> dict[float, dict[str, float]]:
     """PQ / SQ / RQ at each `object_mask_threshold`, on the same scenes (one encode per scene).
@@ -123,19 +144,11 @@ def panoptic_threshold_sweep(predictor: SeemPredictor, thresholds: Sequence[floa
     """
     vocab = default_vocabulary()
     accs = {t: PanopticAccumulator(len(CATEGORIES)) for t in thresholds}
-    seeds = split_seeds(split, images, start=seed)
-    iterator = seeds
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(seeds, desc=f"panoptic sweep ({split})", unit="img", file=sys.stderr)
-    for scene_seed in iterator:
-        scene = generate_scene(scene_seed)
+    for scene in _scenes(split, images, seed, progress, f"panoptic sweep ({split})"):
         features = predictor.encode([scene.image])[0]
-        gt_segments = [(s.category_id, scene.mask(s.id)) for s in scene.segments]
+        gt_segments = _gt_segments(scene)
         for t, acc in accs.items():
-            pan = predictor.panoptic(features, vocab, object_mask_threshold=t)
-            acc.add_panoptic(gt_segments, [(seg["category_id"], pan.segment_map == seg["id"]) for seg in pan.segments])
+            acc.add_panoptic(gt_segments, _panoptic_segments(predictor.panoptic(features, vocab, object_mask_threshold=t)))
     return {t: dict(zip(("pq", "sq", "rq"), acc.pq())) for t, acc in accs.items()}
 
 
@@ -150,21 +163,13 @@ def evaluate(predictor: SeemPredictor, seed: int = 12345, images: int = 200, pro
     text_alone: list[float] = []
     text_click: list[float] = []
     started = time.time()
-    seeds = split_seeds(split, images, start=seed)
-    iterator = seeds
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(seeds, desc="eval", unit="img", file=sys.stderr)
-    for scene_seed in iterator:
-        scene: Scene = generate_scene(scene_seed)
-        rng = np.random.default_rng([seed, scene_seed])
+    for scene in _scenes(split, images, seed, progress, "eval"):
+        rng = np.random.default_rng([seed, scene.seed])
         features = predictor.encode([scene.image])[0]
         # Generic segmentation.
         pan = predictor.panoptic(features, vocab, semantic=True)
-        gt_segments = [(s.category_id, scene.mask(s.id)) for s in scene.segments]
-        pred_segments = [(seg["category_id"], pan.segment_map == seg["id"]) for seg in pan.segments]
-        acc.add_panoptic(gt_segments, pred_segments)
+        gt_segments = _gt_segments(scene)
+        acc.add_panoptic(gt_segments, _panoptic_segments(pan))
         gt_sem = np.full(scene.segment_map.shape, -1)
         for c, m in gt_segments:
             gt_sem[m] = c
