@@ -63,7 +63,10 @@ def seem_tiny_config() -> SeemConfig:
         # object_mask_threshold chosen for the shipped v2 weights on 80 validation-split scenes
         # (`seem eval --split val --seed 0 --images 80 --panoptic-thresholds ...`): PQ 0.839 from
         # 0.1 to 0.3, 0.844 at 0.4, 0.833 at 0.5 (docs/training.md).
-        inference=InferenceConfig(resize_shortest_edge=256, resize_max_size=512, object_mask_threshold=0.4),
+        # Its spatial and grounding queries were trained without a class term, so a prompted
+        # mask takes the label of the object query that segments the same object.
+        inference=InferenceConfig(resize_shortest_edge=256, resize_max_size=512, object_mask_threshold=0.4,
+                                  prompted_mask_labels="object_match"),
         default_vocabulary=names,
         default_stuff=stuff,
     )

@@ -111,6 +111,14 @@ class InferenceConfig:
     overlap_threshold: float = 0.8
     detections_per_image: int = 100
     grounding_temperature_max: float = 100.0  # the reference clamps exp(logit_scale) for grounding
+    # Where a prompted (clicked, grounded) mask's label comes from: "query", its own query's
+    # class embedding (the reference); "object_match", the object query whose mask is the same
+    # object — for models whose prompted queries never had a class loss (seem-tiny).
+    prompted_mask_labels: str = "query"
+
+    def __post_init__(self) -> None:
+        if self.prompted_mask_labels not in ("query", "object_match"):
+            raise ValueError(f"prompted_mask_labels must be 'query' or 'object_match', not {self.prompted_mask_labels!r}")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 
 from .build import DEFAULT_MODEL, build_model
 from .checkpoint import state_digest
-from .decoder import GROUNDING, OBJECT, SPATIAL
+from .decoder import GROUNDING, OBJECT, SPATIAL, DecoderOutput
 from .postprocess import (grounding_scores, instance_inference, panoptic_keep, panoptic_merge,
                           semantic_inference, spatial_selection_logits, to_original)
 from .seem import Seem
@@ -35,6 +35,27 @@ from .types import (ImageFeatures, MaskResult, PanopticResult, Prompts, Referrin
 from .visual_sampler import SpatialTokens
 
 __all__ = ["SeemPredictor", "Draws", "PromptError"]
+
+
+@dataclass
+class _ObjectQueries:
+    """One image's object queries: class embeddings Q x D, mask logits Q x h x w (stride 4)
+    and, with a vocabulary, log P(a real class) per query (the no-object column's complement)."""
+
+    class_emb: torch.Tensor
+    masks: torch.Tensor
+    log_object: torch.Tensor | None
+
+    def best_match(self, mask_logits: torch.Tensor, min_iou: float) -> int | None:
+        """The query whose mask overlaps `mask_logits` (h x w, same grid) best, IoU weighted by
+        P(object) when known (a no-object query's class embedding says little); None when
+        that query's IoU is below `min_iou`."""
+        shown = mask_logits.to(self.masks.device) > 0
+        masks = self.masks > 0
+        iou = (masks & shown).flatten(1).sum(1) / (masks | shown).flatten(1).sum(1).clamp(min=1)
+        score = iou if self.log_object is None else iou * self.log_object.exp()
+        best = int(score.argmax())
+        return best if float(iou[best]) >= min_iou else None
 
 
 @dataclass
@@ -157,6 +178,22 @@ class SeemPredictor:
         k = int(probs[:-1].argmax())
         return vocab.names[k], float(probs[k]), k
 
+    def _object_labels(self, vocab_emb: torch.Tensor | None) -> bool:
+        """Whether prompted masks take the labels of matching object queries (config), which
+        then run in the same decoder pass (they never see prompts: the other outputs are equal)."""
+        return vocab_emb is not None and self.cfg.inference.prompted_mask_labels == "object_match"
+
+    def _prompted_label(self, class_emb: torch.Tensor, mask_logits: torch.Tensor, objects: "_ObjectQueries | None",
+                        vocab: Vocabulary | None, vocab_emb: torch.Tensor | None) -> tuple[str | None, float | None, int | None]:
+        """Label of a prompted (grounded or spatial) mask: its own query's class embedding, or
+        with `prompted_mask_labels="object_match"` that of the object query whose mask is the
+        same object (IoU >= 0.5 at stride 4), falling back to its own."""
+        if objects is not None:
+            k = objects.best_match(mask_logits, min_iou=0.5)
+            if k is not None:
+                class_emb = objects.class_emb[k]
+        return self._label(class_emb, vocab, vocab_emb)
+
     # ------------------------------------------------------------------ decode
     @torch.inference_mode()
     def decode(self, features: ImageFeatures, prompts: Prompts | Sequence[Prompts] | None = None,
@@ -166,8 +203,10 @@ class SeemPredictor:
         """Masks for one target (`Prompts`) or several targets at once (a sequence).
 
         previous_mask: the last round's `Segmentation.memory` (exact) or a boolean mask in
-        original pixels; one per target for several targets. No prompt at all gives the
-        panoptic segments of the image as masks.
+        original pixels; one per target for several targets. It is SEEM's memory prompt, so
+        only targets with spatial prompts use it (a phrase alone or a referring region alone
+        picks by meaning, not by place). No prompt at all gives the panoptic segments of the
+        image as masks.
         """
         if prompts is None or (isinstance(prompts, Prompts) and prompts.is_empty):
             pan = self.panoptic(features, vocabulary)
@@ -192,19 +231,29 @@ class SeemPredictor:
         vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names) if vocab else None
         mask_features, ms = self._maps(features)
         results: list[Segmentation | None] = [None] * len(targets)
-        # Text-only targets share one grounding pass (as the reference grounds several phrases);
-        # visual targets without text share one multi-object pass; composed targets run alone.
-        text_only = [i for i, t in enumerate(targets) if not t.has_visual]
-        visual = [i for i, t in enumerate(targets) if t.has_visual and t.text is None]
-        composed = [i for i, t in enumerate(targets) if t.has_visual and t.text is not None]
-        if text_only:
-            for i, seg in zip(text_only, self._grounding(features, mask_features, ms, [targets[i].text for i in text_only],
-                                                          vocab, vocab_emb, max_masks)):
+        # A referring region becomes a class embedding first (see `_reference_embedding`).
+        references = [self._reference_embedding(t.referring, vocab, vocab_emb) if t.referring else None
+                      for t in targets]
+        # Phrase targets without clicks share one grounding pass (as the reference grounds several
+        # phrases); referring-only targets share one object-query pass; visual targets without text
+        # share one multi-object pass; composed targets (phrase + visual prompts) run alone.
+        grounded = [i for i, t in enumerate(targets) if t.text is not None and not t.spatial]
+        referred = [i for i, t in enumerate(targets) if t.text is None and not t.spatial]
+        visual = [i for i, t in enumerate(targets) if t.spatial and t.text is None]
+        composed = [i for i, t in enumerate(targets) if t.spatial and t.text is not None]
+        if grounded:
+            segs = self._grounding(features, mask_features, ms, [targets[i].text for i in grounded],
+                                   vocab, vocab_emb, max_masks, [references[i] for i in grounded])
+            for i, seg in zip(grounded, segs):
+                results[i] = seg
+        if referred:
+            segs = self._referred(features, mask_features, ms, [references[i] for i in referred], vocab, vocab_emb, max_masks)
+            for i, seg in zip(referred, segs):
                 results[i] = seg
         groups = ([visual] if visual else []) + [[i] for i in composed]
         for group in groups:
             segs = self._spatial(features, mask_features, ms, [targets[i] for i in group], [memories[i] for i in group],
-                                 vocab, vocab_emb, max_masks, draws)
+                                 vocab, vocab_emb, max_masks, draws, [references[i] for i in group])
             for i, seg in zip(group, segs):
                 results[i] = seg
         elapsed = (time.perf_counter() - started) * 1000
@@ -213,14 +262,20 @@ class SeemPredictor:
         return results[0] if single else results  # type: ignore[return-value]
 
     def _grounding(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
-                   texts: list[str], vocab: Vocabulary | None, vocab_emb: torch.Tensor | None, max_masks: int) -> list[Segmentation]:
+                   texts: list[str], vocab: Vocabulary | None, vocab_emb: torch.Tensor | None, max_masks: int,
+                   references: list[torch.Tensor | None]) -> list[Segmentation]:
         m = self.model
         grounding, phrase_emb = m.grounding_input([texts])
-        out = m.decoder(ms, mask_features, object_queries=False, grounding=grounding)
+        object_labels = self._object_labels(vocab_emb)
+        out = m.decoder(ms, mask_features, object_queries=object_labels, grounding=grounding)
         g = out.final[GROUNDING]
         scores = grounding_scores(g.class_emb[0], phrase_emb[0], m.text_encoder.logit_scale,
                                   self.cfg.inference.grounding_temperature_max)  # Q x P
+        for p, ref in enumerate(references):
+            if ref is not None:  # phrase and region must both agree: add the two log-distributions
+                scores[:, p] = scores[:, p].log_softmax(0) + self._similarity(g.class_emb[0], ref).log_softmax(0)
         probs = scores.softmax(0)
+        objects = self._object_queries(out, vocab_emb) if object_labels else None
         segs = []
         for p in range(len(texts)):
             order = scores[:, p].argsort(descending=True)[:max_masks]
@@ -228,7 +283,7 @@ class SeemPredictor:
                                  features.original_size, "bicubic")
             masks = []
             for j, q in enumerate(order.tolist()):
-                label, label_score, k = self._label(g.class_emb[0, q], vocab, vocab_emb)
+                label, label_score, k = self._prompted_label(g.class_emb[0, q], g.masks[0, q], objects, vocab, vocab_emb)
                 masks.append(MaskResult((logits[j] > 0).cpu().numpy(), float(probs[q, p]), label, label_score, k))
             segs.append(Segmentation(masks, memory=g.masks[0, order[0]][None, None].cpu()))
         return segs
@@ -241,20 +296,78 @@ class SeemPredictor:
             pos, neg = raster.prompt_masks(target.spatial, features.padded_size)
             parts.append(self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), mask_features[0],
                                                    [x[0] for x in ms], generator))
-        for ref in target.referring:
-            parts.append(self._referring_tokens(ref, generator))
         return SpatialTokens.concat(parts)
 
-    def _referring_tokens(self, ref: ReferringRegion, generator: torch.Generator) -> SpatialTokens:
-        """Tokens of a region of another image, sampled on that image's own features."""
-        if not ref.region:
-            raise PromptError("referring prompt: the region is empty")
-        raster = PromptRasterizer(ref.features.original_size, ref.features.input_size)
-        pos, neg = raster.prompt_masks(tuple(ref.region), ref.features.padded_size)
-        if not pos.any():
-            raise PromptError("referring prompt: the region needs a positive part")
-        mf, ms = self._maps(ref.features)
-        return self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), mf[0], [x[0] for x in ms], generator)
+    def _similarity(self, class_emb: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Q: scaled cosine of each query's class embedding with a reference embedding."""
+        return grounding_scores(class_emb, reference[None], self.model.text_encoder.logit_scale,
+                                self.cfg.inference.grounding_temperature_max)[:, 0]
+
+    def _objects(self, mask_features: torch.Tensor, ms: list[torch.Tensor], vocab_emb: torch.Tensor | None) -> "_ObjectQueries":
+        """The object queries of one image (the panoptic head), to match prompted masks against."""
+        return self._object_queries(self.model.decoder(ms, mask_features, object_queries=True), vocab_emb)
+
+    def _object_queries(self, out: DecoderOutput, vocab_emb: torch.Tensor | None) -> "_ObjectQueries":
+        obj = out.final[OBJECT]
+        log_object = None
+        if vocab_emb is not None:
+            no_object = self.model.class_logits(obj.class_emb, vocab_emb)[0].softmax(-1)[:, -1]
+            log_object = torch.log1p(-no_object.clamp(max=1 - 1e-6))
+        return _ObjectQueries(obj.class_emb[0], obj.masks[0], log_object)
+
+    def _reference_embedding(self, regions: Sequence[ReferringRegion], vocab: Vocabulary | None,
+                             vocab_emb: torch.Tensor | None) -> torch.Tensor:
+        """What referring regions show, as one unit vector in the joint vision-language space.
+
+        Why not the reference's route (the region's point features fed to the target image's
+        decoder as if they were its own clicks): its v1 code crashes on it, and a decoder only
+        ever trained with prompts of the image it decodes reads those features as *where*, not
+        *what* (seem-tiny v2 found the same kind of object in 2 of 17 held-out pairs). So each
+        region is first segmented in its own image (the interactive path), the object query
+        whose mask matches that segment best gives its class embedding, and the target image's
+        queries are then ranked by cosine similarity to it, the space labels and phrases live in.
+        """
+        embeddings = []
+        for ref in regions:
+            if not ref.region:
+                raise PromptError("referring prompt: the region is empty")
+            f = ref.features
+            if f.model_id != self.model_id:
+                raise PromptError(f"referring image features are from model {f.model_id}, this predictor is {self.model_id}")
+            raster = PromptRasterizer(f.original_size, f.input_size)
+            pos, _ = raster.prompt_masks(tuple(ref.region), f.padded_size)
+            if not pos.any():
+                raise PromptError("referring prompt: the region needs a positive part")
+            mf, ms = self._maps(f)
+            segment = self._spatial(f, mf, ms, [Prompts(spatial=tuple(ref.region))], [None], None, None, 1, None, [None])[0]
+            objects = self._objects(mf, ms, vocab_emb)
+            emb = objects.class_emb[objects.best_match(segment.memory[0, 0], min_iou=0.0)]
+            embeddings.append(emb / (emb.norm() + 1e-7))
+        mean = torch.stack(embeddings).mean(0)
+        return mean / (mean.norm() + 1e-7)
+
+    def _referred(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
+                  references: list[torch.Tensor], vocab: Vocabulary | None, vocab_emb: torch.Tensor | None,
+                  max_masks: int) -> list[Segmentation]:
+        """Referring-only targets: the object queries most similar to each reference embedding,
+        weighted by how sure the model is that a query is an object at all."""
+        objects = self._objects(mask_features, ms, vocab_emb)
+        class_emb, mask_logits = objects.class_emb, objects.masks
+        segs = []
+        for ref in references:
+            scores = self._similarity(class_emb, ref)
+            if objects.log_object is not None:
+                scores = scores + objects.log_object
+            probs = scores.softmax(0)
+            order = scores.argsort(descending=True)[:max_masks]
+            logits = to_original(mask_logits[order], features.padded_size, features.input_size,
+                                 features.original_size, "bicubic")
+            masks = []
+            for j, q in enumerate(order.tolist()):
+                label, label_score, k = self._label(class_emb[q], vocab, vocab_emb)
+                masks.append(MaskResult((logits[j] > 0).cpu().numpy(), float(probs[q]), label, label_score, k))
+            segs.append(Segmentation(masks, memory=mask_logits[order[0]][None, None].cpu()))
+        return segs
 
     def _memory(self, previous: np.ndarray | torch.Tensor | None, features: ImageFeatures) -> torch.Tensor | None:
         if previous is None:
@@ -272,7 +385,7 @@ class SeemPredictor:
 
     def _spatial(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
                  targets: list[Prompts], memories: list, vocab: Vocabulary | None, vocab_emb: torch.Tensor | None,
-                 max_masks: int, draws: Draws | None) -> list[Segmentation]:
+                 max_masks: int, draws: Draws | None, references: list[torch.Tensor | None]) -> list[Segmentation]:
         m = self.model
         generator = torch.Generator().manual_seed(self.seed)
         per_target = [self._visual_tokens(t, features, mask_features, ms, generator) for t in targets]
@@ -301,20 +414,24 @@ class SeemPredictor:
         if text is not None:
             grounding, _ = m.grounding_input([[text]])
         spatial = m.spatial_input([tokens], source.to(self.device), prev_mask, memory_prompt, see_text=text is not None)
-        out = m.decoder(ms, mask_features, object_queries=False, grounding=grounding, spatial=spatial)
+        object_labels = self._object_labels(vocab_emb)
+        out = m.decoder(ms, mask_features, object_queries=object_labels, grounding=grounding, spatial=spatial)
         s = out.final[SPATIAL]
         qpp = self.cfg.decoder.queries_per_prompt
         sel = spatial_selection_logits(s.mask_emb[0], spatial.pos_embed[0], qpp)  # (ns*q) x ns
+        objects = self._object_queries(out, vocab_emb) if object_labels else None
         segs = []
         for p in range(ns):
             own = sel[p * qpp:(p + 1) * qpp, p]
+            if references[p] is not None:  # a referring region ranks the prompt's candidates too
+                own = own.log_softmax(0) + self._similarity(s.class_emb[0, p * qpp:(p + 1) * qpp], references[p]).log_softmax(0)
             probs = own.softmax(0)
             order = (own.argsort(descending=True) + p * qpp)[:max_masks]
             logits = to_original(s.masks[0, order], features.padded_size, features.input_size,
                                  features.original_size, "bilinear")
             masks = []
             for j, q in enumerate(order.tolist()):
-                label, label_score, k = self._label(s.class_emb[0, q], vocab, vocab_emb)
+                label, label_score, k = self._prompted_label(s.class_emb[0, q], s.masks[0, q], objects, vocab, vocab_emb)
                 masks.append(MaskResult((logits[j].sigmoid() > 0.5).cpu().numpy(), float(probs[q - p * qpp]),
                                         label, label_score, k))
             segs.append(Segmentation(masks, memory=s.masks[0, order[0]][None, None].cpu()))

@@ -74,10 +74,10 @@ class ReferringRegion:
     """A region of *another* image (the referring image) whose look is the prompt.
 
     `features` are that image's encoded features; `region` are spatial prompts in that
-    image's original pixels. Semantics (ours; the reference's v1 path crashes): the
-    region's spatial tokens and its mean mask feature are sampled from the referring
-    image and fed to the target image's decoder as if they were the target's own visual
-    prompt, so the decoder looks for "the same kind of thing" in the target image.
+    image's original pixels. Semantics (ours; the reference's v1 path crashes): the region
+    is segmented in its own image and the class embedding of what it shows ranks the target
+    image's objects by similarity, so the answer is "the same kind of thing" wherever it is
+    (`SeemPredictor._reference_embedding`, docs/design-notes.md).
     """
 
     features: "ImageFeatures"
@@ -91,8 +91,9 @@ class Prompts:
     - `text`: a referring phrase ("the red circle").
     - `spatial`: clicks, boxes, scribbles, polygons, masks on this image, positive or negative.
     - `referring`: regions of other images.
-    Text alone runs the grounding path; any visual part runs the spatial path (with the
-    phrase's tokens visible to the spatial queries when text is given too).
+    Text alone runs the grounding path; any spatial part runs the spatial path (with the
+    phrase's tokens visible to the spatial queries when text is given too); referring
+    regions alone rank the object queries, and with text or spatial parts re-rank those.
     """
 
     text: str | None = None

@@ -2,17 +2,18 @@
 
 Checks what a user of the default model sees: the bundled weights load without a download,
 and on a scene the training never saw a phrase and a click on an object each give its mask
-(IoU >= 0.8 with the ground truth); a click's label names the shape more often than chance.
+(IoU >= 0.8 with the ground truth); a click's label names the shape more often than chance;
+a region of one scene finds the same kind of object in another.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model import Point, Prompts
+from model import Point, Prompts, ReferringRegion
 from model.build import DEFAULT_WEIGHTS
 from model.predictor import SeemPredictor
-from training.prompt_sampling import inner_distance, iou, sample_point
+from training.prompt_sampling import inner_distance, iou, sample_box, sample_point
 from training.shapes_world import default_vocabulary, generate_scene, split_seeds
 
 # A test-split scene (never generated during training) and its largest thing with a phrase.
@@ -58,11 +59,11 @@ def test_a_click_segments_the_object_under_it(shipped) -> None:
     assert result.masks[0].label in default_vocabulary().names
 
 
-# seem-tiny v2 names the shape under a click right for 46% of held-out things (57 of 125 on
-# 30 test scenes; 10 thing categories, so chance is ~10%), while its panoptic labels are
-# right for ~90% (docs/training.md): the label of a prompted mask is the weak part. The
-# floor is the level reached on these 12 scenes less a margin, so a regression fails.
-CLICK_LABEL_REACHED = 0.35
+# The label of a clicked mask is that of the object query segmenting the same object
+# (seem-tiny's `prompted_mask_labels="object_match"`): with v2 weights 34 of the 46 things on
+# these 12 scenes (its spatial queries' own class head, never trained, named 21). 10 thing
+# categories, so chance is ~10%. The floor is the level reached less a margin.
+CLICK_LABEL_REACHED = 0.6
 
 
 def test_click_labels_name_the_shape_more_often_than_chance(shipped) -> None:
@@ -79,6 +80,35 @@ def test_click_labels_name_the_shape_more_often_than_chance(shipped) -> None:
             total += 1
     print(f"click labels right: {right}/{total}")
     assert right / total >= CLICK_LABEL_REACHED, f"{right}/{total}"
+
+
+# A box around a thing in one held-out scene, sent as a referring region to another scene
+# that has a thing of the same shape: the top mask should be one of those things. The goal
+# is 0.75; the floor is what seem-tiny reaches on these pairs less a margin (docs/training.md).
+REFERRING_GOAL, REFERRING_REACHED = 0.75, 0.4  # v2: 23 of 44
+
+
+def test_a_region_of_one_scene_finds_the_same_kind_of_object_in_another(shipped) -> None:
+    predictor = shipped[0]
+    rng = np.random.default_rng(1)
+    scenes = [generate_scene(seed) for seed in split_seeds("test", 12)]
+    features = predictor.encode([s.image for s in scenes])
+    hits = trials = 0
+    for i, source in enumerate(scenes):
+        for thing in source.things:
+            # The next scene (cyclically) that has a thing of the same shape is the target.
+            j = next((j % len(scenes) for j in range(i + 1, i + len(scenes))
+                      if any(t.category == thing.category for t in scenes[j % len(scenes)].things)), None)
+            if j is None:
+                continue
+            region = ReferringRegion(features[i], (sample_box(source.mask(thing.id), rng),))
+            top = predictor.decode(features[j], Prompts(referring=(region,))).masks[0].mask
+            same_kind = [scenes[j].mask(t.id) for t in scenes[j].things if t.category == thing.category]
+            hits += max(iou(top, gt) for gt in same_kind) >= 0.5
+            trials += 1
+    print(f"referring regions: {hits}/{trials} found a thing of the same shape (IoU >= 0.5)")
+    assert trials >= 30
+    assert hits / trials >= REFERRING_REACHED, f"{hits}/{trials}, goal {REFERRING_GOAL}"
 
 
 def test_random_weights_do_not_pass_the_same_check() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.decoder import OBJECT, SPATIAL
+from model.decoder import GROUNDING, OBJECT, SPATIAL
 from model.heads import LevelResampler
 from model.text_encoder import PROMPT_TEMPLATES, clean_class_name
 from model.tokenizer import get_tokenizer
@@ -69,6 +69,25 @@ def test_object_queries_are_unaffected_by_prompts(tiny_model, tiny_predictor, ph
         both = m.decoder(ms, mf, object_queries=True, spatial=spatial, grounding=grounding).final
     assert torch.allclose(plain.class_emb, both[OBJECT].class_emb, atol=1e-5)
     assert torch.allclose(plain.masks, both[OBJECT].masks, atol=1e-4)
+
+
+def test_prompted_queries_are_unaffected_by_object_queries(tiny_model, tiny_predictor, photo) -> None:
+    """The predictor adds the object queries to a prompt's pass to label its masks
+    (`prompted_mask_labels="object_match"`); the prompt's own outputs must not change."""
+    f = tiny_predictor.encode([photo])[0]
+    mf, ms = tiny_predictor._maps(f)
+    m = tiny_model
+    with torch.no_grad():
+        pos = torch.zeros(1, *f.padded_size, dtype=torch.bool)
+        pos[0, 40:60, 50:90] = True
+        tokens = m.spatial_tokens(pos, torch.zeros_like(pos), mf[0], [x[0] for x in ms])
+        spatial = m.spatial_input([tokens], torch.tensor([0, 3, 5]))
+        grounding, _ = m.grounding_input([["the red circle"]])
+        alone = m.decoder(ms, mf, object_queries=False, spatial=spatial, grounding=grounding).final
+        with_objects = m.decoder(ms, mf, object_queries=True, spatial=spatial, grounding=grounding).final
+    for kind in (SPATIAL, GROUNDING):
+        assert torch.allclose(alone[kind].masks, with_objects[kind].masks, atol=1e-4), kind
+        assert torch.allclose(alone[kind].class_emb, with_objects[kind].class_emb, atol=1e-5), kind
 
 
 def test_fully_blocked_cross_attention_rows_are_unblocked(tiny_model, tiny_predictor, photo) -> None:

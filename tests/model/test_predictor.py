@@ -164,3 +164,27 @@ def test_predictor_reproduces_the_reference_round_two() -> None:
                               draws=Draws(query_source=torch.from_numpy(r2["spatial_query_source_idx"]),
                                           memory_prompt=torch.from_numpy(r2["memory_indices"])))
     assert (second.masks[0].mask != r2["final_mask"][0]).sum() <= 5
+
+
+def test_prompted_mask_labels_from_matching_object_queries(tiny_model, photo) -> None:
+    """`prompted_mask_labels="object_match"` changes where labels come from, nothing else;
+    an unknown setting is refused when the config is made."""
+    import dataclasses
+
+    from model.config import InferenceConfig
+
+    vocab = ["circle", "square", "sky"]
+    prompts = [Prompts(spatial=(Point(60, 50),)), Prompts(text="circle"), Prompts(text="circle", spatial=(Point(60, 50),))]
+    by_mode = {}
+    for mode in ("query", "object_match"):
+        predictor = SeemPredictor(tiny_model, device="cpu")
+        predictor.cfg = predictor.cfg.replace(
+            inference=dataclasses.replace(predictor.cfg.inference, prompted_mask_labels=mode))
+        f = predictor.encode([photo])[0]
+        by_mode[mode] = [predictor.decode(f, p, vocabulary=vocab, max_masks=2) for p in prompts]
+    for a, b in zip(by_mode["query"], by_mode["object_match"]):
+        for x, y in zip(a.masks, b.masks):
+            assert np.array_equal(x.mask, y.mask) and x.score == pytest.approx(y.score, abs=1e-5)
+            assert y.label in vocab
+    with pytest.raises(ValueError, match="prompted_mask_labels"):
+        InferenceConfig(prompted_mask_labels="nearest")
