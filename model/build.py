@@ -60,12 +60,12 @@ def seem_tiny_config() -> SeemConfig:
         text=TextConfig(width=64, heads=4, layers=2),
         decoder=DecoderConfig(hidden_dim=64, num_queries=24, nheads=4, dim_feedforward=256, num_layers=6,
                               mask_dim=64, dim_proj=64, spatial_memories=8, max_spatial_len=(128, 128, 128, 128)),
-        # object_mask_threshold chosen for the shipped v2 weights on 80 validation-split scenes
-        # (`seem eval --split val --seed 0 --images 80 --panoptic-thresholds ...`): PQ 0.839 from
-        # 0.1 to 0.3, 0.844 at 0.4, 0.833 at 0.5 (docs/training.md).
+        # object_mask_threshold chosen for the shipped v3 weights on 80 validation-split scenes
+        # (`seem eval --split val --seed 0 --images 80 --panoptic-thresholds ...`): PQ 0.916 from
+        # 0.1 to 0.3, 0.915 at 0.4, 0.914 at 0.5 and 0.6 (docs/training.md).
         # Its spatial and grounding queries were trained without a class term, so a prompted
         # mask takes the label of the object query that segments the same object.
-        inference=InferenceConfig(resize_shortest_edge=256, resize_max_size=512, object_mask_threshold=0.4,
+        inference=InferenceConfig(resize_shortest_edge=256, resize_max_size=512, object_mask_threshold=0.3,
                                   prompted_mask_labels="object_match"),
         default_vocabulary=names,
         default_stuff=stuff,
