@@ -18,9 +18,7 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import Box, Point, Prompts, build_predictor  # noqa: E402
+from tests.support import median_ms  # noqa: E402
 
 # SPEED.md medians (ms), Focal-T v1, 512 x 683, fp32, 2 threads, AMD EPYC Zen 5.
 REFERENCE_MS = {
@@ -37,17 +36,6 @@ REFERENCE_MS = {
     "full_generic": 2364, "vocabulary_per_name": 3934, "conv3x3_512_stride4": 252,
 }
 REFERENCE_PEAK_RSS_GB = 7.18
-
-
-def timed(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
 
 
 def main() -> None:
@@ -63,7 +51,7 @@ def main() -> None:
     conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=True).eval()
     x = torch.randn(1, 512, 128, 176)
     with torch.inference_mode():
-        conv_ms = timed(lambda: conv(x), args.repeats)
+        conv_ms = median_ms(lambda: conv(x), args.repeats)
     del conv, x
     machine_ratio = conv_ms / REFERENCE_MS["conv3x3_512_stride4"]
 
@@ -80,14 +68,14 @@ def main() -> None:
     phrase = Prompts(text="the red circle")
 
     r: dict[str, float] = {}
-    r["encode"] = timed(lambda: predictor.encode([image]), args.repeats)
-    r["decode_click"] = timed(lambda: predictor.decode(features, click, vocabulary=vocab), args.repeats)
-    r["decode_click2"] = timed(lambda: predictor.decode(features, click2, previous_mask=first.memory,
+    r["encode"] = median_ms(lambda: predictor.encode([image]), args.repeats)
+    r["decode_click"] = median_ms(lambda: predictor.decode(features, click, vocabulary=vocab), args.repeats)
+    r["decode_click2"] = median_ms(lambda: predictor.decode(features, click2, previous_mask=first.memory,
                                                         vocabulary=vocab), args.repeats)
-    r["decode_box"] = timed(lambda: predictor.decode(features, box, vocabulary=vocab), args.repeats)
-    r["decode_phrase"] = timed(lambda: predictor.decode(features, phrase, vocabulary=vocab), args.repeats)
-    r["decode_panoptic"] = timed(lambda: predictor.panoptic(features, vocab), args.repeats)
-    r["full_click"] = timed(lambda: predictor.decode(predictor.encode([image])[0], click, vocabulary=vocab),
+    r["decode_box"] = median_ms(lambda: predictor.decode(features, box, vocabulary=vocab), args.repeats)
+    r["decode_phrase"] = median_ms(lambda: predictor.decode(features, phrase, vocabulary=vocab), args.repeats)
+    r["decode_panoptic"] = median_ms(lambda: predictor.panoptic(features, vocab), args.repeats)
+    r["full_click"] = median_ms(lambda: predictor.decode(predictor.encode([image])[0], click, vocabulary=vocab),
                             max(3, args.repeats // 2))
     from model.coco_classes import COCO_PANOPTIC_CLASSES
 
@@ -99,7 +87,7 @@ def main() -> None:
         with torch.inference_mode():
             te.class_embeddings(names)
 
-    r["vocabulary_per_name"] = timed(embed_names, 3) / len(names)
+    r["vocabulary_per_name"] = median_ms(embed_names, 3) / len(names)
     r["ratio_full_click_over_decode_click"] = r["full_click"] / r["decode_click"]
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     r["peak_rss_gb"] = peak_gb

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,27 +23,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import Prompts, SeemPredictor  # noqa: E402
+from tests.support import median_ms  # noqa: E402
 from training.prompt_sampling import sample_point  # noqa: E402
 from training.shapes_world import default_vocabulary, generate_scene, split_seeds  # noqa: E402
 
 MODES = ("query", "object_match")
 
 
-def with_mode(predictor: SeemPredictor, mode: str) -> SeemPredictor:
+def set_mode(predictor: SeemPredictor, mode: str) -> None:
     predictor.cfg = predictor.cfg.replace(inference=dataclasses.replace(predictor.cfg.inference,
                                                                         prompted_mask_labels=mode))
-    return predictor
-
-
-def median_ms(fn, repeats: int, warmup: int = 5) -> float:  # noqa: ANN001 - a no-argument callable
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -65,9 +52,9 @@ def main() -> None:
     phrase = Prompts(text=scenes[0].phrases_for(thing.id)[0])
     results = {}
     for mode in MODES:
-        with_mode(predictor, mode)
-        row = {"click_ms": median_ms(lambda: predictor.decode(features[0], click, vocabulary=vocab), args.repeats),
-               "phrase_ms": median_ms(lambda: predictor.decode(features[0], phrase, vocabulary=vocab), args.repeats)}
+        set_mode(predictor, mode)
+        row = {"click_ms": median_ms(lambda: predictor.decode(features[0], click, vocabulary=vocab), args.repeats, 5),
+               "phrase_ms": median_ms(lambda: predictor.decode(features[0], phrase, vocabulary=vocab), args.repeats, 5)}
         rng = np.random.default_rng(0)
         right = total = 0
         for scene, f in zip(scenes, features):

@@ -7,7 +7,10 @@ from __future__ import annotations
 import io
 import os
 import socket
+import statistics
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -47,3 +50,15 @@ def descendants(pid: int) -> list[int]:
         found += kids
         frontier += kids
     return found
+
+
+def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `fn()` in milliseconds over `repeats` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
