@@ -55,17 +55,24 @@ def test_level_resampler_equals_bilinear_resize_of_full_masks() -> None:
         assert torch.allclose(LevelResampler(feats, size)(emb), expected, atol=1e-5)
 
 
-def test_object_queries_are_unaffected_by_prompts(tiny_model, tiny_predictor, photo) -> None:
-    f = tiny_predictor.encode([photo])[0]
-    mf, ms = tiny_predictor._maps(f)
-    m = tiny_model
+def _decoder_inputs(m, predictor, photo):  # noqa: ANN001, ANN202 - fixtures
+    """Feature maps of `photo` and one spatial prompt (a rectangle) and one phrase for them."""
+    f = predictor.encode([photo])[0]
+    mf, ms = predictor._maps(f)
     with torch.no_grad():
-        plain = m.decoder(ms, mf, object_queries=True).final[OBJECT]
         pos = torch.zeros(1, *f.padded_size, dtype=torch.bool)
         pos[0, 40:60, 50:90] = True
         tokens = m.spatial_tokens(pos, torch.zeros_like(pos), mf[0], [x[0] for x in ms])
         spatial = m.spatial_input([tokens], torch.tensor([0, 3, 5]))
         grounding, _ = m.grounding_input([["the red circle"]])
+    return mf, ms, spatial, grounding
+
+
+def test_object_queries_are_unaffected_by_prompts(tiny_model, tiny_predictor, photo) -> None:
+    m = tiny_model
+    mf, ms, spatial, grounding = _decoder_inputs(m, tiny_predictor, photo)
+    with torch.no_grad():
+        plain = m.decoder(ms, mf, object_queries=True).final[OBJECT]
         both = m.decoder(ms, mf, object_queries=True, spatial=spatial, grounding=grounding).final
     assert torch.allclose(plain.class_emb, both[OBJECT].class_emb, atol=1e-5)
     assert torch.allclose(plain.masks, both[OBJECT].masks, atol=1e-4)
@@ -74,15 +81,9 @@ def test_object_queries_are_unaffected_by_prompts(tiny_model, tiny_predictor, ph
 def test_prompted_queries_are_unaffected_by_object_queries(tiny_model, tiny_predictor, photo) -> None:
     """The predictor adds the object queries to a prompt's pass to label its masks
     (`prompted_mask_labels="object_match"`); the prompt's own outputs must not change."""
-    f = tiny_predictor.encode([photo])[0]
-    mf, ms = tiny_predictor._maps(f)
     m = tiny_model
+    mf, ms, spatial, grounding = _decoder_inputs(m, tiny_predictor, photo)
     with torch.no_grad():
-        pos = torch.zeros(1, *f.padded_size, dtype=torch.bool)
-        pos[0, 40:60, 50:90] = True
-        tokens = m.spatial_tokens(pos, torch.zeros_like(pos), mf[0], [x[0] for x in ms])
-        spatial = m.spatial_input([tokens], torch.tensor([0, 3, 5]))
-        grounding, _ = m.grounding_input([["the red circle"]])
         alone = m.decoder(ms, mf, object_queries=False, spatial=spatial, grounding=grounding).final
         with_objects = m.decoder(ms, mf, object_queries=True, spatial=spatial, grounding=grounding).final
     for kind in (SPATIAL, GROUNDING):
