@@ -252,8 +252,8 @@ class SeemPredictor:
                 results[i] = seg
         groups = ([visual] if visual else []) + [[i] for i in composed]
         for group in groups:
-            segs = self._spatial(features, mask_features, ms, [targets[i] for i in group], [memories[i] for i in group],
-                                 vocab, vocab_emb, max_masks, draws, [references[i] for i in group])
+            segs, _ = self._spatial(features, mask_features, ms, [targets[i] for i in group], [memories[i] for i in group],
+                                    vocab, vocab_emb, max_masks, draws, [references[i] for i in group])
             for i, seg in zip(group, segs):
                 results[i] = seg
         elapsed = (time.perf_counter() - started) * 1000
@@ -339,9 +339,10 @@ class SeemPredictor:
             if not pos.any():
                 raise PromptError("referring prompt: the region needs a positive part")
             mf, ms = self._maps(f)
-            segment = self._spatial(f, mf, ms, [Prompts(spatial=tuple(ref.region))], [None], None, None, 1, None, [None])[0]
-            objects = self._objects(mf, ms, vocab_emb)
-            emb = objects.class_emb[objects.best_match(segment.memory[0, 0], min_iou=0.0)]
+            # One pass segments the region and runs the object queries (which never see it).
+            segs, objects = self._spatial(f, mf, ms, [Prompts(spatial=tuple(ref.region))], [None], None, vocab_emb, 1,
+                                          None, [None], with_objects=True)
+            emb = objects.class_emb[objects.best_match(segs[0].memory[0, 0], min_iou=0.0)]
             embeddings.append(emb / (emb.norm() + 1e-7))
         mean = torch.stack(embeddings).mean(0)
         return mean / (mean.norm() + 1e-7)
@@ -385,7 +386,10 @@ class SeemPredictor:
 
     def _spatial(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
                  targets: list[Prompts], memories: list, vocab: Vocabulary | None, vocab_emb: torch.Tensor | None,
-                 max_masks: int, draws: Draws | None, references: list[torch.Tensor | None]) -> list[Segmentation]:
+                 max_masks: int, draws: Draws | None, references: list[torch.Tensor | None],
+                 with_objects: bool = False) -> tuple[list[Segmentation], "_ObjectQueries | None"]:
+        """Masks of visual targets, and the object queries of the same pass when they ran (for
+        labels, `prompted_mask_labels="object_match"`, or when asked with `with_objects`)."""
         m = self.model
         generator = torch.Generator().manual_seed(self.seed)
         per_target = [self._visual_tokens(t, features, mask_features, ms, generator) for t in targets]
@@ -414,12 +418,14 @@ class SeemPredictor:
         if text is not None:
             grounding, _ = m.grounding_input([[text]])
         spatial = m.spatial_input([tokens], source.to(self.device), prev_mask, memory_prompt, see_text=text is not None)
-        object_labels = self._object_labels(vocab_emb)
-        out = m.decoder(ms, mask_features, object_queries=object_labels, grounding=grounding, spatial=spatial)
+        object_labels = vocab is not None and self._object_labels(vocab_emb)
+        run_objects = with_objects or object_labels
+        out = m.decoder(ms, mask_features, object_queries=run_objects, grounding=grounding, spatial=spatial)
         s = out.final[SPATIAL]
         qpp = self.cfg.decoder.queries_per_prompt
         sel = spatial_selection_logits(s.mask_emb[0], spatial.pos_embed[0], qpp)  # (ns*q) x ns
-        objects = self._object_queries(out, vocab_emb) if object_labels else None
+        objects = self._object_queries(out, vocab_emb) if run_objects else None
+        label_source = objects if object_labels else None
         segs = []
         for p in range(ns):
             own = sel[p * qpp:(p + 1) * qpp, p]
@@ -431,11 +437,11 @@ class SeemPredictor:
                                  features.original_size, "bilinear")
             masks = []
             for j, q in enumerate(order.tolist()):
-                label, label_score, k = self._prompted_label(s.class_emb[0, q], s.masks[0, q], objects, vocab, vocab_emb)
+                label, label_score, k = self._prompted_label(s.class_emb[0, q], s.masks[0, q], label_source, vocab, vocab_emb)
                 masks.append(MaskResult((logits[j].sigmoid() > 0.5).cpu().numpy(), float(probs[q - p * qpp]),
                                         label, label_score, k))
             segs.append(Segmentation(masks, memory=s.masks[0, order[0]][None, None].cpu()))
-        return segs
+        return segs, objects
 
     # ------------------------------------------------------------------ generic segmentation
     @torch.inference_mode()
