@@ -19,7 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up (steps)")
     t.add_argument("--max-rounds", type=int, help="interactive rounds simulated per step (0..N)")
+    t.add_argument("--lookalike-fraction", type=float,
+                   help="Shapes World: share of scenes drawn with two things of the same shape and colour, "
+                        "prompted on those things (teaches a click to pick the thing under it)")
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--loss-weights", default=None, help="JSON of loss weights to override, e.g. '{\"grounding_class\": 2}'")
@@ -57,7 +61,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, run_training
 
     loss = LossWeights(**json.loads(args.loss_weights)) if args.loss_weights else LossWeights()
-    given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "max_rounds", "seed", "checkpoint_every")}
+    given = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "warmup_steps", "max_rounds", "seed",
+                                            "checkpoint_every", "lookalike_fraction")}
     cfg = TrainConfig(model=args.model, init_weights=args.init_weights, dataset=args.dataset, images=args.images,
                       loss=loss, **{k: v for k, v in given.items() if v is not None})
     extra = {} if args.max_failures is None else {"max_failures": args.max_failures}

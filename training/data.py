@@ -22,7 +22,7 @@ from model.transforms import PromptRasterizer, padded_size, resize_image, resize
 from model.types import Point
 
 from . import prompt_sampling as ps
-from .shapes_world import CATEGORIES, STUFF_CLASSES, generate_scene
+from .shapes_world import CATEGORIES, STUFF_CLASSES, Scene, generate_scene
 
 PROMPT_KINDS = ("point", "box", "stroke", "scribble", "polygon")
 
@@ -78,8 +78,14 @@ def sample_prompt(kind: str, mask: np.ndarray, rng: np.random.Generator):
 
 def build_sample(image: np.ndarray, segment_masks: list[np.ndarray], labels: list[int],
                  phrases: list[tuple[str, int]], input_size: tuple[int, int], rng: np.random.Generator,
-                 max_phrases: int = 2, max_prompts: int = 2) -> Sample:
-    """Targets for one image (original pixels) -> a `Sample` at `input_size`."""
+                 max_phrases: int = 2, max_prompts: int = 2, lookalikes: dict[int, int] | None = None) -> Sample:
+    """Targets for one image (original pixels) -> a `Sample` at `input_size`.
+
+    lookalikes: segment index -> the index of another segment that looks the same (same
+    shape and colour). When given, the visual prompts go to those segments: half of them a
+    single click, and half of them with a negative click inside the look-alike, as a user
+    separates the one they mean from its twin.
+    """
     img = resize_image(image, input_size)
     masks = np.stack([_resize_mask(m, input_size) for m in segment_masks]) if segment_masks else \
         np.zeros((0, *input_size), dtype=bool)
@@ -91,11 +97,23 @@ def build_sample(image: np.ndarray, segment_masks: list[np.ndarray], labels: lis
     chosen = rng.permutation(len(usable))[:max_phrases] if usable else []
     phrase_list = [usable[i][0] for i in chosen]
     phrase_targets = [usable[i][1] for i in chosen]
-    prompt_targets = list(rng.permutation(len(masks))[:max_prompts]) if len(masks) else []
+    twins = {index[a]: index[b] for a, b in (lookalikes or {}).items() if a in index and b in index}
+    if twins:
+        candidates = sorted(twins)
+        prompt_targets = [candidates[i] for i in rng.permutation(len(candidates))[:max_prompts]]
+    else:
+        prompt_targets = list(rng.permutation(len(masks))[:max_prompts]) if len(masks) else []
     raster = PromptRasterizer(input_size, input_size)
     pos = np.zeros((len(prompt_targets), *input_size), dtype=bool)
     neg = np.zeros_like(pos)
     for j, s in enumerate(prompt_targets):
+        if twins:
+            kind = "point" if rng.random() < 0.5 else PROMPT_KINDS[int(rng.integers(len(PROMPT_KINDS)))]
+            pos[j] = raster.rasterize(sample_prompt(kind, masks[s], rng))
+            if rng.random() < 0.5:
+                twin_click = ps.sample_point(masks[twins[s]], rng)
+                neg[j] = raster.rasterize(Point(twin_click.x, twin_click.y, positive=False))
+            continue
         kind = PROMPT_KINDS[int(rng.integers(len(PROMPT_KINDS)))]
         pos[j] = raster.rasterize(sample_prompt(kind, masks[s], rng))
         if rng.random() < 0.25:  # sometimes a negative click too, as users give
@@ -104,20 +122,48 @@ def build_sample(image: np.ndarray, segment_masks: list[np.ndarray], labels: lis
                   torch.from_numpy(pos), torch.from_numpy(neg))
 
 
+def lookalike_pairs(scene: Scene) -> dict[int, int]:
+    """Segment id -> the id of another thing of the same shape and colour (the nearest one
+    when there are several); things without a look-alike are left out."""
+    out: dict[int, int] = {}
+    for t in scene.things:
+        a = t.attributes
+        same = [u for u in scene.things if u.id != t.id and u.attributes.shape == a.shape
+                and u.attributes.color == a.color]
+        if same:
+            nearest = min(same, key=lambda u: (u.attributes.center[0] - a.center[0]) ** 2
+                          + (u.attributes.center[1] - a.center[1]) ** 2)
+            out[t.id] = nearest.id
+    return out
+
+
 class ShapesWorldBatches:
     """Endless, deterministic batches of Shapes World scenes.
 
     Batch i of worker `rank` uses scene seeds derived from (seed, rank, i); each batch
     draws one image size from the generator's range and renders all its scenes at it.
+
+    `lookalike_fraction` of the scenes (0 = none, and then batches are exactly those of
+    earlier versions) are drawn from the scenes that hold two things of the same shape and
+    colour, and their visual prompts go to those things (`build_sample`'s `lookalikes`):
+    about one scene in nine has such a pair, too few for the decoder to learn that a click
+    means the thing under it and not every thing that looks like it.
     """
 
+    # Scene draws per look-alike sample before it falls back to an ordinary scene (about
+    # 11% of scenes qualify, so 100 draws fail with probability ~1e-5).
+    LOOKALIKE_DRAWS = 100
+
     def __init__(self, cfg: SeemConfig, batch_size: int, seed: int = 0, rank: int = 0,
-                 min_side: int = 128, max_side: int = 320) -> None:
+                 min_side: int = 128, max_side: int = 320, lookalike_fraction: float = 0.0) -> None:
+        if not 0.0 <= lookalike_fraction <= 1.0:
+            raise ValueError(f"lookalike_fraction must be in [0, 1], got {lookalike_fraction}")
         self.cfg = cfg
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.min_side, self.max_side = min_side, max_side
+        self.lookalike_fraction = lookalike_fraction
 
     def batch(self, index: int) -> Batch:
         rng = np.random.default_rng([self.seed, self.rank, index])
@@ -126,12 +172,19 @@ class ShapesWorldBatches:
         input_size = resized_size(h, w, inf.resize_shortest_edge, inf.resize_max_size)
         samples = []
         for j in range(self.batch_size):
-            scene_seed = int(rng.integers(0, 2**40))  # training seeds stay below the val/test ranges
-            scene = generate_scene(scene_seed, size=(h, w))
+            # No draw at all when the fraction is 0, so such runs see the batches they always did.
+            want_twins = self.lookalike_fraction > 0 and rng.random() < self.lookalike_fraction
+            for _ in range(self.LOOKALIKE_DRAWS if want_twins else 1):
+                scene_seed = int(rng.integers(0, 2**40))  # training seeds stay below the val/test ranges
+                scene = generate_scene(scene_seed, size=(h, w))
+                twins = lookalike_pairs(scene) if want_twins else {}
+                if twins or not want_twins:
+                    break
             seg_masks = [scene.mask(s.id) for s in scene.segments]
             ids = {s.id: i for i, s in enumerate(scene.segments)}
             samples.append(build_sample(scene.image, seg_masks, [s.category_id for s in scene.segments],
-                                        [(t, ids[sid]) for t, sid in scene.phrases], input_size, rng))
+                                        [(t, ids[sid]) for t, sid in scene.phrases], input_size, rng,
+                                        lookalikes={ids[a]: ids[b] for a, b in twins.items()}))
         return Batch(samples, input_size, padded_size(input_size, inf.size_divisibility), CATEGORIES,
                      frozenset(STUFF_CLASSES))
 

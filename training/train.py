@@ -54,6 +54,7 @@ class TrainConfig:
     max_rounds: int = 2  # interactive rounds simulated without gradient (0..max_rounds; the reference: 1)
     seed: int = 0
     dataset: str = "shapes-world"  # or a COCO annotations JSON
+    lookalike_fraction: float = 0.0  # Shapes World: share of scenes with prompts on look-alike things
     images: str | None = None  # COCO image folder (default: beside the JSON)
     checkpoint_every: int = 500
     log_every: int = 20
@@ -295,7 +296,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             last, history = load_training_state(Path(d), seem, optimizer, generator, rng)
             start = last + 1
     if cfg.dataset == "shapes-world":
-        data = ShapesWorldBatches(seem.cfg, cfg.batch_size, seed=cfg.seed, rank=rank)
+        data = ShapesWorldBatches(seem.cfg, cfg.batch_size, seed=cfg.seed, rank=rank,
+                                  lookalike_fraction=cfg.lookalike_fraction)
         vocabulary = None
     else:
         data = CocoBatches(seem.cfg, cfg.dataset, cfg.images, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
