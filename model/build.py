@@ -64,9 +64,11 @@ def seem_tiny_config() -> SeemConfig:
         # (`seem eval --split val --seed 0 --images 80 --panoptic-thresholds ...`): PQ 0.916 from
         # 0.1 to 0.3, 0.915 at 0.4, 0.914 at 0.5 and 0.6 (docs/training.md).
         # Its spatial and grounding queries were trained without a class term, so a prompted
-        # mask takes the label of the object query that segments the same object.
+        # mask takes the label of the object query that segments the same object; a click on
+        # one of two look-alike things can segment both, and a negative click on the other
+        # then removes it (docs/design-notes.md).
         inference=InferenceConfig(resize_shortest_edge=256, resize_max_size=512, object_mask_threshold=0.3,
-                                  prompted_mask_labels="object_match"),
+                                  prompted_mask_labels="object_match", drop_negated_pieces=True),
         default_vocabulary=names,
         default_stuff=stuff,
     )

@@ -115,6 +115,12 @@ class InferenceConfig:
     # class embedding (the reference); "object_match", the object query whose mask is the same
     # object — for models whose prompted queries never had a class loss (seem-tiny).
     prompted_mask_labels: str = "query"
+    # A connected piece of a prompted mask that a negative prompt touches and no positive
+    # prompt does is dropped (and cleared from the memory for the next round): the user said
+    # "not this" about a piece that nothing they asked for is part of. Off = the network's
+    # mask as it is (the reference); seem-tiny turns it on because its decoder can answer a
+    # click with every thing that looks the same and then ignore a negative click on one.
+    drop_negated_pieces: bool = False
 
     def __post_init__(self) -> None:
         if self.prompted_mask_labels not in ("query", "object_match"):

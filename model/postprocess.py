@@ -8,8 +8,12 @@ with the no-object class taken as the vocabulary's last column ("background").
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 
 def to_original(masks: torch.Tensor, padded_size: tuple[int, int], input_size: tuple[int, int],
@@ -30,6 +34,31 @@ def to_original(masks: torch.Tensor, padded_size: tuple[int, int], input_size: t
     else:
         raise ValueError(f"unknown resize mode {mode!r}")
     return x[0]
+
+
+INSIDE_FRACTION = 0.9  # of a negative prompt's pixels, for `negated_pieces`
+
+
+def negated_pieces(mask: np.ndarray, positive: np.ndarray, negatives: Sequence[np.ndarray]) -> np.ndarray:
+    """The 8-connected pieces of `mask` that a negative prompt is inside of and that no
+    positive prompt touches (H x W bools, all in the mask's pixels).
+
+    A negative prompt is inside a piece when at least 90% of its pixels lie in it (all 9 of
+    a click's): a click a user puts on a thing they do not want, not one at the edge of a
+    mask they keep, whose square also covers pixels outside it.
+    """
+    out = np.zeros_like(mask, dtype=bool)
+    if not any((mask & n).any() for n in negatives):
+        return out
+    pieces, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    kept = set(np.unique(pieces[positive & mask]).tolist())
+    negated: set[int] = set()
+    for n in negatives:
+        ids, counts = np.unique(pieces[n], return_counts=True)
+        negated.update(int(i) for i, c in zip(ids, counts) if i != 0 and c >= INSIDE_FRACTION * n.sum() and i not in kept)
+    if negated:
+        out = np.isin(pieces, sorted(negated))
+    return out
 
 
 def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:

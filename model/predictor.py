@@ -27,7 +27,7 @@ import torch
 from .build import DEFAULT_MODEL, build_model
 from .checkpoint import state_digest
 from .decoder import GROUNDING, OBJECT, SPATIAL, DecoderOutput
-from .postprocess import (grounding_scores, instance_inference, panoptic_keep, panoptic_merge,
+from .postprocess import (grounding_scores, instance_inference, negated_pieces, panoptic_keep, panoptic_merge,
                           semantic_inference, spatial_selection_logits, to_original)
 from .seem import Seem
 from .transforms import PromptError, PromptRasterizer, mask_to_memory, padded_size, resize_image, resized_size
@@ -428,6 +428,7 @@ class SeemPredictor:
         label_source = objects if object_labels else None
         segs = []
         for p in range(ns):
+            prompt_rasters = self._prompt_rasters(targets[p], features)
             own = sel[p * qpp:(p + 1) * qpp, p]
             if references[p] is not None:  # a referring region ranks the prompt's candidates too
                 own = own.log_softmax(0) + self._similarity(s.class_emb[0, p * qpp:(p + 1) * qpp], references[p]).log_softmax(0)
@@ -436,12 +437,32 @@ class SeemPredictor:
             logits = to_original(s.masks[0, order], features.padded_size, features.input_size,
                                  features.original_size, "bilinear")
             masks = []
+            memory = s.masks[0, order[0]][None, None].cpu()
             for j, q in enumerate(order.tolist()):
                 label, label_score, k = self._prompted_label(s.class_emb[0, q], s.masks[0, q], label_source, vocab, vocab_emb)
-                masks.append(MaskResult((logits[j].sigmoid() > 0.5).cpu().numpy(), float(probs[q - p * qpp]),
-                                        label, label_score, k))
-            segs.append(Segmentation(masks, memory=s.masks[0, order[0]][None, None].cpu()))
+                mask = (logits[j].sigmoid() > 0.5).cpu().numpy()
+                if prompt_rasters is not None:
+                    dropped = negated_pieces(mask, *prompt_rasters)
+                    if dropped.any():
+                        mask = mask & ~dropped
+                        if j == 0:  # the next round must not bring the piece back through memory
+                            gone = mask_to_memory(dropped, features.input_size, features.padded_size) > 0
+                            memory = torch.where(gone, memory.clamp(max=-1.0), memory)
+                masks.append(MaskResult(mask, float(probs[q - p * qpp]), label, label_score, k))
+            segs.append(Segmentation(masks, memory=memory))
         return segs, objects
+
+    def _prompt_rasters(self, target: Prompts, features: ImageFeatures) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """The positive prompts' pixels and each negative prompt's pixels, in original pixels,
+        when the target has a negative prompt and `drop_negated_pieces` is on; else None."""
+        if not self.cfg.inference.drop_negated_pieces or all(sp.positive for sp in target.spatial):
+            return None
+        raster = PromptRasterizer(features.original_size, features.original_size)
+        positive = np.zeros(features.original_size, dtype=bool)
+        for sp in target.spatial:
+            if sp.positive:
+                positive |= raster.rasterize(sp)
+        return positive, [raster.rasterize(sp) for sp in target.spatial if not sp.positive]
 
     # ------------------------------------------------------------------ generic segmentation
     @torch.inference_mode()

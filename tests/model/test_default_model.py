@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from model import Point, Prompts, ReferringRegion
 from model.build import DEFAULT_WEIGHTS
@@ -120,3 +122,33 @@ def test_random_weights_do_not_pass_the_same_check() -> None:
     thing = _target(scene)
     result = predictor.decode(features, Prompts(text=scene.phrases_for(thing.id)[0]))
     assert iou(result.masks[0].mask, scene.mask(thing.id)) < IOU_GOAL
+
+
+def test_a_negative_click_on_a_look_alike_removes_it(shipped) -> None:
+    """Two identical large red diamonds (a test-split scene): the shipped decoder answers a
+    click on either with both, and a negative click on the other one takes it out — by
+    `drop_negated_pieces` (docs/design-notes.md), since the network alone leaves it in."""
+    predictor = shipped[0]
+    scene = generate_scene(split_seeds("test", 4)[3])
+    twins = [t for t in scene.things if t.category == "diamond" and t.attributes.color == "red"]
+    assert len(twins) == 2
+    features = predictor.encode([scene.image])[0]
+    for target, other in (twins, twins[::-1]):
+        gt, twin = scene.mask(target.id), scene.mask(other.id)
+        ty, tx = np.unravel_index(int(np.argmax(inner_distance(gt))), gt.shape)
+        oy, ox = np.unravel_index(int(np.argmax(inner_distance(twin))), twin.shape)
+        click, negative = Point(float(tx), float(ty)), Point(float(ox), float(oy), positive=False)
+        first = predictor.decode(features, Prompts(spatial=(click,)))
+        second = predictor.decode(features, Prompts(spatial=(click, negative)), previous_mask=first.memory)
+        assert iou(second.masks[0].mask, gt) >= 0.9, iou(second.masks[0].mask, gt)
+        left = (second.masks[0].mask & twin).sum() / twin.sum()
+        assert left <= 0.05, f"{left:.1%} of the twin still in the mask"
+        # The memory handed back agrees with the mask shown (the twin is out of it too), and a
+        # third round with the same clicks keeps the twin out.
+        memory = torch.nn.functional.interpolate(second.memory, scale_factor=4, mode="bilinear")[0, 0]
+        h, w = features.input_size
+        shown = np.asarray(Image.fromarray(twin).resize((w, h), Image.NEAREST))
+        assert (memory[:h, :w][torch.from_numpy(shown)] > 0).float().mean() <= 0.05
+        third = predictor.decode(features, Prompts(spatial=(click, negative)), previous_mask=second.memory)
+        again = (third.masks[0].mask & twin).sum() / twin.sum()
+        assert again <= 0.05, f"{again:.1%} of the twin back in the third round's mask"

@@ -188,3 +188,55 @@ def test_prompted_mask_labels_from_matching_object_queries(tiny_model, photo) ->
             assert y.label in vocab
     with pytest.raises(ValueError, match="prompted_mask_labels"):
         InferenceConfig(prompted_mask_labels="nearest")
+
+
+def test_negated_pieces_are_the_ones_a_negative_click_is_on_and_no_positive_prompt_touches() -> None:
+    from model.postprocess import negated_pieces
+
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[5:20, 5:20] = True  # piece A
+    mask[5:20, 35:50] = True  # piece B, apart from A
+    pos = PromptRasterizer((40, 60), (40, 60))
+
+    def click(x: int, y: int) -> np.ndarray:
+        return pos.rasterize(Point(x, y))
+
+    a, b = mask.copy(), mask.copy()
+    a[:, 30:] = False
+    b[:, :30] = False
+    assert np.array_equal(negated_pieces(mask, click(10, 10), [click(40, 10)]), b)
+    # A click at the edge of a piece, its square partly outside, is no request to drop it.
+    assert not negated_pieces(mask, click(10, 10), [click(35, 10)]).any()
+    # A piece a positive prompt touches stays, whatever negative click is on it too.
+    assert not negated_pieces(mask, click(10, 10) | click(45, 15), [click(40, 10)]).any()
+    # No positive prompt at all (a phrase with a negative click): the clicked piece goes.
+    assert np.array_equal(negated_pieces(mask, np.zeros_like(mask), [click(10, 10)]), a)
+    # Diagonal neighbours are one piece.
+    chain = np.zeros((10, 10), dtype=bool)
+    chain[2:5, 2:5] = True
+    chain[5:8, 5:8] = True
+    small = PromptRasterizer((10, 10), (10, 10))
+    assert np.array_equal(negated_pieces(chain, np.zeros_like(chain), [small.rasterize(Point(6, 6))]), chain)
+
+
+def test_drop_negated_pieces_only_removes_and_is_off_for_the_reference(tiny_model, photo) -> None:
+    """With `drop_negated_pieces` on, a mask is the network's mask less whole pieces (and the
+    memory agrees); official configs keep it off."""
+    import dataclasses
+
+    from model.build import get_config
+
+    prompts = Prompts(spatial=(Point(60, 50), Point(200, 150, positive=False), Point(30, 140, positive=False)))
+    results = {}
+    for on in (False, True):
+        predictor = SeemPredictor(tiny_model, device="cpu")
+        predictor.cfg = predictor.cfg.replace(
+            inference=dataclasses.replace(predictor.cfg.inference, drop_negated_pieces=on))
+        f = predictor.encode([photo])[0]
+        results[on] = predictor.decode(f, prompts, max_masks=3)
+    for off, on in zip(results[False].masks, results[True].masks):
+        assert not (on.mask & ~off.mask).any()
+        assert on.score == pytest.approx(off.score, abs=1e-6)
+    assert (results[True].memory <= results[False].memory).all()
+    assert not get_config("seem-focalt-v1").inference.drop_negated_pieces
+    assert get_config("seem-tiny").inference.drop_negated_pieces
