@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -50,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="held-out scenes to use: test (the reported table) or val (for tuning)")
     e.add_argument("--panoptic-thresholds", default=None,
                    help="comma-separated object_mask_threshold values: report PQ at each instead of the table")
+    e.add_argument("--inference", default=None,
+                   help="JSON of inference settings to override, e.g. '{\"drop_negated_pieces\": false}' "
+                        "(the network's masks without seem-tiny's negative-prompt rule)")
     e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     e.set_defaults(func=_eval)
 
@@ -89,6 +93,14 @@ def _eval(args: argparse.Namespace) -> int:
 
     weights = None if args.weights in ("none", "random") else args.weights
     predictor = SeemPredictor.from_pretrained(args.model, weights=weights)
+    if args.inference:
+        try:
+            changes = json.loads(args.inference)
+            inference = dataclasses.replace(predictor.cfg.inference, **changes)
+        except (ValueError, TypeError) as e:  # bad JSON, an unknown key or a refused value
+            print(f"--inference: {e}", file=sys.stderr)
+            return 2
+        predictor.cfg = predictor.cfg.replace(inference=inference)
     if args.panoptic_thresholds:
         try:
             thresholds = [float(t) for t in args.panoptic_thresholds.split(",")]

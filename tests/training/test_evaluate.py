@@ -53,3 +53,11 @@ def test_bad_threshold_list_is_a_usage_error() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "--panoptic-thresholds" in done.stderr and "'0.2,high'" in done.stderr
+
+
+@pytest.mark.parametrize("override", ['{"drop_negated_pieces": fals', '{"nope": 1}', '{"prompted_mask_labels": "nearest"}'])
+def test_bad_inference_override_is_a_usage_error(override: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "seem_cli", "eval", "--images", "1", "--inference", override],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("--inference: ")
