@@ -5,9 +5,9 @@ truth; a second round with a negative click keeps or improves IoU; a region of o
 finds the same kind of object in another.
 
 The goal is a mean IoU >= 0.8 for every prompt type and a referring hit rate >= 0.75; the
-shipped seem-tiny v3 (docs/training.md) meets both. Where it does not meet a goal (the
-second round's spills, below), the test holds the level it does reach, so that a regression
-fails while the gap stays visible here and in docs/training.md.
+shipped seem-tiny v3 (docs/training.md) meets both. The referring floor is a little under
+its goal (see REFERRING_REACHED), so that one trial flipping does not fail the test while a
+real regression does.
 """
 from __future__ import annotations
 
@@ -105,7 +105,6 @@ def test_each_prompt_type_reaches_the_iou_goal(serving: ServingEnv, kind: str) -
 
 # A spill a user can click into: the false positives reach this far (pixels) from their edge.
 VISIBLE_SPILL_DEPTH = 5.0
-SECOND_ROUND_TOLERANCE = 0.01  # v3's level; the goal is 0 (below)
 
 
 def test_second_round_with_a_negative_click_keeps_or_improves_iou(serving: ServingEnv) -> None:
@@ -131,17 +130,16 @@ def test_second_round_with_a_negative_click_keeps_or_improves_iou(serving: Servi
         if depth >= VISIBLE_SPILL_DEPTH:
             spilled.append((thing.category, first[-1], second[-1]))
     print(f"round 1 mean IoU {np.mean(first):.3f}, round 2 {np.mean(second):.3f}; visible spills {spilled}")
-    # The goal: the second round keeps or improves IoU, and where the first mask visibly
-    # spills out, the negative click there fixes that object. seem-tiny v2 met it (mean 0.912
-    # -> 0.935; spills 0.56 -> 0.72, 0.45 -> 0.82). v3 does not: on one scene with two
-    # identical red diamonds a click on either segments both, and the negative click on the
-    # other leaves the mask as it was (0.545 -> 0.547, 0.448 -> 0.446); with negative clicks
-    # in 1-3 px slivers along near-perfect masks (not a correction a user makes) costing a
-    # little, the mean goes 0.918 -> 0.912 (docs/training.md). The test holds v3's level:
-    # the mean and every visible spill stay within 0.01 of round 1.
-    assert np.mean(second) >= np.mean(first) - SECOND_ROUND_TOLERANCE
+    # The second round keeps or improves IoU, and where the first mask visibly spills out, the
+    # negative click there fixes that object. The spills are one test scene with two
+    # identical red diamonds: a click on either segments both (v2 and v3 alike), and v3's
+    # network ignores the negative click on the other; seem-tiny's `drop_negated_pieces`
+    # removes the piece the negative click is on (v3: 0.545 -> 0.982, 0.448 -> 0.982; mean
+    # 0.918 -> 0.962; without it 0.918 -> 0.912). Negative clicks in 1-3 px slivers along
+    # near-perfect masks (not a correction a user makes) still cost a little.
+    assert np.mean(second) >= np.mean(first)
     assert spilled, "no first-round mask spilled out on these objects: the test shows nothing"
-    assert all(b >= a - SECOND_ROUND_TOLERANCE for _, a, b in spilled), spilled
+    assert all(b > a for _, a, b in spilled), spilled
 
 
 def test_referring_region_finds_the_same_kind_of_object_in_another_image(serving: ServingEnv) -> None:
