@@ -11,7 +11,10 @@
    (`serving.inference.segment`: prompt conversion, decode, RLE). "Added" is the
    difference of the medians: proxy, ingress (auth, parsing, validation), the Ray hops to
    the decoder replica and back, batching and JSON. The ingress and the decoder report
-   their own times in `timings_ms`, which splits it.
+   their own times in `timings_ms`, which splits it. With `--direct-ingress`, Ray Serve's
+   experimental direct ingress is switched on (`RAY_SERVE_ENABLE_DIRECT_INGRESS=1`: the
+   ingress replica serves HTTP on its own port) and the same requests alternate between the
+   proxy's port and the replica's, so the two paths are compared in one run.
 2. Hit rate. With exactly 2 decoder replicas, each with an LRU of `--cache-size` images,
    `--images` images are uploaded and then `--hit-requests` segment requests go to random
    images from `--concurrency` clients, once with requests routed by image id (Serve
@@ -166,6 +169,10 @@ def latency(app: App, args: argparse.Namespace) -> dict:
     for _ in range(args.warmup):
         app.segment(body)
     client, total, call, inside, decode = [], [], [], [], []
+    direct_url = f"http://127.0.0.1:{args.direct_port}/v1/segment" if args.direct_ingress else None
+    for _ in range(args.warmup if direct_url else 0):
+        app.session.post(direct_url, json=body, timeout=120).raise_for_status()
+    direct, direct_total = [], []
     for _ in range(args.requests):
         t0 = time.perf_counter()
         answer = app.segment(body)
@@ -175,6 +182,12 @@ def latency(app: App, args: argparse.Namespace) -> dict:
         call.append(t["decoder_call"])
         inside.append(t["decoder"])
         decode.append(t["decode"] + t["rle"])
+        if direct_url:  # the same request straight to the ingress replica, alternating with the proxy's
+            t0 = time.perf_counter()
+            r = app.session.post(direct_url, json=body, timeout=120)
+            r.raise_for_status()
+            direct.append((time.perf_counter() - t0) * 1000)
+            direct_total.append(r.json()["timings_ms"]["total"])
 
     # In process: the same work on the same cached features with the replica's thread count.
     torch.set_num_threads(replica["torch_threads"])
@@ -190,7 +203,13 @@ def latency(app: App, args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         segment(predictor, features, request, {})
         local.append((time.perf_counter() - t0) * 1000)
+    extra = {} if not direct else {
+        "direct_http_p50_ms": pct(direct, 50), "direct_http_p99_ms": pct(direct, 99),
+        "direct_added_p50_ms": pct(direct, 50) - pct(local, 50),
+        "direct_http_outside_ingress_p50_ms": pct(direct, 50) - pct(direct_total, 50),
+    }
     return {
+        **extra,
         "requests": args.requests,
         "torch_threads": replica["torch_threads"],
         "http_p50_ms": pct(client, 50), "http_p99_ms": pct(client, 99),
@@ -309,9 +328,19 @@ def main() -> int:
     p.add_argument("--throughput-requests", type=int, default=300)
     p.add_argument("--throughput-concurrency", type=int, default=8)
     p.add_argument("--only", choices=["latency", "hits", "throughput"], help="run one part")
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="latency part: also time requests sent straight to the ingress replica (Serve's experimental "
+                        "direct ingress), alternating with the proxy's")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if args.direct_ingress:
+        # Read by Serve's controller and replicas when they start, so set before Ray starts.
+        # The first ingress replica takes the first free port of the range.
+        args.direct_port = free_port()
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(args.direct_port)
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(args.direct_port + 100)
 
     app = App(tempfile.mkdtemp(prefix="seem-bench-store-"), free_port())
     results: dict = {"machine": f"{platform.node()} {os.cpu_count()} CPUs {platform.processor() or platform.machine()}",
@@ -342,6 +371,12 @@ def main() -> int:
         print(f"| of which batching, feature lookup, thread hop in the decoder | "
               f"{lat['decoder_batch_and_features_p50_ms']:.1f} | |")
         print(f"| decode + RLE inside the replica | {lat['replica_decode_p50_ms']:.1f} | |")
+        if "direct_http_p50_ms" in lat:
+            print(f"| direct ingress: HTTP at the client, same requests alternating | {lat['direct_http_p50_ms']:.1f} | "
+                  f"{lat['direct_http_p99_ms']:.1f} |")
+            print(f"| **added with direct ingress** | **{lat['direct_added_p50_ms']:.1f}** | |")
+            print(f"| of which HTTP outside the ingress (client - ingress total), direct | "
+                  f"{lat['direct_http_outside_ingress_p50_ms']:.1f} | |")
         print(f"| Serve's floor: same two hops, no work ({lat['requests']} requests) | {lat['floor_p50_ms']:.1f} | "
               f"{lat['floor_p99_ms']:.1f} |\n")
     if "hit_rate" in results:
