@@ -55,7 +55,8 @@ def negated_pieces(mask: np.ndarray, positive: np.ndarray, negatives: Sequence[n
     negated: set[int] = set()
     for n in negatives:
         ids, counts = np.unique(pieces[n], return_counts=True)
-        negated.update(int(i) for i, c in zip(ids, counts) if i != 0 and c >= INSIDE_FRACTION * n.sum() and i not in kept)
+        inside = (int(i) for i, c in zip(ids, counts) if i != 0 and c >= INSIDE_FRACTION * n.sum())
+        negated.update(i for i in inside if i not in kept)
     if negated:
         out = np.isin(pieces, sorted(negated))
     return out
