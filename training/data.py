@@ -107,16 +107,13 @@ def build_sample(image: np.ndarray, segment_masks: list[np.ndarray], labels: lis
     pos = np.zeros((len(prompt_targets), *input_size), dtype=bool)
     neg = np.zeros_like(pos)
     for j, s in enumerate(prompt_targets):
-        if twins:
-            kind = "point" if rng.random() < 0.5 else PROMPT_KINDS[int(rng.integers(len(PROMPT_KINDS)))]
-            pos[j] = raster.rasterize(sample_prompt(kind, masks[s], rng))
-            if rng.random() < 0.5:
-                twin_click = ps.sample_point(masks[twins[s]], rng)
-                neg[j] = raster.rasterize(Point(twin_click.x, twin_click.y, positive=False))
-            continue
-        kind = PROMPT_KINDS[int(rng.integers(len(PROMPT_KINDS)))]
+        plain_click = bool(twins) and rng.random() < 0.5  # half the look-alike prompts are a click
+        kind = "point" if plain_click else PROMPT_KINDS[int(rng.integers(len(PROMPT_KINDS)))]
         pos[j] = raster.rasterize(sample_prompt(kind, masks[s], rng))
-        if rng.random() < 0.25:  # sometimes a negative click too, as users give
+        if twins:
+            if rng.random() < 0.5:  # a negative click on the look-alike
+                neg[j] = raster.rasterize(ps.sample_point(masks[twins[s]], rng, positive=False))
+        elif rng.random() < 0.25:  # sometimes a negative click too, as users give
             neg[j] = raster.rasterize(ps.sample_negative_point(masks[s], rng))
     return Sample(img, torch.from_numpy(masks), labels_t, phrase_list, phrase_targets, prompt_targets,
                   torch.from_numpy(pos), torch.from_numpy(neg))
