@@ -279,14 +279,22 @@ class SeemPredictor:
         segs = []
         for p in range(len(texts)):
             order = scores[:, p].argsort(descending=True)[:max_masks]
-            logits = to_original(g.masks[0, order], features.padded_size, features.input_size,
-                                 features.original_size, "bicubic")
-            masks = []
-            for j, q in enumerate(order.tolist()):
-                label, label_score, k = self._prompted_label(g.class_emb[0, q], g.masks[0, q], objects, vocab, vocab_emb)
-                masks.append(MaskResult((logits[j] > 0).cpu().numpy(), float(probs[q, p]), label, label_score, k))
-            segs.append(Segmentation(masks, memory=g.masks[0, order[0]][None, None].cpu()))
+            labels = [self._prompted_label(g.class_emb[0, q], g.masks[0, q], objects, vocab, vocab_emb)
+                      for q in order.tolist()]
+            segs.append(self._ranked_segmentation(features, g.masks[0], order, probs[:, p], labels))
         return segs
+
+    @staticmethod
+    def _ranked_segmentation(features: ImageFeatures, mask_logits: torch.Tensor, order: torch.Tensor,
+                             probs: torch.Tensor, labels: list[tuple[str | None, float | None, int | None]]) -> Segmentation:
+        """Queries `order` (best first) of Q x h x w stride-4 `mask_logits` as masks in original
+        pixels (the generic/grounding resize), scored by `probs` (Q), with their labels; the
+        best one's logits are the memory."""
+        logits = to_original(mask_logits[order], features.padded_size, features.input_size,
+                             features.original_size, "bicubic")
+        masks = [MaskResult((logits[j] > 0).cpu().numpy(), float(probs[q]), *labels[j])
+                 for j, q in enumerate(order.tolist())]
+        return Segmentation(masks, memory=mask_logits[order[0]][None, None].cpu())
 
     def _visual_tokens(self, target: Prompts, features: ImageFeatures, mask_features: torch.Tensor,
                        ms: list[torch.Tensor], generator: torch.Generator) -> SpatialTokens:
@@ -359,15 +367,9 @@ class SeemPredictor:
             scores = self._similarity(class_emb, ref)
             if objects.log_object is not None:
                 scores = scores + objects.log_object
-            probs = scores.softmax(0)
             order = scores.argsort(descending=True)[:max_masks]
-            logits = to_original(mask_logits[order], features.padded_size, features.input_size,
-                                 features.original_size, "bicubic")
-            masks = []
-            for j, q in enumerate(order.tolist()):
-                label, label_score, k = self._label(class_emb[q], vocab, vocab_emb)
-                masks.append(MaskResult((logits[j] > 0).cpu().numpy(), float(probs[q]), label, label_score, k))
-            segs.append(Segmentation(masks, memory=mask_logits[order[0]][None, None].cpu()))
+            labels = [self._label(class_emb[q], vocab, vocab_emb) for q in order.tolist()]
+            segs.append(self._ranked_segmentation(features, mask_logits, order, scores.softmax(0), labels))
         return segs
 
     def _memory(self, previous: np.ndarray | torch.Tensor | None, features: ImageFeatures) -> torch.Tensor | None:
