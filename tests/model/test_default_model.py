@@ -31,6 +31,12 @@ def shipped():
     return predictor, scene, predictor.encode([scene.image])[0]
 
 
+def _deepest_point(mask: np.ndarray, positive: bool = True) -> Point:
+    """A click on the pixel deepest inside `mask` (the first one when several tie)."""
+    y, x = np.unravel_index(int(np.argmax(inner_distance(mask))), mask.shape)
+    return Point(float(x), float(y), positive)
+
+
 def _target(scene):  # noqa: ANN001, ANN202
     things = [t for t in sorted(scene.things, key=lambda t: -t.area) if scene.phrases_for(t.id)]
     assert things, "the scene has no thing with an unambiguous phrase"
@@ -54,10 +60,10 @@ def test_a_click_segments_the_object_under_it(shipped) -> None:
     thing = _target(scene)
     gt = scene.mask(thing.id)
     # The click simulator's first click: the point deepest inside the object.
-    y, x = np.unravel_index(int(np.argmax(inner_distance(gt))), gt.shape)
-    result = predictor.decode(features, Prompts(spatial=(Point(float(x), float(y)),)), vocabulary=default_vocabulary())
+    click = _deepest_point(gt)
+    result = predictor.decode(features, Prompts(spatial=(click,)), vocabulary=default_vocabulary())
     score = iou(result.masks[0].mask, gt)
-    assert score >= IOU_GOAL, f"click at ({x}, {y}) on {thing.category}: IoU {score:.3f}"
+    assert score >= IOU_GOAL, f"click at ({click.x:g}, {click.y:g}) on {thing.category}: IoU {score:.3f}"
     assert result.masks[0].label in default_vocabulary().names
 
 
@@ -135,9 +141,7 @@ def test_a_negative_click_on_a_look_alike_removes_it(shipped) -> None:
     features = predictor.encode([scene.image])[0]
     for target, other in (twins, twins[::-1]):
         gt, twin = scene.mask(target.id), scene.mask(other.id)
-        ty, tx = np.unravel_index(int(np.argmax(inner_distance(gt))), gt.shape)
-        oy, ox = np.unravel_index(int(np.argmax(inner_distance(twin))), twin.shape)
-        click, negative = Point(float(tx), float(ty)), Point(float(ox), float(oy), positive=False)
+        click, negative = _deepest_point(gt), _deepest_point(twin, positive=False)
         first = predictor.decode(features, Prompts(spatial=(click,)))
         second = predictor.decode(features, Prompts(spatial=(click, negative)), previous_mask=first.memory)
         assert iou(second.masks[0].mask, gt) >= 0.9, iou(second.masks[0].mask, gt)
