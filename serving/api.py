@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.image_io import ImageDecodeError, image_size
+from model.prompt_schema import validation_message
 
 from .config import ServeConfig
 from .errors import ApiError, error_body
@@ -210,15 +211,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _validation_message(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_url=False)[:3]:
-        loc = ".".join(str(p) for p in item.get("loc", ())) or "body"
-        parts.append(f"{loc}: {item.get('msg')}")
-    more = error.error_count() - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
 def _parse(model: type[BaseModel], body: bytes) -> Any:
     """JSON body -> model; malformed JSON is 400, a schema mismatch 422."""
     if not body.strip():
@@ -229,7 +221,7 @@ def _parse(model: type[BaseModel], body: bytes) -> Any:
         if any(err.get("type") == "json_invalid" for err in e.errors(include_url=False)):
             first = e.errors(include_url=False)[0]
             raise ApiError("invalid_json", f"malformed JSON: {first.get('msg')}") from None
-        raise ApiError("validation_error", _validation_message(e)) from None
+        raise ApiError("validation_error", validation_message(e)) from None
 
 
 def _check_image_header(data: bytes, max_pixels: int) -> tuple[int, int]:

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+# The prompt models are shared with bulk prompt files (seem segment --prompts); re-exported here
+# because they are part of this API's contract.
+from model.prompt_schema import (RLE, BoxPrompt, ImageId, MaskPromptModel, PointPrompt, PolygonPrompt, Prompt,
+                                 ReferringPrompt, ScribblePrompt, SpatialRegion, StrictModel, TextPrompt)
 
 __all__ = [
     "RLE", "TextPrompt", "PointPrompt", "BoxPrompt", "ScribblePrompt", "PolygonPrompt", "MaskPromptModel",
@@ -20,98 +25,13 @@ __all__ = [
     "HealthResponse", "ErrorDetail", "ErrorResponse",
 ]
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-XY = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2, description="[x, y] in original image pixels")]
-ImageId = Annotated[str, Field(min_length=1, max_length=128,
-                               description="sha256 (hex) of the image bytes, as returned by POST /v1/images")]
 ImageUri = Annotated[str, Field(min_length=1, max_length=2048,
                                 description="s3://, file:// or absolute path under an allowed prefix")]
 VocabName = Annotated[str, Field(min_length=1)]
 
 
-class _Model(BaseModel):
-    # Unknown fields are an error: a misspelt "positve" must not silently mean the default.
-    model_config = ConfigDict(extra="forbid")
-
-
-class RLE(_Model):
-    """COCO RLE: compressed (`counts` a string) or uncompressed (`counts` a list of runs)."""
-
-    size: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2, description="[height, width]")]
-    counts: Union[str, list[Annotated[int, Field(ge=0)]]]
-
-
-# --------------------------------------------------------------------------- prompts
-class TextPrompt(_Model):
-    """A referring phrase ("the red circle"). At most one per request."""
-
-    type: Literal["text"]
-    text: Annotated[str, Field(min_length=1)]
-
-
-class PointPrompt(_Model):
-    """A click; positive (on the object) or negative (not the object)."""
-
-    type: Literal["point"]
-    xy: XY
-    positive: bool = True
-
-
-class BoxPrompt(_Model):
-    """A box from (x0, y0) to (x1, y1), inclusive pixel corners."""
-
-    type: Literal["box"]
-    xyxy: Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description="[x0, y0, x1, y1]")]
-    positive: bool = True
-
-
-class ScribblePrompt(_Model):
-    """A free-hand stroke through `path`; `width` in model-input pixels."""
-
-    type: Literal["scribble"]
-    path: Annotated[list[XY], Field(min_length=1)]
-    positive: bool = True
-    width: Annotated[int, Field(ge=1, le=64)] = 1
-
-
-class PolygonPrompt(_Model):
-    """A filled polygon through `points` (at least 3)."""
-
-    type: Literal["polygon"]
-    points: Annotated[list[XY], Field(min_length=3)]
-    positive: bool = True
-
-
-class MaskPromptModel(_Model):
-    """A binary mask of the image's size as a prompt."""
-
-    type: Literal["mask"]
-    rle: RLE
-    positive: bool = True
-
-
-SpatialRegion = Annotated[
-    Union[PointPrompt, BoxPrompt, ScribblePrompt, PolygonPrompt, MaskPromptModel],
-    Field(discriminator="type"),
-]
-
-
-class ReferringPrompt(_Model):
-    """A region of another (already uploaded) image: find the same kind of thing here."""
-
-    type: Literal["referring"]
-    image_id: ImageId
-    region: SpatialRegion = Field(description="a spatial prompt in that image's own pixels")
-
-
-Prompt = Annotated[
-    Union[TextPrompt, PointPrompt, BoxPrompt, ScribblePrompt, PolygonPrompt, MaskPromptModel, ReferringPrompt],
-    Field(discriminator="type"),
-]
-
-
 # --------------------------------------------------------------------------- requests
-class _ImageRef(_Model):
+class _ImageRef(StrictModel):
     image_id: ImageId | None = None
     image_uri: ImageUri | None = None
 
@@ -122,7 +42,7 @@ class _ImageRef(_Model):
         return self
 
 
-class ImageUriRequest(_Model):
+class ImageUriRequest(StrictModel):
     """POST /v1/images with JSON: encode the image stored at `uri`."""
 
     uri: ImageUri
