@@ -14,8 +14,8 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .coco_classes import COCO_PANOPTIC_CLASSES, COCO_STUFF_CLASSES
-from .config import (DecoderConfig, FocalConfig, InferenceConfig, PixelDecoderConfig, SeemConfig, TextConfig,
-                     load_config_file)
+from .config import (DecoderConfig, DeformPixelDecoderConfig, FocalConfig, InferenceConfig, PixelDecoderConfig,
+                     SeemConfig, TextConfig, ViTConfig, load_config_file)
 from .seem import Seem
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,18 @@ SEEM_FOCALL_V1 = SeemConfig(
     name="seem-focall-v1",
     backbone=FocalConfig(variant="focal", embed_dim=192, depths=(2, 2, 18, 2),
                          focal_levels=(4, 4, 4, 4), focal_windows=(3, 3, 3, 3)),
+    **_COCO,
+)
+
+# SAM ViT-B v1 (configs/seem/samvitb_unicl_lang_v1.yaml): the ViT-B image encoder and the
+# deformable pixel decoder in front of the same decoder. Its absolute positions fit one
+# 1024 x 1024 input, so every image is padded to that square (SIZE_DIVISIBILITY 1024), after
+# the config's test resize (shortest edge 1000, longest at most 1024).
+SEEM_SAMVITB_V1 = SeemConfig(
+    name="seem-samvitb-v1",
+    backbone=ViTConfig(),
+    pixel_decoder=DeformPixelDecoderConfig(conv_dim=512, mask_dim=512, transformer_layers=6, nheads=8),
+    inference=InferenceConfig(size_divisibility=1024, resize_shortest_edge=1000, resize_max_size=1024),
     **_COCO,
 )
 
@@ -77,6 +89,7 @@ def seem_tiny_config() -> SeemConfig:
 MODEL_REGISTRY = {
     "seem-focalt-v1": lambda: SEEM_FOCALT_V1,
     "seem-focall-v1": lambda: SEEM_FOCALL_V1,
+    "seem-samvitb-v1": lambda: SEEM_SAMVITB_V1,
     "seem-tiny": seem_tiny_config,
 }
 DEFAULT_MODEL = "seem-tiny"

@@ -52,6 +52,51 @@ class FocalConfig:
 
 
 @dataclass(frozen=True)
+class ViTConfig:
+    """SAM's ViT image encoder as SEEM's `vit` backbone builds it.
+
+    Patch embedding, absolute positions sized for `img_size` (so the padded input must be
+    exactly `img_size` square), blocks with decomposed relative positions that attend
+    within `window_size` windows except at `global_attn_indexes`, and a SimpleFPN neck
+    that turns the stride-16 tokens into res2..res5 (strides 4, 8, 16, 32) with
+    `neck_out_dims` channels. `variant` is the discriminator in config files.
+    """
+
+    variant: str = "vit"
+    img_size: int = 1024
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    neck_out_dims: tuple[int, ...] = (128, 256, 512, 1024)
+
+    def __post_init__(self) -> None:
+        if self.variant != "vit":
+            raise ValueError(f"ViTConfig.variant must be 'vit', not {self.variant!r}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})")
+        if len(self.neck_out_dims) != 4:
+            raise ValueError("neck_out_dims needs 4 channel counts (res2..res5)")
+        if any(not 0 <= i < self.depth for i in self.global_attn_indexes):
+            raise ValueError(f"global_attn_indexes {self.global_attn_indexes} outside 0..{self.depth - 1}")
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        return self.neck_out_dims
+
+
+# The reference's `MODEL.BACKBONE.VIT.SIZE` presets (its backbone hard-codes them by name).
+VIT_SIZES: dict[str, dict[str, Any]] = {
+    "base": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+}
+
+
+@dataclass(frozen=True)
 class PixelDecoderConfig:
     """Transformer-encoder FPN: a transformer on res5, then a top-down FPN to stride 4."""
 
@@ -62,6 +107,33 @@ class PixelDecoderConfig:
     nheads: int = 8
     dim_feedforward: int = 2048
     pre_norm: bool = False
+
+
+@dataclass(frozen=True)
+class DeformPixelDecoderConfig:
+    """Multi-scale deformable-attention pixel decoder (`transformer_encoder_deform`).
+
+    A deformable transformer encoder over res3..res5 jointly, then one FPN step to res2
+    (stride 4); `mask_features` is a 1x1 conv. `kind` is the discriminator in config files.
+    """
+
+    kind: str = "deform"
+    conv_dim: int = 512
+    mask_dim: int = 512
+    num_groups: int = 32  # GroupNorm groups ("GN"; the input projections hard-code 32 in the reference)
+    transformer_layers: int = 6
+    nheads: int = 8
+    dim_feedforward: int = 1024  # the reference fixes 1024 for the deformable encoder
+    num_points: int = 4  # sampling points per head and level
+    transformer_levels: int = 3  # res3, res4, res5
+
+    def __post_init__(self) -> None:
+        if self.kind != "deform":
+            raise ValueError(f"DeformPixelDecoderConfig.kind must be 'deform', not {self.kind!r}")
+        if self.transformer_levels != 3:
+            raise ValueError("the deformable pixel decoder is implemented for res3..res5 (3 levels)")
+        if self.conv_dim % self.nheads:
+            raise ValueError(f"conv_dim ({self.conv_dim}) must be divisible by nheads ({self.nheads})")
 
 
 @dataclass(frozen=True)
@@ -132,8 +204,8 @@ class SeemConfig:
     """A whole SEEM v1 model."""
 
     name: str = "custom"
-    backbone: FocalConfig = field(default_factory=FocalConfig)
-    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    backbone: FocalConfig | ViTConfig = field(default_factory=FocalConfig)
+    pixel_decoder: PixelDecoderConfig | DeformPixelDecoderConfig = field(default_factory=PixelDecoderConfig)
     text: TextConfig = field(default_factory=TextConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -165,8 +237,10 @@ class SeemConfig:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         return cls(
             name=data.get("name", "custom"),
-            backbone=part(FocalConfig, data.get("backbone")),
-            pixel_decoder=part(PixelDecoderConfig, data.get("pixel_decoder")),
+            backbone=part(ViTConfig if (data.get("backbone") or {}).get("variant") == "vit" else FocalConfig,
+                          data.get("backbone")),
+            pixel_decoder=part(DeformPixelDecoderConfig if (data.get("pixel_decoder") or {}).get("kind") == "deform"
+                               else PixelDecoderConfig, data.get("pixel_decoder")),
             text=part(TextConfig, data.get("text")),
             decoder=part(DecoderConfig, data.get("decoder")),
             inference=part(InferenceConfig, data.get("inference")),
@@ -185,49 +259,23 @@ def from_reference_yaml(data: dict[str, Any], name: str = "custom") -> SeemConfi
 
     Only what changes the computation is read. The demo resize (shortest edge 512) is
     not part of the reference's model config; fixtures feed images at their own size,
-    so the caller decides `inference.resize_shortest_edge`.
+    so the caller decides `inference.resize_shortest_edge` (a ViT model is capped at its
+    `img_size`, the only input size its absolute positions fit).
     """
     model = data["MODEL"]
     if model.get("NAME") not in ("seem_model_v1", "seem_model_v0", "seem_model_demo"):
         raise ValueError(f"unsupported model {model.get('NAME')!r}: only SEEM v1 (and v0/demo weights) are supported")
-    backbone = model["BACKBONE"]
-    if backbone["NAME"] not in ("focal_dw", "focal"):
-        raise ValueError(f"unsupported backbone {backbone['NAME']!r}: only the Focal backbones are implemented")
-    encoder = model["ENCODER"]
-    if encoder["NAME"] != "transformer_encoder_fpn":
-        raise ValueError(f"unsupported pixel decoder {encoder['NAME']!r}")
-    focal = backbone["FOCAL"]
     dec = model["DECODER"]
     text = model["TEXT"]
     arch = data.get("ATTENTION_ARCH", {})
     test = dec.get("TEST", {})
     inp = data.get("INPUT", {})
+    backbone = _backbone_from_yaml(model["BACKBONE"])
+    is_vit = isinstance(backbone, ViTConfig)
     return SeemConfig(
         name=name,
-        backbone=FocalConfig(
-            variant=backbone["NAME"],
-            embed_dim=int(focal["EMBED_DIM"]),
-            depths=tuple(focal["DEPTHS"]),
-            focal_levels=tuple(focal["FOCAL_LEVELS"]),
-            focal_windows=tuple(focal["FOCAL_WINDOWS"]),
-            mlp_ratio=float(focal.get("MLP_RATIO", 4.0)),
-            patch_size=int(focal.get("PATCH_SIZE", 4)),
-            use_conv_embed=bool(focal.get("USE_CONV_EMBED", False)),
-            patch_norm=bool(focal.get("PATCH_NORM", True)),
-            use_postln=bool(focal.get("USE_POSTLN", False)),
-            use_postln_in_modulation=bool(focal.get("USE_POSTLN_IN_MODULATION", False)),
-            use_layerscale=bool(focal.get("USE_LAYERSCALE", False)),
-            scaling_modulator=bool(focal.get("SCALING_MODULATOR", False)),
-            drop_path_rate=float(focal.get("DROP_PATH_RATE", 0.0)),
-        ),
-        pixel_decoder=PixelDecoderConfig(
-            conv_dim=int(encoder["CONVS_DIM"]),
-            mask_dim=int(encoder["MASK_DIM"]),
-            transformer_layers=int(encoder["TRANSFORMER_ENC_LAYERS"]),
-            nheads=int(dec["NHEADS"]),
-            dim_feedforward=int(dec["DIM_FEEDFORWARD"]),
-            pre_norm=bool(dec.get("PRE_NORM", False)),
-        ),
+        backbone=backbone,
+        pixel_decoder=_pixel_decoder_from_yaml(model["ENCODER"], dec),
         text=TextConfig(
             context_length=int(text["CONTEXT_LENGTH"]),
             width=int(text["WIDTH"]),
@@ -241,7 +289,7 @@ def from_reference_yaml(data: dict[str, Any], name: str = "custom") -> SeemConfi
             dim_feedforward=int(dec["DIM_FEEDFORWARD"]),
             num_layers=int(dec["DEC_LAYERS"]) - 1,
             pre_norm=bool(dec.get("PRE_NORM", False)),
-            mask_dim=int(encoder["MASK_DIM"]),
+            mask_dim=int(model["ENCODER"]["MASK_DIM"]),
             dim_proj=int(model["DIM_PROJ"]),
             spatial_memories=int(arch.get("SPATIAL_MEMORIES", 32)),
             queries_per_prompt=int(arch.get("QUERY_NUMBER", 3)),
@@ -251,11 +299,78 @@ def from_reference_yaml(data: dict[str, Any], name: str = "custom") -> SeemConfi
             pixel_mean=tuple(inp.get("PIXEL_MEAN", (123.675, 116.28, 103.53))),
             pixel_std=tuple(inp.get("PIXEL_STD", (58.395, 57.12, 57.375))),
             size_divisibility=int(dec.get("SIZE_DIVISIBILITY", 32)),
-            resize_shortest_edge=512,
+            resize_shortest_edge=min(512, backbone.img_size) if is_vit else 512,
+            resize_max_size=backbone.img_size if is_vit else None,
             object_mask_threshold=float(test.get("OBJECT_MASK_THRESHOLD", 0.8)),
             overlap_threshold=float(test.get("OVERLAP_THRESHOLD", 0.8)),
             detections_per_image=int(data.get("TEST", {}).get("DETECTIONS_PER_IMAGE", 100)),
         ),
+    )
+
+
+def _backbone_from_yaml(backbone: dict[str, Any]) -> FocalConfig | ViTConfig:
+    if backbone["NAME"] == "vit":
+        return _vit_from_yaml(backbone.get("VIT", {}))
+    if backbone["NAME"] not in ("focal_dw", "focal"):
+        raise ValueError(f"unsupported backbone {backbone['NAME']!r}: the Focal backbones and 'vit' are implemented")
+    focal = backbone["FOCAL"]
+    return FocalConfig(
+        variant=backbone["NAME"],
+        embed_dim=int(focal["EMBED_DIM"]),
+        depths=tuple(focal["DEPTHS"]),
+        focal_levels=tuple(focal["FOCAL_LEVELS"]),
+        focal_windows=tuple(focal["FOCAL_WINDOWS"]),
+        mlp_ratio=float(focal.get("MLP_RATIO", 4.0)),
+        patch_size=int(focal.get("PATCH_SIZE", 4)),
+        use_conv_embed=bool(focal.get("USE_CONV_EMBED", False)),
+        patch_norm=bool(focal.get("PATCH_NORM", True)),
+        use_postln=bool(focal.get("USE_POSTLN", False)),
+        use_postln_in_modulation=bool(focal.get("USE_POSTLN_IN_MODULATION", False)),
+        use_layerscale=bool(focal.get("USE_LAYERSCALE", False)),
+        scaling_modulator=bool(focal.get("SCALING_MODULATOR", False)),
+        drop_path_rate=float(focal.get("DROP_PATH_RATE", 0.0)),
+    )
+
+
+# Keys a config may add under MODEL.BACKBONE.VIT to describe a ViT other than the reference's
+# named sizes (the project's tiny parity fixtures do; the reference reads only SIZE).
+_VIT_OVERRIDES = {"IMG_SIZE": "img_size", "PATCH_SIZE": "patch_size", "EMBED_DIM": "embed_dim", "DEPTH": "depth",
+                  "NUM_HEADS": "num_heads", "WINDOW_SIZE": "window_size",
+                  "GLOBAL_ATTN_INDEXES": "global_attn_indexes", "NECK_OUT_DIMS": "neck_out_dims"}
+
+
+def _vit_from_yaml(vit: dict[str, Any]) -> ViTConfig:
+    size = vit.get("SIZE", "base")
+    if size not in VIT_SIZES:
+        raise ValueError(f"unsupported ViT size {size!r}: expected one of {sorted(VIT_SIZES)}")
+    values: dict[str, Any] = dict(VIT_SIZES[size])
+    for key, field_name in _VIT_OVERRIDES.items():
+        if key in vit:
+            value = vit[key]
+            values[field_name] = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else int(value)
+    return ViTConfig(**values)
+
+
+def _pixel_decoder_from_yaml(encoder: dict[str, Any], dec: dict[str, Any]) -> PixelDecoderConfig | DeformPixelDecoderConfig:
+    if encoder["NAME"] == "transformer_encoder_deform":
+        levels = encoder.get("DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES", ["res3", "res4", "res5"])
+        if list(levels) != ["res3", "res4", "res5"] or int(encoder.get("COMMON_STRIDE", 4)) != 4:
+            raise ValueError("the deformable pixel decoder is implemented for res3..res5 with common stride 4")
+        return DeformPixelDecoderConfig(
+            conv_dim=int(encoder["CONVS_DIM"]),
+            mask_dim=int(encoder["MASK_DIM"]),
+            transformer_layers=int(encoder["TRANSFORMER_ENC_LAYERS"]),
+            nheads=int(dec["NHEADS"]),
+        )
+    if encoder["NAME"] != "transformer_encoder_fpn":
+        raise ValueError(f"unsupported pixel decoder {encoder['NAME']!r}")
+    return PixelDecoderConfig(
+        conv_dim=int(encoder["CONVS_DIM"]),
+        mask_dim=int(encoder["MASK_DIM"]),
+        transformer_layers=int(encoder["TRANSFORMER_ENC_LAYERS"]),
+        nheads=int(dec["NHEADS"]),
+        dim_feedforward=int(dec["DIM_FEEDFORWARD"]),
+        pre_norm=bool(dec.get("PRE_NORM", False)),
     )
 
 

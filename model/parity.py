@@ -110,7 +110,9 @@ class FixtureRunner:
             hook.remove()
             self.vocab_emb = m.text_encoder.vocabulary_embeddings(self.vocab)
             b, c, h, w = self.multi_scale[0].shape
-            self.encoder_out = captured["encoder"].transpose(1, 2).reshape(b, c, h, w)
+            # The encoder's first h*w tokens are the res5 map (the FPN decoder encodes only res5;
+            # the deformable one encodes res5, res4, res3 in that order).
+            self.encoder_out = captured["encoder"][:, : h * w].transpose(1, 2).reshape(b, c, h, w)
             for path in sorted(self.folder.glob("*.npz")):
                 name = path.stem
                 if name == "inputs":

@@ -10,19 +10,35 @@ import torch
 from torch import nn
 
 from .backbone import FocalBackbone
-from .config import SeemConfig
+from .config import DeformPixelDecoderConfig, SeemConfig, ViTConfig
 from .decoder import GroundingInput, SeemDecoder, SpatialInput
+from .deform_pixel_decoder import DeformPixelDecoder
 from .pixel_decoder import PixelDecoder
 from .text_encoder import LanguageEncoder
 from .visual_sampler import SpatialTokens, encode_visual_prompts
+from .vit_backbone import ViTBackbone
+
+
+def build_backbone(cfg: SeemConfig) -> nn.Module:
+    """The image encoder's first half: pixels -> {res2..res5}, with `out_channels`."""
+    if isinstance(cfg.backbone, ViTConfig):
+        return ViTBackbone(cfg.backbone)
+    return FocalBackbone(cfg.backbone)
+
+
+def build_pixel_decoder(cfg: SeemConfig, in_channels: tuple[int, ...]) -> nn.Module:
+    """The image encoder's second half: {res2..res5} -> (mask features, 3 multi-scale maps)."""
+    if isinstance(cfg.pixel_decoder, DeformPixelDecoderConfig):
+        return DeformPixelDecoder(cfg.pixel_decoder, in_channels)
+    return PixelDecoder(cfg.pixel_decoder, in_channels)
 
 
 class Seem(nn.Module):
     def __init__(self, cfg: SeemConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = FocalBackbone(cfg.backbone)
-        self.pixel_decoder = PixelDecoder(cfg.pixel_decoder, self.backbone.out_channels)
+        self.backbone = build_backbone(cfg)
+        self.pixel_decoder = build_pixel_decoder(cfg, self.backbone.out_channels)
         self.text_encoder = LanguageEncoder(cfg.text, cfg.decoder.dim_proj)
         self.decoder = SeemDecoder(cfg.decoder)
         inf = cfg.inference
