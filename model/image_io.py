@@ -31,9 +31,12 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "ImageDecodeError",
+    "ImageTooLarge",
     "decode_image",
     "image_size",
     "is_image_name",
+    "looks_like_image",
+    "SNIFF_BYTES",
     "to_rgb",
     "IMAGE_EXTENSIONS",
     "FORMATS",
@@ -63,10 +66,29 @@ class ImageDecodeError(ValueError):
     or an HTTP 4xx message."""
 
 
+class ImageTooLarge(ImageDecodeError):
+    """A readable image header with more pixels than allowed (our cap, or Pillow's
+    decompression-bomb guard, which fires in the header parser before ours can)."""
+
+
 def is_image_name(path: str) -> bool:
     """Whether a path or URI has an image extension we decode (case-insensitive)."""
     name = str(path).rsplit("/", 1)[-1]
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+#: Bytes `looks_like_image` needs from the start of a file.
+SNIFF_BYTES = 16
+
+
+def looks_like_image(head: bytes) -> bool:
+    """Whether the first bytes of a file start like a format we decode (for files whose
+    name has no image extension: cameras, exports and buckets often drop it)."""
+    if any(head.startswith(magic) for magic, _ in _SIGNATURES):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -111,13 +133,21 @@ def _describe_unrecognised(data: bytes) -> str:
         head.startswith(b"<") and b"<html" in lowered
     ):
         return "not an image: the bytes are HTML/XML text (an error page or a vector/SVG file?)"
+    # The reason names the kind of bytes, never the bytes themselves: it reaches HTTP clients
+    # and errors tables, and a text file may hold a secret.
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     if text is not None and text and all(c.isprintable() or c in "\r\n\t" for c in text):
-        return f"not an image: the bytes are text ({text[:40]!r}…)"
-    return f"not an image: unrecognised format (first bytes {bytes(data[:8])!r})"
+        return "not an image: the bytes are text"
+    return "not an image: unrecognised format"
+
+
+def _pillow_reason(error: Exception) -> str:
+    """Pillow's message up to its first colon: some messages go on to quote the file's bytes
+    ("Token too long in file header: <token>"), which must not reach a client."""
+    return str(error).split(":", 1)[0].strip()[:200]
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -126,16 +156,16 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"image too large (decompression bomb guard): {e}") from None
+        raise ImageTooLarge(f"image too large (decompression bomb guard): {e}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(_describe_unrecognised(bytes(data[:1024]))) from None
     except Exception as e:  # Pillow raises many types on malformed headers
-        raise ImageDecodeError(f"corrupt image header: {type(e).__name__}: {e}") from None
+        raise ImageDecodeError(f"corrupt image header: {type(e).__name__}: {_pillow_reason(e)}") from None
     width, height = im.size
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"image has a zero dimension ({width} x {height})")
     if width * height > max_pixels:
-        raise ImageDecodeError(f"image too large: {width} x {height} = {width * height} pixels > cap {max_pixels}")
+        raise ImageTooLarge(f"image too large: {width} x {height} = {width * height} pixels > cap {max_pixels}")
     return im
 
 
@@ -259,12 +289,12 @@ def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = DEFA
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"image too large (decompression bomb guard): {e}") from None
+        raise ImageTooLarge(f"image too large (decompression bomb guard): {e}") from None
     except MemoryError:
         raise ImageDecodeError(f"not enough memory to decode a {im.size[0]} x {im.size[1]} {im.format} image") from None
     except Exception as e:  # OSError "image file is truncated", SyntaxError, zlib errors, …
         fmt = im.format or "image"
-        raise ImageDecodeError(f"truncated or corrupt {fmt} data: {e}") from None
+        raise ImageDecodeError(f"truncated or corrupt {fmt} data: {_pillow_reason(e)}") from None
     if _orientation(im) != 1:
         try:
             im = ImageOps.exif_transpose(im)

@@ -28,14 +28,10 @@ class PromptJsonError(PromptError):
 
 def decode_rle(rle: RLE, size: tuple[int, int], what: str) -> np.ndarray:
     """RLE -> H x W bool mask of exactly `size` (height, width)."""
-    try:
-        mask = decode_mask(rle.model_dump())
+    try:  # the size is compared before decoding: a small RLE may claim billions of pixels
+        return decode_mask(rle.model_dump(), expected_size=size)
     except ValueError as e:
         raise PromptJsonError(f"{what}: {e}") from None
-    if mask.shape != tuple(size):
-        raise PromptJsonError(f"{what}: mask size {list(mask.shape)} differs from the image's "
-                              f"[height, width] = {list(size)}")
-    return mask
 
 
 def _check_xy(x: float, y: float, size: tuple[int, int], what: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 __all__ = [
     "RLE", "TextPrompt", "PointPrompt", "BoxPrompt", "ScribblePrompt", "PolygonPrompt", "MaskPromptModel",
@@ -20,7 +20,8 @@ __all__ = [
     "parse_prompt_list",
 ]
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Strict numbers: JSON true/false are not coordinates or sizes (lax mode would read them as 1 and 0).
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 XY = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2, description="[x, y] in original image pixels")]
 ImageId = Annotated[str, Field(min_length=1, max_length=128,
                                description="sha256 (hex) of the image bytes, as returned by POST /v1/images")]
@@ -34,8 +35,9 @@ class StrictModel(BaseModel):
 class RLE(StrictModel):
     """COCO RLE: compressed (`counts` a string) or uncompressed (`counts` a list of runs)."""
 
-    size: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2, description="[height, width]")]
-    counts: Union[str, list[Annotated[int, Field(ge=0)]]]
+    size: Annotated[list[Annotated[int, Field(strict=True, ge=1)]],
+                    Field(min_length=2, max_length=2, description="[height, width]")]
+    counts: Union[str, list[Annotated[int, Field(strict=True, ge=0)]]]
 
 
 class TextPrompt(StrictModel):
@@ -50,7 +52,7 @@ class PointPrompt(StrictModel):
 
     type: Literal["point"]
     xy: XY
-    positive: bool = True
+    positive: StrictBool = True
 
 
 class BoxPrompt(StrictModel):
@@ -58,7 +60,7 @@ class BoxPrompt(StrictModel):
 
     type: Literal["box"]
     xyxy: Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description="[x0, y0, x1, y1]")]
-    positive: bool = True
+    positive: StrictBool = True
 
 
 class ScribblePrompt(StrictModel):
@@ -66,8 +68,8 @@ class ScribblePrompt(StrictModel):
 
     type: Literal["scribble"]
     path: Annotated[list[XY], Field(min_length=1)]
-    positive: bool = True
-    width: Annotated[int, Field(ge=1, le=64)] = 1
+    positive: StrictBool = True
+    width: Annotated[int, Field(strict=True, ge=1, le=64)] = 1
 
 
 class PolygonPrompt(StrictModel):
@@ -75,7 +77,7 @@ class PolygonPrompt(StrictModel):
 
     type: Literal["polygon"]
     points: Annotated[list[XY], Field(min_length=3)]
-    positive: bool = True
+    positive: StrictBool = True
 
 
 class MaskPromptModel(StrictModel):
@@ -83,7 +85,7 @@ class MaskPromptModel(StrictModel):
 
     type: Literal["mask"]
     rle: RLE
-    positive: bool = True
+    positive: StrictBool = True
 
 
 SpatialRegion = Annotated[

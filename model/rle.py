@@ -91,9 +91,13 @@ def normalize_rle(rle: Mapping[str, Any]) -> RLE:
             raise ValueError("RLE 'counts' string must be ASCII") from None
     if isinstance(counts, (bytes, bytearray)):
         counts = bytes(counts)
+        if len(counts) > h * w + 1:  # every run takes at least one character; at most h * w + 1 runs
+            raise ValueError(f"RLE 'counts' has {len(counts)} characters, more than a {h} x {w} mask can need")
         _parse_counts_string(counts, h * w)
         return {"size": [h, w], "counts": counts}
     if isinstance(counts, Sequence) or isinstance(counts, np.ndarray):
+        if len(counts) > h * w + 1:
+            raise ValueError(f"RLE 'counts' has {len(counts)} runs, more than a {h} x {w} mask can have")
         values = list(counts)
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
             raise ValueError("uncompressed RLE 'counts' must be a list of integers")
@@ -119,9 +123,18 @@ def encode_mask(mask: np.ndarray) -> RLE:
     return {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")}
 
 
-def decode_mask(rle: Mapping[str, Any]) -> np.ndarray:
+def decode_mask(rle: Mapping[str, Any], expected_size: Sequence[int] | None = None) -> np.ndarray:
     """RLE (compressed str/bytes counts or uncompressed list counts) -> H x W bool,
-    C-contiguous. Raises ValueError on malformed RLE."""
+    C-contiguous. Raises ValueError on malformed RLE.
+
+    `expected_size` ([height, width]): the RLE's size must equal it, checked before any
+    count is read or any pixel allocated (a 165-byte RLE may claim 46340 x 46340 pixels).
+    """
+    if expected_size is not None and isinstance(rle, Mapping):
+        size = _check_size(rle.get("size"))
+        if list(size) != [int(v) for v in expected_size]:
+            raise ValueError(f"mask size {list(size)} differs from the image's [height, width] = "
+                             f"{[int(v) for v in expected_size]}")
     compressed = normalize_rle(rle)
     return np.ascontiguousarray(_mask_utils.decode(compressed), dtype=bool)
 

@@ -9,6 +9,7 @@ a deployment file must not silently fall back to a default.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,17 @@ DEFAULT_STORE = str(Path.home() / ".cache" / "seem-ray" / "store")
 API_KEYS_ENV = "SEEM_API_KEYS"
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine (a name other than
+    localhost may resolve to anything: not loopback)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -39,6 +51,10 @@ class Limits(_Strict):
     max_vocabulary: int = Field(512, gt=0, description="names in a request vocabulary (422)")
     max_masks: int = Field(10, gt=0, description="largest max_masks a request may ask for (422)")
     max_text_chars: int = Field(500, gt=0, description="characters of a text prompt or vocabulary name (422)")
+    # Text encoding costs in proportion to characters (tokens); a new vocabulary is encoded on a
+    # decoder replica, in front of every request queued there, so its total is bounded.
+    max_vocabulary_chars: int = Field(8192, gt=0, description="characters of all vocabulary names together (422)")
+    max_rle_chars: int = Field(1 << 20, gt=0, description="characters (or runs) of one RLE mask's counts (422)")
     requests_per_s: float | None = Field(None, gt=0, description="per-client rate (429); None: no rate limit")
     burst: int = Field(20, gt=0, description="requests a client may send at once before the rate applies")
 
@@ -102,6 +118,8 @@ class ServeConfig(_Strict):
     route_by_image: bool = Field(True, description="send requests for one image to the replica holding it")
     request_timeout_s: float = Field(60.0, gt=0)
     seed: int = Field(0, description="torch seed before building the model (equal random weights everywhere)")
+    insecure: bool = Field(False, description="serve without API keys although the HTTP proxy listens beyond "
+                                              "loopback (otherwise the ingress refuses to start)")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -138,6 +156,14 @@ class ServeConfig(_Strict):
     def from_args(cls, args: dict[str, Any] | None) -> "ServeConfig":
         """Validate `build_app` args (None or {} gives the embedded defaults)."""
         return cls.model_validate(dict(args or {}))
+
+    def open_to_network_refusal(self, host: str | None) -> str | None:
+        """Why the ingress must not start behind a proxy bound to `host` (fail closed:
+        no API keys on a non-loopback address without `insecure`), or None."""
+        if self.insecure or self.effective_api_keys() or host is None or _is_loopback(host):
+            return None
+        return (f"the HTTP proxy listens on {host} and no API keys are configured (api_keys or ${API_KEYS_ENV}); "
+                "set keys, bind 127.0.0.1, or set insecure: true to serve openly")
 
     def effective_api_keys(self) -> tuple[str, ...]:
         """Configured keys plus those in $SEEM_API_KEYS of this process."""

@@ -10,9 +10,10 @@ from typing import Sequence
 
 from .config import Limits
 from .errors import ApiError
-from .schemas import PanopticRequest, PolygonPrompt, ReferringPrompt, ScribblePrompt, SegmentRequest, TextPrompt
+from .schemas import (RLE, MaskPromptModel, PanopticRequest, PolygonPrompt, ReferringPrompt, ScribblePrompt,
+                      SegmentRequest, TextPrompt)
 
-__all__ = ["normalize_image_id", "check_limits", "check_vocabulary", "referring_image_ids"]
+__all__ = ["normalize_image_id", "check_limits", "check_vocabulary", "check_rle", "referring_image_ids"]
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -46,8 +47,32 @@ def check_vocabulary(vocabulary: Sequence[str] | None, limits: Limits) -> None:
                            f"vocabulary[{i}] has {len(name)} characters; the limit is {limits.max_text_chars}")
         if not name.strip():
             raise ApiError("validation_error", f"vocabulary[{i}] is blank")
+    total = sum(len(name) for name in vocabulary)
+    if total > limits.max_vocabulary_chars:
+        raise ApiError("limit_exceeded",
+                       f"vocabulary has {total} characters in all; the limit is {limits.max_vocabulary_chars}")
     if len(set(vocabulary)) != len(vocabulary):
         raise ApiError("validation_error", "vocabulary has duplicate names")
+
+
+def _rle_of(prompt: object) -> RLE | None:
+    if isinstance(prompt, MaskPromptModel):
+        return prompt.rle
+    if isinstance(prompt, ReferringPrompt):
+        return _rle_of(prompt.region)
+    return None
+
+
+def check_rle(rle: RLE, limits: Limits, what: str) -> None:
+    """An RLE's claimed size and counts length within the limits, before anything decodes it
+    (the decoder compares the size with the image's, also before decoding)."""
+    h, w = rle.size
+    if h * w > limits.max_pixels:
+        raise ApiError("limit_exceeded", f"{what}: mask size {h} x {w} = {h * w} pixels; "
+                                         f"the limit is {limits.max_pixels}")
+    if len(rle.counts) > limits.max_rle_chars:
+        raise ApiError("limit_exceeded", f"{what}: RLE counts of length {len(rle.counts)}; "
+                                         f"the limit is {limits.max_rle_chars}")
 
 
 def check_limits(request: SegmentRequest | PanopticRequest, limits: Limits) -> None:
@@ -66,6 +91,11 @@ def check_limits(request: SegmentRequest | PanopticRequest, limits: Limits) -> N
         if isinstance(prompt, TextPrompt) and len(prompt.text) > limits.max_text_chars:
             raise ApiError("limit_exceeded",
                            f"prompts[{i}].text has {len(prompt.text)} characters; the limit is {limits.max_text_chars}")
+        rle = _rle_of(prompt)
+        if rle is not None:
+            check_rle(rle, limits, f"prompts[{i}] ({prompt.type})")
+    if request.previous_mask is not None:
+        check_rle(request.previous_mask, limits, "previous_mask")
 
 
 def referring_image_ids(request: SegmentRequest) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StrictBool, model_validator
 
 # The prompt models are shared with bulk prompt files (seem segment --prompts); re-exported here
 # because they are part of this API's contract.
@@ -59,14 +59,14 @@ class SegmentRequest(_ImageRef):
     previous_mask: RLE | None = None
     vocabulary: Annotated[list[VocabName], Field(min_length=1)] | None = Field(
         None, description="names to label masks with (default: the model's vocabulary)")
-    max_masks: Annotated[int, Field(ge=1)] = 1
+    max_masks: Annotated[int, Field(strict=True, ge=1)] = 1
 
 
 class PanopticRequest(_ImageRef):
     """POST /v1/panoptic: every segment of the image, labelled from `vocabulary`."""
 
     vocabulary: Annotated[list[VocabName], Field(min_length=1)] | None = None
-    png: bool = Field(False, description="also return the segment map as a COCO panoptic PNG (base64)")
+    png: StrictBool = Field(False, description="also return the segment map as a COCO panoptic PNG (base64)")
 
 
 # --------------------------------------------------------------------------- responses

@@ -4,6 +4,9 @@ A server that fetches what a client names must not become a way to read anything
 - nothing is readable until `allowed_uri_prefixes` is configured;
 - local paths are resolved (symlinks, "..") before the prefix check, so
   `/data/images/../../etc/passwd` is refused;
+- a prefix matches whole path components, local and S3 alike: `/data/allowed` admits
+  `/data/allowed/x.png`, never `/data/allowed-secret/x.png`; `s3://imgs/photos` never
+  `s3://imgs/photos2/x.png`;
 - S3 keys with empty, "." or ".." segments are refused (stores and proxies disagree on
   what they mean);
 - only s3://, file:// and absolute paths; no http(s) (no requests to arbitrary hosts);
@@ -21,9 +24,23 @@ __all__ = ["read_uri", "resolve_uri"]
 
 
 def _local_prefix(prefix: str) -> str:
+    """The prefix as a resolved directory path without a trailing slash ("/" stays "/")."""
     path = unquote(urlparse(prefix).path) if prefix.startswith("file://") else prefix
-    real = os.path.realpath(path)
-    return real + "/" if path.endswith("/") and not real.endswith("/") else real
+    return os.path.realpath(path)
+
+
+def _under(path: str, directory: str, sep: str = "/") -> bool:
+    """Whether `path` is `directory` or inside it, by whole components."""
+    if directory in ("", sep):
+        return True
+    directory = directory.rstrip(sep)
+    return path == directory or path.startswith(directory + sep)
+
+
+def _s3_allowed(normalized: str, prefix: str) -> bool:
+    bucket, _, key = normalized[len("s3://"):].partition("/")
+    p_bucket, _, p_key = prefix[len("s3://"):].partition("/")
+    return bucket == p_bucket and _under(key, p_key.strip("/"))
 
 
 def resolve_uri(uri: str, allowed_prefixes: tuple[str, ...]) -> tuple[str, str]:
@@ -40,7 +57,7 @@ def resolve_uri(uri: str, allowed_prefixes: tuple[str, ...]) -> tuple[str, str]:
         if parsed.query or parsed.fragment or any(part in ("", ".", "..") for part in key.split("/")):
             raise ApiError("uri_not_allowed", f"{uri[:200]!r}: empty, '.' or '..' path segments, or a query")
         normalized = f"s3://{parsed.netloc}/{key}"
-        if any(p.startswith("s3://") and normalized.startswith(p) for p in allowed_prefixes):
+        if any(p.startswith("s3://") and _s3_allowed(normalized, p) for p in allowed_prefixes):
             return "s3", normalized
         raise ApiError("uri_not_allowed", f"{uri[:200]!r} is not under an allowed prefix")
     if uri.startswith("file://") or uri.startswith("/"):
@@ -50,7 +67,7 @@ def resolve_uri(uri: str, allowed_prefixes: tuple[str, ...]) -> tuple[str, str]:
         path = unquote(parsed.path) if parsed is not None else uri
         real = os.path.realpath(path)
         for p in allowed_prefixes:
-            if p.startswith(("file://", "/")) and real.startswith(_local_prefix(p)):
+            if p.startswith(("file://", "/")) and _under(real, _local_prefix(p)):
                 return "file", real
         raise ApiError("uri_not_allowed", f"{uri[:200]!r} is not under an allowed prefix")
     raise ApiError("uri_not_allowed", f"{uri[:200]!r}: only s3://, file:// and absolute paths are supported")
