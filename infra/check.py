@@ -399,6 +399,7 @@ def check_kuberay(path: Path | str, serve_config: Path | str | None = REPO / "in
                 return report
             inner = check_serve_config(embedded, build=build, label="serveConfigV2")
             report.errors += [f"serveConfigV2: {e}" for e in inner.errors]
+            report.errors += _service_hardening_errors(cluster)
             if serve_config is not None and embedded != load_yaml(serve_config):
                 report.errors.append(f"serveConfigV2 differs from {_rel(serve_config)} (the same application "
                                      "must be deployed everywhere: render both with infra/configure.py)")
@@ -413,6 +414,27 @@ def check_kuberay(path: Path | str, serve_config: Path | str | None = REPO / "in
     report.notes.append(f"{kind} {manifest['metadata']['name']!r}: CRD fields, KubeRay checks, Ray {ray_version()}, "
                         f"GPU groups {gpu_groups}")
     return report
+
+
+def _service_hardening_errors(cluster: dict) -> list[str]:
+    """Every Ray container of the HTTP service fails closed and guards its proxy: the API-key
+    secret is required (the proxies listen on 0.0.0.0) and Serve's proxy runs
+    serving.proxy_guard (body-read timeout, header/body/connection limits)."""
+    errors = []
+    for where, template in _pod_templates(cluster):
+        for c in (template.get("spec") or {}).get("containers", []):
+            env = {e.get("name"): e for e in c.get("env") or []}
+            ref = ((env.get("SEEM_API_KEYS") or {}).get("valueFrom") or {}).get("secretKeyRef")
+            if not ref:
+                errors.append(f"{where}: SEEM_API_KEYS must come from a secret (secretKeyRef)")
+            elif ref.get("optional", False):
+                errors.append(f"{where}: the API-key secret {ref.get('name')!r} must not be optional "
+                              "(without it the service would run open on 0.0.0.0)")
+            guard = (env.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH") or {}).get("value")
+            if guard != "serving.proxy_guard:middlewares":
+                errors.append(f"{where}: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH must be "
+                              "serving.proxy_guard:middlewares (limits where request bytes enter)")
+    return errors
 
 
 # --------------------------------------------------------------------------- docker

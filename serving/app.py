@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -45,10 +45,20 @@ def _internal(exc: BaseException, where: str) -> ApiError:
 
     if isinstance(exc, BackPressureError):
         return ApiError("overloaded", "the service is at capacity; retry shortly", headers={"Retry-After": "1"})
-    if isinstance(exc, DeploymentUnavailableError):
-        return ApiError("unavailable", "a deployment of the service is unavailable; retry shortly")
+    if isinstance(exc, DeploymentUnavailableError) or _replica_lost(exc):
+        return ApiError("unavailable", "a replica of the service is unavailable; retry shortly",
+                        headers={"Retry-After": "1"})
     log.error("%s failed: %s", where, exc, exc_info=exc)
     return ApiError("internal_error", "internal server error")
+
+
+def _replica_lost(exc: BaseException) -> bool:
+    """Whether `exc` says the replica serving a call died or became unreachable (an outage
+    of our own: 503, not 500)."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    return isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError))
 
 
 def _device() -> str:
@@ -99,7 +109,7 @@ class Encoder:
     def _encode_items(self, items: list[tuple[str, bytes]]) -> list[Any]:
         import torch
 
-        from model.image_io import ImageDecodeError, decode_image
+        from model.image_io import ImageDecodeError, ImageTooLarge, decode_image
         from store import StoreError
 
         started = time.perf_counter()
@@ -114,6 +124,8 @@ class Encoder:
                     continue
                 image = decode_image(data, max_pixels=self.config.limits.max_pixels)
                 todo.append((i, image_id, image))
+            except ImageTooLarge as e:
+                out[i] = ApiError("too_many_pixels", str(e))
             except ImageDecodeError as e:
                 out[i] = ApiError("invalid_image", f"cannot decode the image: {e}")
             except ApiError as e:
@@ -377,6 +389,17 @@ class Decoder:
 
 
 # --------------------------------------------------------------------------- ingress
+def _proxy_host() -> str | None:
+    """The address Serve's HTTP proxies listen on, or None when it cannot be told."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:  # noqa: BLE001 - not knowing must not stop a loopback service
+        log.warning("could not read Serve's HTTP options; the bind-address check is skipped", exc_info=True)
+        return None
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
@@ -386,6 +409,9 @@ class Ingress:
         from .metrics import IngressMetrics
 
         self.config = ServeConfig.model_validate(config)
+        refusal = self.config.open_to_network_refusal(_proxy_host())
+        if refusal:
+            raise RuntimeError(f"seem-ray ingress refuses to start: {refusal}")
         self.decoder = decoder
         self.metrics = IngressMetrics()
 
@@ -399,35 +425,46 @@ class Ingress:
             return self.decoder.options(multiplexed_model_id=image_id)
         return self.decoder
 
-    async def _call(self, response: Any, where: str) -> Any:
+    async def _call(self, call: Callable[[], Any], where: str) -> Any:
+        """`call()` (a decoder request) within the request timeout; once more on another
+        replica when the one that had it died (every route is idempotent: results are a
+        function of the image and the prompts, features are stored by content hash)."""
         from .api import with_timeout
 
-        try:
-            result = await with_timeout(response, self.config.request_timeout_s)
-        except ApiError as e:
-            if e.code == "timeout":
-                response.cancel()
-            raise
-        except Exception as e:
-            raise _internal(e, where) from None
-        if isinstance(result, ApiError):
-            raise result
-        return result
+        for attempt in (1, 2):
+            response = call()
+            try:
+                result = await with_timeout(response, self.config.request_timeout_s)
+            except ApiError as e:
+                if e.code == "timeout":
+                    response.cancel()
+                raise
+            except Exception as e:
+                if attempt == 1 and _replica_lost(e):
+                    log.warning("%s: decoder replica lost (%s); retrying once", where, type(e).__name__)
+                    continue
+                raise _internal(e, where) from None
+            if isinstance(result, ApiError):
+                raise result
+            return result
+        raise AssertionError("unreachable")
 
     async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any]:
         """Backend of POST /v1/images: to the decoder replica that will serve this image."""
-        return await self._call(self._decoder_for(image_id).ingest.remote(image_id, data), "ingest")
+        return await self._call(lambda: self._decoder_for(image_id).ingest.remote(image_id, data), "ingest")
 
     async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any]:
         """Backend of POST /v1/segment."""
         started = time.perf_counter()
-        body = await self._call(self._decoder_for(image_id).segment.remote(image_id, data, request), "segment")
+        body = await self._call(lambda: self._decoder_for(image_id).segment.remote(image_id, data, request),
+                                "segment")
         body["timings_ms"]["decoder_call"] = (time.perf_counter() - started) * 1000  # the decoder as seen from here
         return body
 
     async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any]:
         """Backend of POST /v1/panoptic."""
-        return await self._call(self._decoder_for(image_id).panoptic.remote(image_id, data, request), "panoptic")
+        return await self._call(lambda: self._decoder_for(image_id).panoptic.remote(image_id, data, request),
+                                "panoptic")
 
     async def metrics_text(self) -> str:
         """Backend of GET /metrics (503 when no node's metrics endpoint answers)."""

@@ -5,12 +5,14 @@ Heavy imports (Ray, torch) stay inside the command so `seem --help` is instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 
 #: The default store of `seem encode` / `seem segment` / `seem demo` (pipeline/cli.py), so that
@@ -36,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="require this Bearer key (repeatable; $SEEM_API_KEYS adds comma-separated keys)")
     p.add_argument("--allow-uri-prefix", action="append", dest="allowed_uri_prefixes", metavar="PREFIX",
                    help="allow image URIs under this s3:// or path prefix (repeatable)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without API keys (anyone who reaches the port may use it)")
     p.add_argument("--config", help="JSON or YAML file of build_app args (serve.yaml's args block)")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a new local one)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray (default: all)")
@@ -59,13 +63,8 @@ def _load_config(path: str | None) -> dict[str, Any]:
     return data
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import ray
-    from ray import serve
-
-    from .app import APP_NAME, build_app
-    from .config import ServeConfig
-
+def _app_args(args: argparse.Namespace) -> dict[str, Any]:
+    """build_app args: --config, then the flags over it; a local store made absolute."""
     app_args = _load_config(args.config)
     for key in ("store", "endpoint_url", "model", "weights", "api_keys", "allowed_uri_prefixes"):
         value = getattr(args, key)
@@ -74,20 +73,109 @@ def _serve(args: argparse.Namespace) -> int:
     app_args.setdefault("store", LOCAL_STORE)
     if "://" not in app_args["store"]:  # replicas need not share this process's working directory
         app_args["store"] = os.path.abspath(app_args["store"])
+    return app_args
+
+
+def _bind_refusal(config: Any, host: str, insecure: bool) -> str | None:
+    """Why binding `host` is refused (fail closed), or None."""
+    from .config import API_KEYS_ENV
+
+    if insecure or config.open_to_network_refusal(host) is None:
+        return None
+    return (f"refusing to serve on {host} without API keys: anyone who reaches the port could use the service. "
+            f"Give --api-key KEY (or ${API_KEYS_ENV}), bind 127.0.0.1, or pass --insecure to accept the risk")
+
+
+@contextlib.contextmanager
+def _in_package_root() -> Iterator[None]:
+    """Run the block with the working directory set to the folder holding our packages.
+
+    Ray puts the driver's working directory at the *front* of every worker's import path
+    (`JobConfig._py_driver_sys_path`), so a user folder named `store/` or `model/` where
+    `seem serve` was started would shadow our packages in every replica. Ray records the
+    directory at `ray.init`; started from here, workers only ever find our own packages.
+    """
+    previous = os.getcwd()
+    os.chdir(Path(__file__).resolve().parents[1])
     try:
-        ServeConfig.from_args(app_args)  # fail on bad options before starting anything
-    except Exception as e:
-        print(f"seem serve: invalid configuration: {e}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _guard_the_proxy() -> None:
+    """Make Serve's HTTP proxy run serving.proxy_guard (limits where bytes enter). The
+    proxy of a new local cluster inherits this process's environment."""
+    from .proxy_guard import CALLBACK_ENV, CALLBACK_PATH, GuardLimits
+
+    GuardLimits.from_env()  # a bad SEEM_* limit fails here, not in the proxy
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)
+
+
+def _init_ray(args: argparse.Namespace) -> bool:
+    """Start or join Ray; True when this process owns the cluster."""
+    import ray
 
     address = args.address or os.environ.get("RAY_ADDRESS")
-    own_cluster = not address
-    init: dict[str, Any] = {"include_dashboard": False} if own_cluster else {"address": address}
-    if own_cluster:
+    # "local": a new cluster even when another one on this machine was started with `ray start`
+    # (a bare ray.init() would join it, and our shutdown would then stop Serve there).
+    init: dict[str, Any] = {"address": address or "local"}
+    if not address:
+        init["include_dashboard"] = False
+        _guard_the_proxy()
         if args.num_cpus is not None:
             init["num_cpus"] = args.num_cpus
         if args.metrics_port is not None:
             init["_metrics_export_port"] = args.metrics_port
+    with _in_package_root():
+        ray.init(**init)
+    return not address
+
+
+def _stop(own_cluster: bool, timeout_s: float = 15.0) -> None:
+    """Remove the application (all of Serve on our own cluster), then leave Ray.
+
+    Bounded: after a signal to the whole process group Ray's own processes may already be
+    gone, and a graceful Serve shutdown would wait for a controller that cannot answer.
+    """
+    import ray
+    from ray import serve
+
+    from .app import APP_NAME
+
+    def graceful() -> None:
+        try:
+            if own_cluster:
+                serve.shutdown()
+            else:  # someone else's cluster: remove only our application
+                serve.delete(APP_NAME)
+        except Exception as e:  # noqa: BLE001 - shutting down anyway
+            print(f"seem serve: shutdown: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+    worker = threading.Thread(target=graceful, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    ray.shutdown()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from .app import APP_NAME, build_app
+    from .config import ServeConfig
+
+    app_args = _app_args(args)
+    try:
+        config = ServeConfig.from_args(app_args)  # fail on bad options before starting anything
+    except Exception as e:
+        print(f"seem serve: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    refusal = _bind_refusal(config, args.host, args.insecure)
+    if refusal:
+        print(f"seem serve: {refusal}", file=sys.stderr)
+        return 2
+    if args.insecure:
+        app_args["insecure"] = True
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -99,7 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _on_signal)
 
     _install()  # before Ray starts, so a signal during start-up also ends in a clean shutdown
-    ray.init(**init)
+    own_cluster = _init_ray(args)
     # ray.init installs its own fatal-signal handler for SIGTERM (it logs and aborts the
     # process); ours must be the one that runs, so put it back.
     _install()
@@ -115,12 +203,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"seem serve: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         code = 1
     finally:
-        try:
-            if own_cluster:
-                serve.shutdown()
-            else:  # someone else's cluster: remove only our application
-                serve.delete(APP_NAME)
-        finally:
-            ray.shutdown()
+        _stop(own_cluster)
         print("seem serve: stopped", flush=True)
     return code

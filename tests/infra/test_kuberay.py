@@ -159,3 +159,19 @@ def test_prune_keeps_requirements_and_closes_objects():
     assert list(v.iter_errors({"a": {}, "b": [{}]}))              # items' required
     assert list(v.iter_errors({"a": {}, "labels": {"p": 1}}))     # map values
     assert schema["properties"]["free"].get("additionalProperties") is None
+
+
+def _env(container, name):
+    return next(e for e in container["env"] if e["name"] == name)
+
+
+def test_service_api_key_secret_is_required(mutated):
+    relpath = MANIFESTS[1]
+    container = lambda d: d["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]  # noqa: E731
+    assert not check.check_kuberay(REPO / relpath).errors
+    errors = _errors(mutated, relpath, lambda d: _env(container(d), "SEEM_API_KEYS")["valueFrom"]["secretKeyRef"]
+                     .__setitem__("optional", True))
+    assert any("must not be optional" in e for e in errors), errors
+    errors = _errors(mutated, relpath, lambda d: container(d)["env"].remove(
+        _env(container(d), "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH")))
+    assert any("serving.proxy_guard:middlewares" in e for e in errors), errors
