@@ -24,7 +24,7 @@ import time
 from importlib import resources
 from typing import Any, Awaitable, Callable, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.image_io import ImageDecodeError, image_size
+from model.image_io import ImageDecodeError, ImageTooLarge, image_size
 from model.prompt_schema import validation_message
 
 from .config import ServeConfig
@@ -230,6 +230,8 @@ def _check_image_header(data: bytes, max_pixels: int) -> tuple[int, int]:
         raise ApiError("empty_body", "the body is empty; send the image bytes")
     try:
         width, height = image_size(data)
+    except ImageTooLarge as e:  # past even Pillow's own guard
+        raise ApiError("too_many_pixels", f"{e}; the limit is {max_pixels} pixels") from None
     except ImageDecodeError as e:
         raise ApiError("unsupported_image", f"not a supported image: {e}") from None
     if width * height > max_pixels:
@@ -293,7 +295,8 @@ def _static_dir() -> str:
 
 def create_api(config: ServeConfig, backend: Backend, *,
                observe: Callable[[str, int, float], None] | None = None) -> FastAPI:
-    """The FastAPI app of one ingress replica."""
+    """The FastAPI app of one ingress replica: the guard, the error handlers and one router
+    per route group (ops, images, inference, web page)."""
     limits = config.limits
     api_keys = config.effective_api_keys()
     app = FastAPI(
@@ -308,8 +311,19 @@ def create_api(config: ServeConfig, backend: Backend, *,
     app.openapi = lambda: _openapi(app, bool(api_keys))  # type: ignore[method-assign]
     app.add_middleware(GuardMiddleware, api_keys=api_keys, rate=limits.requests_per_s, burst=limits.burst,
                        observe=observe)
+    _add_error_handlers(app)
+    reader = _RequestReader(config)
+    app.include_router(_ops_routes(backend))
+    app.include_router(_image_routes(reader, backend))
+    app.include_router(_inference_routes(reader, backend))
+    _add_web_page(app)
+    return app
 
-    # ---------------------------------------------------------------- errors
+
+# --------------------------------------------------------------------------- errors
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as the JSON error model (serving.errors)."""
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _json(exc.status, exc.body(), exc.headers)
@@ -325,13 +339,38 @@ def create_api(config: ServeConfig, backend: Backend, *,
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:3]]
         return _json(422, error_body("validation_error", "; ".join(parts) or "invalid request"))
 
-    # ---------------------------------------------------------------- resolve images
-    async def _resolve(image_id: str | None, image_uri: str | None) -> tuple[str, bytes | None]:
+
+# --------------------------------------------------------------------------- request reading
+class _RequestReader:
+    """Bodies, JSON requests and image references of one app, within its limits."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.limits = config.limits
+
+    async def body(self, request: Request) -> bytes:
+        return await _read_body(request, self.limits.max_body_bytes)
+
+    async def uri(self, uri: str) -> bytes:
+        """The image bytes at an allowed URI, header-checked."""
+        data = await read_uri(uri, self.config.allowed_uri_prefixes, self.limits.max_body_bytes,
+                              self.config.endpoint_url)
+        _check_image_header(data, self.limits.max_pixels)
+        return data
+
+    async def json_request(self, request: Request, model: type[BaseModel]) -> Any:
+        """The body of a JSON-only route as `model`, within the request limits."""
+        media = _media_type(request)
+        if not _is_json(media):
+            raise ApiError("unsupported_media_type", f"Content-Type {media or '(none)'!r}: send application/json")
+        req = _parse(model, await self.body(request))
+        check_limits(req, self.limits)
+        return req
+
+    async def resolve(self, image_id: str | None, image_uri: str | None) -> tuple[str, bytes | None]:
         """(canonical image id, bytes when read from a URI)."""
         if image_uri is not None:
-            data = await read_uri(image_uri, config.allowed_uri_prefixes, limits.max_body_bytes,
-                                  config.endpoint_url)
-            _check_image_header(data, limits.max_pixels)
+            data = await self.uri(image_uri)
             return _image_id(data), data
         assert image_id is not None
         canonical = normalize_image_id(image_id)
@@ -339,22 +378,34 @@ def create_api(config: ServeConfig, backend: Backend, *,
             raise ApiError("image_not_found", f"unknown image_id {image_id[:80]!r}: upload it with POST /v1/images")
         return canonical, None
 
-    # ---------------------------------------------------------------- routes
-    @app.get("/healthz", response_model=HealthResponse, tags=["ops"])
+
+# --------------------------------------------------------------------------- routes
+_INFERENCE_ERRORS = _responses(400, 401, 404, 413, 415, 422, 429, 503)
+
+
+def _ops_routes(backend: Backend) -> APIRouter:
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/healthz", response_model=HealthResponse)
     async def healthz() -> dict[str, str]:
         """Liveness of the ingress (no API key needed)."""
         return {"status": "ok"}
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"], responses=_responses(401, 503))
+    @router.get("/metrics", response_class=PlainTextResponse, responses=_responses(401, 503))
     async def metrics() -> PlainTextResponse:
         """Prometheus text: the app's metrics (`ray_seem_*`) and Serve's (`ray_serve_*`),
         gathered from every node's Ray metrics endpoint."""
         text = await backend.metrics_text()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post(
-        "/v1/images", response_model=ImageResponse, tags=["inference"],
-        responses=_responses(400, 401, 404, 413, 415, 422, 429, 503),
+    return router
+
+
+def _image_routes(reader: _RequestReader, backend: Backend) -> APIRouter:
+    router = APIRouter(tags=["inference"])
+
+    @router.post(
+        "/v1/images", response_model=ImageResponse, responses=_INFERENCE_ERRORS,
         openapi_extra={"requestBody": {"required": True, "content": {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
@@ -365,67 +416,62 @@ def create_api(config: ServeConfig, backend: Backend, *,
         """Encode an image (or find its features): returns its `image_id` (sha256 of the bytes)."""
         media = _media_type(request)
         if media.startswith("image/"):
-            data = await _read_body(request, limits.max_body_bytes)
-            _check_image_header(data, limits.max_pixels)
+            data = await reader.body(request)
+            _check_image_header(data, reader.limits.max_pixels)
         elif _is_json(media):
-            body = _parse(ImageUriRequest, await _read_body(request, limits.max_body_bytes))
-            data = await read_uri(body.uri, config.allowed_uri_prefixes, limits.max_body_bytes,
-                                  config.endpoint_url)
-            _check_image_header(data, limits.max_pixels)
+            data = await reader.uri(_parse(ImageUriRequest, await reader.body(request)).uri)
         else:
             raise ApiError("unsupported_media_type",
                            f"Content-Type {media or '(none)'!r}: send image bytes as image/* or JSON {{\"uri\": ...}}")
         return _json(200, await backend.ingest(_image_id(data), data))
 
-    async def _json_request(request: Request, model: type[BaseModel]) -> Any:
-        """The body of a JSON-only route as `model`, within the request limits."""
-        media = _media_type(request)
-        if not _is_json(media):
-            raise ApiError("unsupported_media_type", f"Content-Type {media or '(none)'!r}: send application/json")
-        req = _parse(model, await _read_body(request, limits.max_body_bytes))
-        check_limits(req, limits)
-        return req
+    return router
 
-    @app.post("/v1/segment", response_model=SegmentResponse, tags=["inference"],
-              responses=_responses(400, 401, 404, 413, 415, 422, 429, 503), openapi_extra=_json_body("SegmentRequest"))
+
+def _inference_routes(reader: _RequestReader, backend: Backend) -> APIRouter:
+    router = APIRouter(tags=["inference"])
+
+    @router.post("/v1/segment", response_model=SegmentResponse, responses=_INFERENCE_ERRORS,
+                 openapi_extra=_json_body("SegmentRequest"))
     async def post_segment(request: Request) -> JSONResponse:
         """Masks (best first, each with a label) for prompts that together describe one object."""
         started = time.perf_counter()
-        req: SegmentRequest = await _json_request(request, SegmentRequest)
+        req: SegmentRequest = await reader.json_request(request, SegmentRequest)
         for prompt in req.prompts:  # referring ids in canonical form, unknown forms are 404 now
             if isinstance(prompt, ReferringPrompt):
                 canonical = normalize_image_id(prompt.image_id)
                 if canonical is None:
                     raise ApiError("image_not_found", f"unknown referring image_id {prompt.image_id[:80]!r}")
                 prompt.image_id = canonical
-        image_id, data = await _resolve(req.image_id, req.image_uri)
+        image_id, data = await reader.resolve(req.image_id, req.image_uri)
         body = await backend.segment(image_id, data, req)
         body["timings_ms"]["total"] = (time.perf_counter() - started) * 1000
         return _json(200, body)
 
-    @app.post("/v1/panoptic", response_model=PanopticResponse, tags=["inference"],
-              responses=_responses(400, 401, 404, 413, 415, 422, 429, 503),
-              openapi_extra=_json_body("PanopticRequest"))
+    @router.post("/v1/panoptic", response_model=PanopticResponse, responses=_INFERENCE_ERRORS,
+                 openapi_extra=_json_body("PanopticRequest"))
     async def post_panoptic(request: Request) -> JSONResponse:
         """Every segment of the image with a label from `vocabulary` (default: the model's)."""
         started = time.perf_counter()
-        req: PanopticRequest = await _json_request(request, PanopticRequest)
-        image_id, data = await _resolve(req.image_id, req.image_uri)
+        req: PanopticRequest = await reader.json_request(request, PanopticRequest)
+        image_id, data = await reader.resolve(req.image_id, req.image_uri)
         body = await backend.panoptic(image_id, data, req)
         body["timings_ms"]["total"] = (time.perf_counter() - started) * 1000
         return _json(200, body)
 
-    # ---------------------------------------------------------------- web page
+    return router
+
+
+def _add_web_page(app: FastAPI) -> None:
+    """The web page (plain HTML + JavaScript from serving/static) at / and /static."""
     static = _static_dir()
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
-        """The web page (plain HTML + JavaScript from serving/static)."""
         with open(os.path.join(static, "index.html"), encoding="utf-8") as f:
             return HTMLResponse(f.read())
 
     app.mount("/static", StaticFiles(directory=static), name="static")
-    return app
 
 
 async def with_timeout(awaitable: Awaitable[Any], timeout_s: float) -> Any:
