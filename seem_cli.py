@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: what was finished is kept; no traceback for a user's own stop
+        print(f"seem {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
     return int(result or 0)
 
 

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.progress import EncodeSummary, Progress, SegmentSummary
-from pipeline.sources import SourceItem, list_source
+from pipeline.sources import SourceItem, is_inside, list_source
 from pipeline.stages import (
     DEFAULT_FEATURE_FORMAT,
     ENCODED_SCHEMA,
@@ -370,6 +370,8 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
     opts = options or EncodeOptions()
     seg = segment or SegmentOptions()
     started = time.perf_counter()
+    if isinstance(src, str):  # our own outputs (an --out inside the source folder) are never inputs
+        src = [i for i in list_source(src, endpoint_url=opts.decode.endpoint_url) if not is_inside(i.uri, out)]
     enc, items = _encode(src, store, opts)
     predictor = load_predictor(dataclasses.replace(opts.model, device="cpu"))
     fstore = FeatureStore(store, opts.endpoint_url)

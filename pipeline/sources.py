@@ -17,8 +17,10 @@ Sources:
   Entries are yielded in file order, duplicates once.
 - a single image file or object.
 
-Folder and prefix listings keep only image file names (`is_image_name`); entries of a
-list file are taken as given (a non-image there becomes a per-item decode error).
+Folder and prefix listings keep image file names (`is_image_name`); local files with
+another or no extension are kept when their first bytes are an image's (`looks_like_image`),
+S3 keys without an extension are kept (a non-image among them is recorded as a decode error).
+Entries of a list file are taken as given (a non-image there becomes a per-item decode error).
 `etag_or_mtime` is the S3 ETag without quotes, or the local mtime in nanoseconds.
 """
 from __future__ import annotations
@@ -31,10 +33,11 @@ from itertools import islice
 from typing import Iterable, Iterator, NamedTuple
 from urllib.parse import unquote, urlparse
 
-from model.image_io import is_image_name
+from model.image_io import SNIFF_BYTES, is_image_name, looks_like_image
 from store.backends import s3_client, split_s3_uri
 
-__all__ = ["SourceItem", "SourceError", "SourceNotFound", "list_source", "read_bytes", "stat_uri", "LIST_FILE_EXTENSIONS"]
+__all__ = ["SourceItem", "SourceError", "SourceNotFound", "list_source", "read_bytes", "stat_uri", "LIST_FILE_EXTENSIONS",
+           "is_inside"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,23 @@ def stat_uri(uri: str, *, endpoint_url: str | None = None) -> SourceItem:
 
 
 # --------------------------------------------------------------------------- listings
+def _no_extension(key: str) -> bool:
+    """An S3 key whose name has no extension: listed, so that an image stored without one
+    is segmented, and anything else is recorded with its decode error, not dropped."""
+    name = key.rsplit("/", 1)[-1]
+    return "." not in name.lstrip(".") and not name.startswith(".")
+
+
+def _sniffs_as_image(path: str) -> bool:
+    """A local file without an image extension whose first bytes are an image's (read
+    here: a few bytes per such file; on S3 that would be a request per object)."""
+    try:
+        with open(path, "rb") as f:
+            return looks_like_image(f.read(SNIFF_BYTES))
+    except OSError:
+        return False
+
+
 def _walk_local(root: str, filter_images: bool) -> Iterator[SourceItem]:
     seen: set[tuple[int, int]] = set()
 
@@ -151,7 +171,7 @@ def _walk_local(root: str, filter_images: bool) -> Iterator[SourceItem]:
         for _, is_dir, entry in keyed:
             if is_dir:
                 yield from walk(entry.path)
-            elif not filter_images or is_image_name(entry.name):
+            elif not filter_images or is_image_name(entry.name) or _sniffs_as_image(entry.path):
                 try:
                     est = entry.stat()  # follows symlinks: size/mtime of the target
                 except FileNotFoundError:  # removed while listing
@@ -170,7 +190,7 @@ def _list_s3_prefix(bucket: str, prefix: str, endpoint_url: str | None, page_siz
         for page in pages:
             for obj in page.get("Contents", ()):
                 key = obj["Key"]
-                if key.endswith("/") or (filter_images and not is_image_name(key)):
+                if key.endswith("/") or (filter_images and not (is_image_name(key) or _no_extension(key))):
                     continue
                 yield SourceItem(f"s3://{bucket}/{key}", int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
     except (ClientError, BotoCoreError) as e:
@@ -264,6 +284,17 @@ def list_source(
             yield _stat_local(path)
     else:
         raise SourceNotFound(f"source not found: {src}")
+
+
+def is_inside(uri: str, folder: str) -> bool:
+    """Whether `uri` is `folder` or below it, by whole path components (local paths after
+    resolving, s3:// as given): an output folder inside a source folder is left out of it."""
+    if _is_s3(uri) != _is_s3(folder):
+        return False
+    if not _is_s3(uri):
+        uri, folder = os.path.realpath(_local_path(uri)), os.path.realpath(_local_path(folder))
+    folder = folder.rstrip("/")
+    return uri == folder or uri.startswith(folder + "/")
 
 
 def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:

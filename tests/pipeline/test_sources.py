@@ -148,3 +148,29 @@ def test_s3_list_file(bucket, tmp_path):
     local = tmp_path / "mixed.txt"
     local.write_text(f"{bucket.uri('photos/2024/b.JPEG')}\n")
     assert [i.size for i in list_source(str(local))] == [2]
+
+
+def test_images_without_an_image_extension_are_sniffed(folder):
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+    _touch(folder / "camera" / "IMG_0001", png)  # no extension
+    _touch(folder / "export.bin", b"\xff\xd8\xff\xe0" + b"\0" * 16)  # a JPEG named .bin
+    rel = [os.path.relpath(i.uri, folder) for i in list_source(str(folder))]
+    assert "camera/IMG_0001" in rel and "export.bin" in rel
+    assert "notes.txt" not in rel and "a/README" not in rel  # text stays out
+
+
+def test_s3_keys_without_extension_are_listed(bucket):
+    bucket.client().put_object(Bucket=bucket.name, Key="photos/IMG_0002", Body=b"\x89PNG")
+    uris = [i.uri for i in list_source(bucket.uri("photos"), endpoint_url=bucket.endpoint_url)]
+    assert bucket.uri("photos/IMG_0002") in uris and bucket.uri("photos/readme.md") not in uris
+
+
+def test_is_inside_matches_whole_components(tmp_path):
+    from pipeline.sources import is_inside
+
+    src = tmp_path / "photos"
+    assert is_inside(str(src / "out" / "overlays" / "a.png"), str(src / "out"))
+    assert is_inside(str(src / "out" / "a.png"), str(src / "sub" / ".." / "out") + "/")
+    assert not is_inside(str(src / "out2" / "a.png"), str(src / "out"))
+    assert is_inside("s3://b/p/out/x.png", "s3://b/p/out") and not is_inside("s3://b/p/out2/x.png", "s3://b/p/out")
+    assert not is_inside("s3://b/p/out/x.png", str(src))
