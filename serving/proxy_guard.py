@@ -18,7 +18,8 @@ Before the request goes anywhere, the guard
   Retry-After) and, when set, more than `SEEM_MAX_REQUESTS_PER_CLIENT` from one client
   address (429),
 - reads the whole body within `SEEM_BODY_TIMEOUT_S` (408 otherwise, connection closed)
-  and at most `SEEM_MAX_BODY_BYTES` (413),
+  and at most `SEEM_MAX_BODY_BYTES` (413), with at most `SEEM_MAX_BUFFERED_BYTES` of
+  bodies held in the proxy at once (503 + Retry-After),
 so a replica only ever sees requests whose bytes have all arrived. Bodies are buffered in
 the proxy: the ingress's own (smaller, per-application) body limit still applies after.
 """
@@ -48,11 +49,14 @@ class GuardLimits:
     max_body_bytes: int = 64 << 20
     max_header_bytes: int = 16 << 10
     max_open_requests: int = 1024
+    # Bodies are read before authentication (that happens in the replica): bound their sum too.
+    max_buffered_bytes: int = 512 << 20
     # Off by default: behind a load balancer or NAT every client has the same address.
     max_requests_per_client: int = 0
 
     _ENV = {"body_timeout_s": "SEEM_BODY_TIMEOUT_S", "max_body_bytes": "SEEM_MAX_BODY_BYTES",
             "max_header_bytes": "SEEM_MAX_HEADER_BYTES", "max_open_requests": "SEEM_MAX_OPEN_REQUESTS",
+            "max_buffered_bytes": "SEEM_MAX_BUFFERED_BYTES",
             "max_requests_per_client": "SEEM_MAX_REQUESTS_PER_CLIENT"}
 
     @classmethod
@@ -105,6 +109,7 @@ class ProxyGuard:
         self.app = app
         self.limits = limits
         self.open = 0
+        self.buffered = 0  # body bytes held by requests in this proxy
         self.per_client: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,9 +124,10 @@ class ProxyGuard:
             return
         self.open += 1
         self.per_client[client] = self.per_client.get(client, 0) + 1
+        held = [0]  # this request's share of self.buffered
         try:
             try:
-                body = await self._read_body(scope, receive)
+                body = await self._read_body(scope, receive, held)
             except _Refused as e:
                 await _reply(send, e.status, e.code, e.message, e.headers)
                 return
@@ -130,6 +136,7 @@ class ProxyGuard:
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.open -= 1
+            self.buffered -= held[0]
             left = self.per_client[client] - 1
             if left:
                 self.per_client[client] = left
@@ -150,8 +157,9 @@ class ProxyGuard:
                            f"more than {limits.max_requests_per_client} requests open from one client",
                            {"Retry-After": "1"})
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """The whole body within the time and size limits (or `_Refused`)."""
+    async def _read_body(self, scope: Scope, receive: Receive, held: list[int]) -> bytes:
+        """The whole body within the time and size limits (or `_Refused`); `held[0]` counts
+        the bytes this request adds to the proxy's buffered total."""
         limits = self.limits
         for name, value in scope.get("headers", []):
             if name.lower() == b"content-length" and value.isdigit() and int(value) > limits.max_body_bytes:
@@ -175,6 +183,11 @@ class ProxyGuard:
             total += len(chunk)
             if total > limits.max_body_bytes:
                 raise _Refused(413, "body_too_large", f"body is over the limit of {limits.max_body_bytes} bytes")
+            held[0] += len(chunk)
+            self.buffered += len(chunk)
+            if self.buffered > limits.max_buffered_bytes:
+                raise _Refused(503, "overloaded", "the service is holding too many request bodies; retry shortly",
+                               {"Retry-After": "1"})
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

@@ -167,6 +167,7 @@ def test_proxy_guard_limits() -> None:
     assert time.perf_counter() - started < 2
     assert _run_guard(limits, [{"type": "http.request", "body": b"x" * 11}]) == (413, None)
     assert _run_guard(limits, whole, headers=[(b"x-big", b"y" * 200)]) == (431, None)
+    assert _run_guard(GuardLimits(max_buffered_bytes=4), whole) == (503, None)  # the proxy's total
     assert GuardLimits.from_env({"SEEM_BODY_TIMEOUT_S": "2.5"}).body_timeout_s == 2.5
     with pytest.raises(ValueError):
         GuardLimits.from_env({"SEEM_MAX_OPEN_REQUESTS": "0"})
