@@ -127,8 +127,17 @@ def _init_ray(args: argparse.Namespace) -> bool:
             init["num_cpus"] = args.num_cpus
         if args.metrics_port is not None:
             init["_metrics_export_port"] = args.metrics_port
-    with _in_package_root():
-        ray.init(**init)
+    for attempt in (1, 2):
+        try:
+            with _in_package_root():
+                ray.init(**init)
+            break
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            # Ray gives a new raylet 30 s to register (fixed); a busy machine can miss that.
+            if address or attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            print("seem serve: Ray did not start in time; trying once more", file=sys.stderr, flush=True)
+            ray.shutdown()
     return not address
 
 
