@@ -24,6 +24,8 @@ from PIL import Image
 from tests.support import descendants, free_port, png_bytes
 from training.shapes_world import generate_scene
 
+from .test_cli import _wait_healthy
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "attack-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -58,20 +60,6 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen:
                              "--config", str(tmp_path / "args.json"), "--num-cpus", "2", "--api-key", KEY]
     return subprocess.Popen(cmd, cwd=_hostile_folder(tmp_path), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"seem serve exited with {proc.returncode}:\n{proc.stdout.read()[-4000:]}")
-        try:
-            if requests.get(base + "/healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise AssertionError("seem serve did not become healthy")
 
 
 def _slow_bodies(port: int, n: int) -> list[socket.socket]:
@@ -116,7 +104,7 @@ def test_attacks_against_seem_serve(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     proc = _start(tmp_path, port)
     try:
-        _wait_healthy(base, proc, timeout_s=240)  # replicas import our packages despite ./store and ./model
+        _wait_healthy(base + "/healthz", proc, timeout_s=240)  # replicas import our packages despite ./store and ./model
         data = png_bytes(generate_scene(3).image)
         r = requests.post(base + "/v1/images", data=data, headers={**AUTH, "Content-Type": "image/png"}, timeout=60)
         assert r.status_code == 200, r.text
@@ -189,7 +177,13 @@ def test_attacks_against_seem_serve(tmp_path: Path) -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0"])
 def test_open_bind_without_keys_refuses_to_start(tmp_path: Path, host: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("SEEM_API_KEYS", "RAY_ADDRESS")}
-    proc = subprocess.run(_seem_command() + ["serve", "--host", host, "--port", str(free_port())], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "without API keys" in proc.stderr and "--insecure" in proc.stderr
+    proc = subprocess.Popen(_seem_command() + ["serve", "--host", host, "--port", str(free_port())], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)  # it must refuse before starting anything
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 2, out + err
+    assert "without API keys" in err and "--insecure" in err
