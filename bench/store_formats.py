@@ -49,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from model.types import ImageFeatures  # noqa: E402
-from store.backends import LocalStore, open_store  # noqa: E402
+from storage import LocalStore, open_store  # noqa: E402
 from training.prompt_sampling import iou  # noqa: E402
 from store.feature_store import (  # noqa: E402
     CODECS,

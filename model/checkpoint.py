@@ -55,18 +55,16 @@ def ours_to_reference(key: str) -> str:
 
 
 def read_bytes(path_or_uri: str | Path) -> bytes:
-    """Bytes of a local file or an `s3://bucket/key` object (endpoint and credentials
-    from the standard AWS environment)."""
-    text = str(path_or_uri)
-    if text.startswith("s3://"):
-        from store.backends import open_store  # lazy: only S3 loads need boto3
+    """Bytes of a local file or an `s3://bucket/key` object, through the storage layer
+    (endpoint from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, credentials from the standard
+    AWS chain). Imported here, lazily: `storage` sits below model/ and loading a
+    bundled checkpoint should not pay for it."""
+    import storage
 
-        bucket_and_key = text[len("s3://"):]
-        bucket, _, key = bucket_and_key.partition("/")
-        if not key:
-            raise CheckpointError(f"{text}: an S3 checkpoint URI needs a key (s3://bucket/key)")
-        return open_store(f"s3://{bucket}").get(key)
-    return Path(text.removeprefix("file://")).read_bytes()
+    text = str(path_or_uri)
+    if storage.is_s3(text) and not storage.split_s3_uri(text)[1]:
+        raise CheckpointError(f"{text}: an S3 checkpoint URI needs a key (s3://bucket/key)")
+    return storage.read_bytes(text)
 
 
 def read_state_dict(data: bytes, name: str = "checkpoint") -> dict[str, torch.Tensor]:

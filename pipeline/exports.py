@@ -8,7 +8,7 @@ job over the same inputs writes byte-identical files (no timestamps, stable ids)
 - category ids are 1..K for the vocabulary in its order, then the text prompts that
   are not vocabulary names, in the order given.
 
-Files are published atomically through the store backends (`store.backends.open_store`),
+Files are published atomically through the store backends (`storage.open_store`),
 so OUT may be a local folder or `s3://bucket/prefix`, and a reader never sees a partial
 file.
 

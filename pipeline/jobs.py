@@ -364,7 +364,7 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
     into `store` first what is not encoded yet. Writes masks.parquet, annotations.json,
     errors.parquet and (on request) overlays/; see `pipeline.exports` for the formats."""
     from pipeline import exports
-    from store.backends import open_store
+    from storage import open_store
     from store.feature_store import FeatureStore
 
     opts = options or EncodeOptions()

@@ -31,10 +31,10 @@ import os
 import posixpath
 from itertools import islice
 from typing import Iterable, Iterator, NamedTuple
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from model.image_io import SNIFF_BYTES, is_image_name, looks_like_image
-from store.backends import s3_client, split_s3_uri
+from storage import NotFound, StorageError, is_s3, list_objects, local_path, read_bytes, split_s3_uri, stat
 
 __all__ = ["SourceItem", "SourceError", "SourceNotFound", "list_source", "read_bytes", "stat_uri", "LIST_FILE_EXTENSIONS",
            "is_inside"]
@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 LIST_FILE_EXTENSIONS = (".txt", ".parquet")
 _STAT_BATCH = 64  # S3 HEADs issued together when stat'ing a list file's entries
+
+#: A source cannot be listed or read (the storage layer's error; the message names the URI).
+SourceError = StorageError
+#: The named source object does not exist (also a FileNotFoundError).
+SourceNotFound = NotFound
 
 
 class SourceItem(NamedTuple):
@@ -53,74 +58,16 @@ class SourceItem(NamedTuple):
     etag_or_mtime: str
 
 
-class SourceError(Exception):
-    """A source cannot be listed or read; the message names the URI."""
-
-
-class SourceNotFound(SourceError, FileNotFoundError):
-    """The named source object does not exist."""
-
-
-# --------------------------------------------------------------------------- helpers
-def _is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def _local_path(uri: str) -> str:
-    if uri.startswith("file://"):
-        parsed = urlparse(uri)
-        if parsed.netloc not in ("", "localhost"):
-            raise SourceError(f"file:// URI with a remote host is not supported: {uri}")
-        return unquote(parsed.path)
-    scheme = urlparse(uri).scheme
-    if scheme and len(scheme) > 1:
-        raise SourceError(f"unsupported URI scheme {scheme!r}: {uri} (use a path, file:// or s3://)")
-    return uri
-
-
 def _is_list_file(name: str) -> bool:
     return name.lower().endswith(LIST_FILE_EXTENSIONS)
 
 
-def _s3_error(exc: Exception, uri: str) -> SourceError:
-    code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
-    if code in ("NoSuchKey", "404", "NotFound"):
-        return SourceNotFound(f"source object not found: {uri}")
-    if code == "NoSuchBucket":
-        return SourceError(f"bucket does not exist: {uri}")
-    return SourceError(f"cannot access {uri}: {code or type(exc).__name__}: {exc}")
-
-
-def _stat_local(path: str) -> SourceItem:
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise SourceNotFound(f"source object not found: {path}") from None
-    except OSError as e:
-        raise SourceError(f"cannot stat {path}: {e}") from None
-    if not os.path.isfile(path):
-        raise SourceError(f"not a regular file: {path}")
-    return SourceItem(path, st.st_size, str(st.st_mtime_ns))
-
-
-def _stat_s3(uri: str, endpoint_url: str | None) -> SourceItem:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = split_s3_uri(uri)
-    if not key:
-        raise SourceError(f"not an object URI (no key): {uri}")
-    try:
-        head = s3_client(endpoint_url).head_object(Bucket=bucket, Key=key)
-    except (ClientError, BotoCoreError) as e:
-        raise _s3_error(e, uri) from e
-    return SourceItem(uri, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
-
-
 def stat_uri(uri: str, *, endpoint_url: str | None = None) -> SourceItem:
     """Size and etag/mtime of one local path, file:// or s3:// object."""
-    if _is_s3(uri):
-        return _stat_s3(uri, endpoint_url)
-    return _stat_local(os.path.abspath(_local_path(uri)))
+    if not is_s3(uri):
+        uri = os.path.abspath(local_path(uri))
+    info = stat(uri, endpoint_url=endpoint_url)
+    return SourceItem(info.key, info.size, info.version)
 
 
 # --------------------------------------------------------------------------- listings
@@ -181,20 +128,10 @@ def _walk_local(root: str, filter_images: bool) -> Iterator[SourceItem]:
     yield from walk(root)
 
 
-def _list_s3_prefix(bucket: str, prefix: str, endpoint_url: str | None, page_size: int, filter_images: bool) -> Iterator[SourceItem]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    paginator = s3_client(endpoint_url).get_paginator("list_objects_v2")
-    pages = paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size})
-    try:
-        for page in pages:
-            for obj in page.get("Contents", ()):
-                key = obj["Key"]
-                if key.endswith("/") or (filter_images and not (is_image_name(key) or _no_extension(key))):
-                    continue
-                yield SourceItem(f"s3://{bucket}/{key}", int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
-    except (ClientError, BotoCoreError) as e:
-        raise _s3_error(e, f"s3://{bucket}/{prefix}") from e
+def _list_s3_prefix(src: str, endpoint_url: str | None, page_size: int, filter_images: bool) -> Iterator[SourceItem]:
+    for info in list_objects(src, endpoint_url=endpoint_url, page_size=page_size):
+        if not filter_images or is_image_name(info.key) or _no_extension(info.key):
+            yield SourceItem(info.key, info.size, info.version)
 
 
 def _list_file_entries(list_uri: str, data: bytes) -> list[str]:
@@ -220,18 +157,18 @@ def _list_file_entries(list_uri: str, data: bytes) -> list[str]:
 
     entries = []
     for entry in raw:
-        if _is_s3(entry):
+        if is_s3(entry):
             entries.append(entry)
             continue
-        if _is_s3(list_uri):
+        if is_s3(list_uri):
             if urlparse(entry).scheme:
                 raise SourceError(f"list file {list_uri}: entry {entry!r} must be s3:// or relative to the list file")
             bucket, key = split_s3_uri(list_uri)
             entries.append(f"s3://{bucket}/{posixpath.normpath(posixpath.join(posixpath.dirname(key), entry))}")
             continue
-        path = _local_path(entry)
+        path = local_path(entry)
         if not os.path.isabs(path):
-            path = os.path.join(os.path.dirname(os.path.abspath(_local_path(list_uri))), path)
+            path = os.path.join(os.path.dirname(os.path.abspath(local_path(list_uri))), path)
         entries.append(os.path.normpath(path))
     return entries
 
@@ -261,19 +198,19 @@ def list_source(
     """
     if not isinstance(src, str) or not src:
         raise SourceError(f"invalid source {src!r}")
-    if _is_s3(src):
+    if is_s3(src):
         bucket, key = split_s3_uri(src)
         if key and _is_list_file(key):
             uris = _list_file_entries(src, read_bytes(src, endpoint_url=endpoint_url))
             yield from _stat_all(dict.fromkeys(uris), endpoint_url)
         elif key and not key.endswith("/") and is_image_name(key):
-            yield _stat_s3(src, endpoint_url)
+            yield stat_uri(src, endpoint_url=endpoint_url)
         else:
             prefix = key if not key or key.endswith("/") else key + "/"
-            yield from _list_s3_prefix(bucket, prefix, endpoint_url, page_size, filter_images)
+            yield from _list_s3_prefix(f"s3://{bucket}/{prefix}", endpoint_url, page_size, filter_images)
         return
 
-    path = os.path.abspath(_local_path(src))
+    path = os.path.abspath(local_path(src))
     if os.path.isdir(path):
         yield from _walk_local(path, filter_images)
     elif os.path.isfile(path):
@@ -281,42 +218,17 @@ def list_source(
             uris = _list_file_entries(path, read_bytes(path))
             yield from _stat_all(dict.fromkeys(uris), endpoint_url)
         else:
-            yield _stat_local(path)
+            yield stat_uri(path)
     else:
-        raise SourceNotFound(f"source not found: {src}")
+        raise SourceNotFound(src, f"source not found: {src}")
 
 
 def is_inside(uri: str, folder: str) -> bool:
     """Whether `uri` is `folder` or below it, by whole path components (local paths after
     resolving, s3:// as given): an output folder inside a source folder is left out of it."""
-    if _is_s3(uri) != _is_s3(folder):
+    if is_s3(uri) != is_s3(folder):
         return False
-    if not _is_s3(uri):
-        uri, folder = os.path.realpath(_local_path(uri)), os.path.realpath(_local_path(folder))
+    if not is_s3(uri):
+        uri, folder = os.path.realpath(local_path(uri)), os.path.realpath(local_path(folder))
     folder = folder.rstrip("/")
     return uri == folder or uri.startswith(folder + "/")
-
-
-def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
-    """The bytes of one local path, file:// or s3:// object."""
-    if _is_s3(uri):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        bucket, key = split_s3_uri(uri)
-        if not key:
-            raise SourceError(f"not an object URI (no key): {uri}")
-        try:
-            return s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"].read()
-        except (ClientError, BotoCoreError) as e:
-            raise _s3_error(e, uri) from e
-    path = _local_path(uri)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError):
-        raise SourceNotFound(f"source object not found: {uri}") from None
-    except IsADirectoryError:
-        raise SourceError(f"is a directory, not an object: {uri}") from None
-    except OSError as e:
-        raise SourceError(f"cannot read {uri}: {e}") from None
-

@@ -223,14 +223,11 @@ def error_text(stage: str, reason: object) -> str:
 
 
 def _exception_reason(exc: BaseException) -> str:
-    # ImageDecodeError / SourceError messages are written for humans; anything else
+    # ImageDecodeError / StorageError messages are written for humans; anything else
     # (a bug, an OOM) keeps its type so the errors table says what happened.
-    if isinstance(exc, (ImageDecodeError,)):
-        return str(exc)
-    from pipeline.sources import SourceError
-    from store.backends import StoreError
+    from storage import StorageError
 
-    if isinstance(exc, (SourceError, StoreError)):
+    if isinstance(exc, (ImageDecodeError, StorageError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
@@ -599,7 +596,7 @@ class SegmenterWorker:
         self.decode_options = decode_options
         self.out = None
         if segment.overlays:
-            from store.backends import open_store
+            from storage import open_store
 
             if not segment.out_uri:
                 raise ValueError("overlays need an output location")
@@ -630,7 +627,8 @@ class SegmenterWorker:
         return out
 
     def _features(self, row: dict[str, Any]) -> tuple[Any, bool]:
-        from store.backends import CorruptObject, ObjectNotFound
+        from storage import CorruptObject
+        from storage import NotFound as ObjectNotFound
 
         try:
             return self.store.get(self.model_id, row["sha256"]), False

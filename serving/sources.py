@@ -73,43 +73,25 @@ def resolve_uri(uri: str, allowed_prefixes: tuple[str, ...]) -> tuple[str, str]:
     raise ApiError("uri_not_allowed", f"{uri[:200]!r}: only s3://, file:// and absolute paths are supported")
 
 
-def _read_s3(uri: str, max_bytes: int, endpoint_url: str | None) -> bytes:
-    from store.backends import ObjectNotFound, StoreError, open_store, split_s3_uri
+def _read(kind: str, where: str, max_bytes: int, endpoint_url: str | None) -> bytes:
+    """The object's bytes through the storage layer, its errors as the API's."""
+    import storage
 
-    bucket, key = split_s3_uri(uri)
-    backend = open_store(f"s3://{bucket}", endpoint_url=endpoint_url)
     try:
-        size = backend.stat(key).size
-        if size > max_bytes:
-            raise ApiError("body_too_large", f"the object has {size} bytes; the limit is {max_bytes}")
-        return backend.get(key)
-    except ObjectNotFound:
-        raise ApiError("image_not_found", f"no object at {uri[:200]!r}") from None
-    except StoreError as e:
-        raise ApiError("unavailable", f"could not read {uri[:200]!r}: {e}") from None
-    except ValueError as e:  # a key the store refuses
-        raise ApiError("uri_not_allowed", f"{uri[:200]!r}: {e}") from None
-
-
-def _read_file(path: str, max_bytes: int) -> bytes:
-    try:
-        if not os.path.isfile(path):
-            raise ApiError("image_not_found", "no file at that path")
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            raise ApiError("body_too_large", f"the file has {size} bytes; the limit is {max_bytes}")
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except OSError as e:
-        raise ApiError("image_not_found", f"cannot read the file: {e.strerror}") from None
-    if len(data) > max_bytes:  # grew while we read it
-        raise ApiError("body_too_large", f"the file is over the limit of {max_bytes} bytes")
-    return data
+        return storage.read_bytes(where, endpoint_url=endpoint_url, max_bytes=max_bytes)
+    except storage.TooLarge as e:
+        raise ApiError("body_too_large", f"the object has {e.size} bytes; the limit is {max_bytes}") from None
+    except storage.NotFound:
+        raise ApiError("image_not_found", f"no object at {where[:200]!r}" if kind == "s3" else "no file at that path") from None
+    except storage.InvalidURI as e:
+        raise ApiError("uri_not_allowed", f"{where[:200]!r}: {e}") from None
+    except storage.StorageError as e:
+        if kind == "file":  # a directory, a file we may not read: nothing to fetch there
+            raise ApiError("image_not_found", f"cannot read the file: {e}") from None
+        raise ApiError("unavailable", f"could not read {where[:200]!r}: {e}") from None
 
 
 async def read_uri(uri: str, allowed_prefixes: tuple[str, ...], max_bytes: int, endpoint_url: str | None) -> bytes:
     """The bytes at `uri` (blocking reads run in a thread)."""
     kind, where = resolve_uri(uri, allowed_prefixes)
-    if kind == "s3":
-        return await asyncio.to_thread(_read_s3, where, max_bytes, endpoint_url)
-    return await asyncio.to_thread(_read_file, where, max_bytes)
+    return await asyncio.to_thread(_read, kind, where, max_bytes, endpoint_url)

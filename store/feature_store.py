@@ -42,7 +42,9 @@ import numpy as np
 import torch
 
 from model.types import ImageFeatures
-from store.backends import CorruptObject, ObjectNotFound, ObjectStore, check_model_id, open_store
+from storage import CorruptObject, ObjectStore, open_store
+from storage import NotFound as ObjectNotFound
+from store.backends import check_model_id
 from store.manifest import Manifest
 
 __all__ = [

@@ -36,7 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from store.backends import CorruptObject, ObjectNotFound, ObjectStore, check_model_id, open_store
+from storage import CorruptObject, ObjectStore, open_store
+from storage import NotFound as ObjectNotFound
+from store.backends import check_model_id
 
 __all__ = ["Manifest", "ManifestRow", "DoneEntry", "MANIFEST_SCHEMA"]
 

@@ -375,7 +375,9 @@ def run_training(cfg: TrainConfig, *, storage_path: str, name: str, num_workers:
     if storage_path.startswith("s3://"):
         import pyarrow.fs as pafs
 
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        from storage import resolve_endpoint_url
+
+        endpoint = resolve_endpoint_url(endpoint_url)
         kwargs = {}
         if endpoint:
             scheme, _, host = endpoint.partition("://")

@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-from store import backends
-from store.backends import LocalStore, ObjectNotFound, S3Store, StoreError, TEMP_PREFIX, open_store
+from storage import local
+from storage import (TEMP_PREFIX, BucketNotFound, LocalStore, NotFound, S3Store, StorageError, open_store)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -40,11 +40,11 @@ def test_round_trip(store):
 
 
 def test_missing_key_names_uri(store):
-    with pytest.raises(ObjectNotFound) as info:
+    with pytest.raises(NotFound) as info:
         store.get("nope/x.bin")
-    assert isinstance(info.value, KeyError)
+    assert isinstance(info.value, KeyError) and isinstance(info.value, FileNotFoundError)
     assert store.uri("nope/x.bin") in str(info.value)
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(NotFound):
         store.stat("nope/x.bin")
 
 
@@ -80,7 +80,7 @@ def test_local_failed_write_leaves_nothing(tmp_path, monkeypatch):
         os.write(fd, data[: len(data) // 2])  # some bytes really reach the temp file
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(backends, "_write_fully", half_then_fail)
+    monkeypatch.setattr(local, "write_fully", half_then_fail)
     with pytest.raises(OSError):
         store.put_atomic("d/new.bin", b"x" * 1000)
     with pytest.raises(OSError):
@@ -138,8 +138,9 @@ def test_s3_pagination(s3_bucket):
 
 def test_s3_missing_bucket(s3_server):
     store = S3Store("no-such-bucket-here", endpoint_url=s3_server)
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(BucketNotFound, match="does not exist"):
         store.get("k")
+    assert issubclass(BucketNotFound, StorageError) and not issubclass(BucketNotFound, NotFound)
 
 
 def test_s3_store_pickles_without_client(s3_bucket):

@@ -1,0 +1,39 @@
+"""The package import rules of docs/architecture.md, checked on the source."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("storage", "model", "store", "pipeline", "serving", "training")
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names of every module imported anywhere in the file (lazy imports too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _sources() -> dict[str, list[Path]]:
+    found = {pkg: sorted((ROOT / pkg).rglob("*.py")) for pkg in PACKAGES}
+    found["(top level, bench, infra)"] = [ROOT / "seem_cli.py", *(ROOT / "bench").rglob("*.py"),
+                                         *(ROOT / "infra").rglob("*.py")]
+    return found
+
+
+def test_only_storage_imports_boto3():
+    offenders = [str(path.relative_to(ROOT)) for pkg, paths in _sources().items() if pkg != "storage"
+                 for path in paths if _imports(path) & {"boto3", "botocore"}]
+    assert offenders == []
+    assert {"boto3", "botocore"} <= set().union(*map(_imports, (ROOT / "storage").rglob("*.py")))
+
+
+def test_storage_is_the_bottom_package():
+    ours = set(PACKAGES) | {"seem_cli", "bench", "tests"}
+    for path in (ROOT / "storage").rglob("*.py"):
+        assert not (_imports(path) & ours), path
