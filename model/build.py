@@ -16,6 +16,7 @@ from .checkpoint import load_checkpoint
 from .coco_classes import COCO_PANOPTIC_CLASSES, COCO_STUFF_CLASSES
 from .config import (DecoderConfig, DeformPixelDecoderConfig, FocalConfig, InferenceConfig, PixelDecoderConfig,
                      SeemConfig, TextConfig, ViTConfig, load_config_file)
+from .shapes_classes import SHAPES_CATEGORIES, SHAPES_STUFF_CLASSES
 from .seem import Seem
 
 log = logging.getLogger(__name__)
@@ -51,18 +52,8 @@ SEEM_SAMVITB_V1 = SeemConfig(
 )
 
 
-def _shapes_world_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    try:
-        from training.shapes_world import default_vocabulary
-    except ImportError:  # a model-only install without the training package
-        return (), ()
-    vocab = default_vocabulary()
-    return vocab.names, tuple(sorted(vocab.stuff))
-
-
 def seem_tiny_config() -> SeemConfig:
     """seem-tiny: the same architecture with small dims, trained by the project on Shapes World."""
-    names, stuff = _shapes_world_vocabulary()
     return SeemConfig(
         name="seem-tiny",
         backbone=FocalConfig(variant="focal_dw", embed_dim=32, depths=(1, 1, 2, 1), focal_levels=(2, 2, 2, 2),
@@ -81,8 +72,8 @@ def seem_tiny_config() -> SeemConfig:
         # then removes it (docs/design-notes.md).
         inference=InferenceConfig(resize_shortest_edge=256, resize_max_size=512, object_mask_threshold=0.3,
                                   prompted_mask_labels="object_match", drop_negated_pieces=True),
-        default_vocabulary=names,
-        default_stuff=stuff,
+        default_vocabulary=SHAPES_CATEGORIES,
+        default_stuff=tuple(sorted(SHAPES_STUFF_CLASSES)),
     )
 
 

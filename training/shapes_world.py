@@ -38,12 +38,14 @@ import numpy as np
 from numpy.random import PCG64, Generator, SeedSequence
 from PIL import Image
 
+from model.shapes_classes import SHAPES_CATEGORIES as CATEGORIES
+from model.shapes_classes import SHAPES_STUFF_CLASSES as STUFF_CLASSES
+from model.shapes_classes import SHAPES_THING_CLASSES as THING_CLASSES
 from model.types import Vocabulary
 
 # --------------------------------------------------------------------------- constants
-THING_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "ring", "diamond", "cross")
-STUFF_CLASSES: tuple[str, ...] = ("sky", "grass", "sand", "water", "wall", "floor")
-CATEGORIES: tuple[str, ...] = THING_CLASSES + STUFF_CLASSES
+# The category names (THING_CLASSES, STUFF_CLASSES, CATEGORIES) belong to the model
+# (model/shapes_classes.py): seem-tiny's vocabulary must not need this package.
 
 # Saturated flat colours; the stuff textures are muted, so no thing colour can be taken
 # for background (and the green/blue things are far more saturated than grass/water/sky).
