@@ -96,6 +96,28 @@ def draw_memory_assignment(num_layers: int, num_memories: int, num_prompts: int,
                         for _ in range(num_layers)])
 
 
+@dataclass
+class _DecoderRun:
+    """What one forward pass carries from layer to layer."""
+
+    mask_features: torch.Tensor
+    grounding: GroundingInput | None
+    spatial: SpatialInput | None
+    sizes: list[tuple[int, int]]  # per level
+    values: list[torch.Tensor]  # per level, B x HW x C
+    keys: list[torch.Tensor]  # per level, values + positional encoding
+    content: dict[str, torch.Tensor] = field(default_factory=dict)  # per group, B x N x C
+    qpos: dict[str, torch.Tensor] = field(default_factory=dict)
+    cross_names: list[str] = field(default_factory=list)
+    head_names: list[str] = field(default_factory=list)
+    spatial_prompt: torch.Tensor | None = None  # prompt index of each spatial query
+    memory_prompt: torch.Tensor | None = None  # num_layers x M
+    memory_masks: list[torch.Tensor] | None = None  # per level, B x ns x h*w
+    resamplers: dict[tuple[int, int], LevelResampler] = field(default_factory=dict)  # per level size
+    self_masks: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    output: DecoderOutput = field(default_factory=DecoderOutput)
+
+
 class SeemDecoder(nn.Module):
     # Up to this many queries, intermediate rounds compute stride-4 masks and resize them;
     # beyond it they compute masks only where the next level's bilinear taps read.
@@ -160,26 +182,42 @@ class SeemDecoder(nn.Module):
             raise ValueError("full_masks must be 'final' or 'all'")
         if not (object_queries or grounding is not None or spatial is not None):
             raise ValueError("nothing to decode: no object queries and no prompt")
-        bs = mask_features.shape[0]
-        nq, d = self.cfg.num_queries, self.cfg.hidden_dim
-        levels = self.cfg.num_feature_levels
-        sources = self.level_sources(multi_scale)
-        sizes = [tuple(s.shape[-2:]) for s in sources]
-        values = [s.flatten(2).transpose(1, 2) for s in sources]  # B x HW x C
-        keys = [v + self.pe_layer(m).flatten(2).transpose(1, 2) for v, m in zip(values, multi_scale)]
+        run = self._start(multi_scale, mask_features, object_queries, grounding, spatial)
+        num_layers = self.cfg.num_layers
+        attn_mask = self._heads(run, 0, full_masks == "all" or num_layers == 0)
+        for i in range(num_layers):
+            self._layer(run, i, attn_mask)
+            last = i == num_layers - 1
+            attn_mask = self._heads(run, (i + 1) % self.cfg.num_feature_levels, last or full_masks == "all")
+        return run.output
 
-        # Query groups: content and positional embedding, B x N x C each.
-        content: dict[str, torch.Tensor] = {}
-        qpos: dict[str, torch.Tensor] = {}
+    def _start(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, object_queries: bool,
+               grounding: GroundingInput | None, spatial: SpatialInput | None) -> "_DecoderRun":
+        """Per-level keys and values, the query groups and the memories' masks of one forward."""
+        sources = self.level_sources(multi_scale)
+        values = [s.flatten(2).transpose(1, 2) for s in sources]  # B x HW x C
+        run = _DecoderRun(
+            mask_features=mask_features, grounding=grounding, spatial=spatial,
+            sizes=[tuple(s.shape[-2:]) for s in sources], values=values,
+            keys=[v + self.pe_layer(m).flatten(2).transpose(1, 2) for v, m in zip(values, multi_scale)])
+        self._set_up_queries(run, object_queries)
+        if MEMORY in run.content:
+            self._set_up_memories(run)
+        return run
+
+    def _set_up_queries(self, run: "_DecoderRun", object_queries: bool) -> None:
+        """Query groups: content and positional embedding, B x N x C each."""
+        bs = run.mask_features.shape[0]
+        content, qpos = run.content, run.qpos
         base_c = self.query_feat.weight[None].expand(bs, -1, -1)
         base_p = self.query_embed.weight[None].expand(bs, -1, -1)
         if object_queries:
             content[OBJECT], qpos[OBJECT] = base_c, base_p
-        if grounding is not None:
+        if run.grounding is not None:
             content[GROUNDING], qpos[GROUNDING] = base_c, base_p
-            content[GTOKENS] = grounding.tokens
-            qpos[GTOKENS] = grounding.tokens.detach()
-        spatial_prompt = None
+            content[GTOKENS] = run.grounding.tokens
+            qpos[GTOKENS] = run.grounding.tokens.detach()
+        spatial = run.spatial
         if spatial is not None:
             src = spatial.query_source
             if src.dim() == 1:
@@ -187,90 +225,87 @@ class SeemDecoder(nn.Module):
                 qpos[SPATIAL] = self.query_embed.weight[src][None].expand(bs, -1, -1)
             else:
                 content[SPATIAL], qpos[SPATIAL] = self.query_feat.weight[src], self.query_embed.weight[src]
-            spatial_prompt = torch.arange(spatial.num_prompts, device=mask_features.device).repeat_interleave(
+            run.spatial_prompt = torch.arange(spatial.num_prompts, device=run.mask_features.device).repeat_interleave(
                 self.cfg.queries_per_prompt)
             if spatial.prev_mask is not None:
                 content[MEMORY] = self.spatial_featured.weight[None].expand(bs, -1, -1)
                 qpos[MEMORY] = self.spatial_embed.weight[None].expand(bs, -1, -1)
-        cross_names = [n for n in (OBJECT, GROUNDING, SPATIAL, MEMORY) if n in content]
-        head_names = [n for n in cross_names if n != MEMORY]  # memories' masks are never used
+        run.cross_names = [n for n in (OBJECT, GROUNDING, SPATIAL, MEMORY) if n in content]
+        run.head_names = [n for n in run.cross_names if n != MEMORY]  # memories' masks are never used
 
-        memory_masks = None
-        if MEMORY in content:
-            memory_prompt = spatial.memory_prompt
-            if memory_prompt is None:
-                memory_prompt = self.draw_memory_assignment(spatial.num_prompts)
-            memory_prompt = memory_prompt.to(mask_features.device)
-            if memory_prompt.dim() == 1:
-                memory_prompt = memory_prompt[None].expand(self.cfg.num_layers, -1)
-            # Blocked outside the previous round's mask of the memory's prompt, per level.
-            memory_masks = []
-            for size in sizes:
-                prev = F.interpolate(spatial.prev_mask, size=size, mode="bilinear", align_corners=False)
-                memory_masks.append((prev.sigmoid() < 0.5).flatten(2))
+    def _set_up_memories(self, run: "_DecoderRun") -> None:
+        """Which prompt each memory serves per layer, and its cross-attention mask per level:
+        blocked outside the previous round's mask of that prompt."""
+        spatial = run.spatial
+        memory_prompt = spatial.memory_prompt
+        if memory_prompt is None:
+            memory_prompt = self.draw_memory_assignment(spatial.num_prompts)
+        memory_prompt = memory_prompt.to(run.mask_features.device)
+        if memory_prompt.dim() == 1:
+            memory_prompt = memory_prompt[None].expand(self.cfg.num_layers, -1)
+        run.memory_prompt = memory_prompt
+        run.memory_masks = []
+        for size in run.sizes:
+            prev = F.interpolate(spatial.prev_mask, size=size, mode="bilinear", align_corners=False)
+            run.memory_masks.append((prev.sigmoid() < 0.5).flatten(2))
+
+    def _heads(self, run: "_DecoderRun", next_level: int, full: bool) -> torch.Tensor:
+        """Heads on the cross-attention groups (one round of the output); returns the next
+        layer's attention mask, B x N x h*w at `next_level`'s size, True = blocked."""
+        names = run.head_names
+        sizes_q = [run.content[n].shape[1] for n in names]
+        x = torch.cat([run.content[n] for n in names], dim=1)
+        # With few queries the stride-4 masks are cheaper than gathering the map's rows.
+        stride4 = full or sum(sizes_q) <= self.STRIDE4_QUERY_LIMIT
+        heads = self.heads(x, run.mask_features if stride4 else None)
+        size = run.sizes[next_level]
+        if stride4:
+            level_masks = F.interpolate(heads.masks, size=size, mode="bilinear", align_corners=False)
+            if not full:
+                heads.masks = None
         else:
-            memory_prompt = None
+            if size not in run.resamplers:
+                run.resamplers[size] = LevelResampler(run.mask_features, size)
+            level_masks = run.resamplers[size](heads.mask_emb)
+        # torch.split: one backward node per tensor instead of one per group slice.
+        class_emb = heads.class_emb.split(sizes_q, dim=1)
+        mask_emb = heads.mask_emb.split(sizes_q, dim=1)
+        masks = heads.masks.split(sizes_q, dim=1) if heads.masks is not None else [None] * len(names)
+        run.output.rounds.append({n: HeadOutput(c, e, m) for n, c, e, m in zip(names, class_emb, mask_emb, masks)})
+        return (level_masks.sigmoid() < 0.5).flatten(2).detach()
 
-        resamplers: dict[int, LevelResampler] = {}
-        output = DecoderOutput()
+    def _layer(self, run: "_DecoderRun", i: int, attn_mask: torch.Tensor) -> None:
+        """Decoder layer i: cross-attention to level i % levels, self-attention, FFN."""
+        level = i % self.cfg.num_feature_levels
+        content, qpos = run.content, run.qpos
+        mask = attn_mask
+        if run.memory_masks is not None:
+            mask = torch.cat([mask, run.memory_masks[level][:, run.memory_prompt[i]]], dim=1)
+        mask = mask & ~mask.all(-1, keepdim=True)  # an all-blocked row attends everywhere
+        names = run.cross_names
+        x = torch.cat([content[n] for n in names], dim=1)
+        pos = torch.cat([qpos[n] for n in names], dim=1)
+        x = self.transformer_cross_attention_layers[i](x, run.keys[level], run.values[level], pos, mask[:, None])
+        content.update(zip(names, x.split([content[n].shape[1] for n in names], dim=1)))
 
-        num_head_queries = sum(content[n].shape[1] for n in head_names)
-
-        def run_heads(next_level: int, full: bool) -> torch.Tensor:
-            """Heads on the cross-attention groups; returns the next layer's attention mask."""
-            x = torch.cat([content[n] for n in head_names], dim=1)
-            # With few queries the stride-4 masks are cheaper than gathering the map's rows.
-            stride4 = full or num_head_queries <= self.STRIDE4_QUERY_LIMIT
-            heads = self.heads(x, mask_features if stride4 else None)
-            if stride4:
-                level_masks = F.interpolate(heads.masks, size=sizes[next_level], mode="bilinear", align_corners=False)
-                if not full:
-                    heads.masks = None
-            else:
-                if next_level not in resamplers:
-                    resamplers[next_level] = LevelResampler(mask_features, sizes[next_level])
-                level_masks = resamplers[next_level](heads.mask_emb)
-            # torch.split: one backward node per tensor instead of one per group slice.
-            sizes_q = [content[n].shape[1] for n in head_names]
-            class_emb = heads.class_emb.split(sizes_q, dim=1)
-            mask_emb = heads.mask_emb.split(sizes_q, dim=1)
-            masks = heads.masks.split(sizes_q, dim=1) if heads.masks is not None else [None] * len(head_names)
-            output.rounds.append({n: HeadOutput(c, e, m) for n, c, e, m in zip(head_names, class_emb, mask_emb, masks)})
-            return (level_masks.sigmoid() < 0.5).flatten(2).detach()
-
-        num_layers = self.cfg.num_layers
-        attn_mask = run_heads(0, full_masks == "all" or num_layers == 0)
-        self_masks: dict[tuple, torch.Tensor] = {}
-        for i in range(num_layers):
-            level = i % levels
-            mask = attn_mask
-            if memory_masks is not None:
-                mask = torch.cat([mask, memory_masks[level][:, memory_prompt[i]]], dim=1)
-            mask = mask & ~mask.all(-1, keepdim=True)  # an all-blocked row attends everywhere
-            x = torch.cat([content[n] for n in cross_names], dim=1)
-            pos = torch.cat([qpos[n] for n in cross_names], dim=1)
-            x = self.transformer_cross_attention_layers[i](x, keys[level], values[level], pos, mask[:, None])
-            content.update(zip(cross_names, x.split([content[n].shape[1] for n in cross_names], dim=1)))
-
-            if spatial is not None:
-                content[STOKENS] = spatial.tokens[level]
-                qpos[STOKENS] = spatial.tokens[level].detach()
-            self_names = [n for n in (OBJECT, GROUNDING, SPATIAL, GTOKENS, STOKENS, MEMORY) if n in content]
-            layer_memory = None if memory_prompt is None else memory_prompt[i]
-            mask_key = (level, None if layer_memory is None else tuple(layer_memory.tolist()))
-            if mask_key not in self_masks:
-                self_masks[mask_key] = self._self_attention_mask(
-                    self_names, content, grounding, spatial, spatial_prompt, layer_memory, level)
-            x = torch.cat([content[n] for n in self_names], dim=1)
-            pos = torch.cat([qpos[n] for n in self_names], dim=1)
-            x = self.transformer_self_attention_layers[i](x, pos, self_masks[mask_key][:, None])
-            x = self.transformer_ffn_layers[i](x)
-            content.update(zip(self_names, x.split([content[n].shape[1] for n in self_names], dim=1)))
-            content.pop(STOKENS, None)  # spatial tokens are re-inserted fresh at the next layer
-            qpos.pop(STOKENS, None)
-            last = i == num_layers - 1
-            attn_mask = run_heads((i + 1) % levels, last or full_masks == "all")
-        return output
+        spatial = run.spatial
+        if spatial is not None:
+            content[STOKENS] = spatial.tokens[level]
+            qpos[STOKENS] = spatial.tokens[level].detach()
+        names = [n for n in (OBJECT, GROUNDING, SPATIAL, GTOKENS, STOKENS, MEMORY) if n in content]
+        layer_memory = None if run.memory_prompt is None else run.memory_prompt[i]
+        # The pattern depends on the level (its spatial tokens) and the layer's memory draw only.
+        mask_key = (level, None if layer_memory is None else tuple(layer_memory.tolist()))
+        if mask_key not in run.self_masks:
+            run.self_masks[mask_key] = self._self_attention_mask(
+                names, content, run.grounding, spatial, run.spatial_prompt, layer_memory, level)
+        x = torch.cat([content[n] for n in names], dim=1)
+        pos = torch.cat([qpos[n] for n in names], dim=1)
+        x = self.transformer_self_attention_layers[i](x, pos, run.self_masks[mask_key][:, None])
+        x = self.transformer_ffn_layers[i](x)
+        content.update(zip(names, x.split([content[n].shape[1] for n in names], dim=1)))
+        content.pop(STOKENS, None)  # spatial tokens are re-inserted fresh at the next layer
+        qpos.pop(STOKENS, None)
 
     # ------------------------------------------------------------------ self-attention pattern
     def _self_attention_mask(self, names: list[str], content: dict[str, torch.Tensor],
