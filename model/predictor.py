@@ -393,8 +393,10 @@ class SeemPredictor:
         """Masks of visual targets, and the object queries of the same pass when they ran (for
         labels, `prompted_mask_labels="object_match"`, or when asked with `with_objects`)."""
         m = self.model
-        generator = torch.Generator().manual_seed(self.seed)
-        per_target = [self._visual_tokens(t, features, mask_features, ms, generator) for t in targets]
+        # One generator per target, each seeded alike: a target's random draws (token points,
+        # query sources) and so its mask do not depend on which other targets share the pass.
+        generators = [torch.Generator().manual_seed(self.seed) for _ in targets]
+        per_target = [self._visual_tokens(t, features, mask_features, ms, g) for t, g in zip(targets, generators)]
         ns = len(targets)
         # One token set with a prompt index per target.
         tokens = SpatialTokens(
@@ -405,7 +407,8 @@ class SeemPredictor:
             neg_embed=torch.cat([t.neg_embed for t in per_target]),
         )
         draws = draws or Draws()
-        source = draws.query_source if draws.query_source is not None else m.decoder.draw_query_sources(ns, generator)
+        source = draws.query_source if draws.query_source is not None else \
+            torch.cat([m.decoder.draw_query_sources(1, g) for g in generators])
         prev = [self._memory(mem, features) for mem in memories]
         prev_mask = None
         memory_prompt = None
@@ -414,7 +417,7 @@ class SeemPredictor:
                 raise PromptError("give a previous mask for every target of a multi-object request, or for none")
             prev_mask = torch.cat(prev, dim=1)
             memory_prompt = draws.memory_prompt if draws.memory_prompt is not None else \
-                m.decoder.draw_memory_assignment(ns, generator)
+                m.decoder.draw_memory_assignment(ns, generators[0])
         grounding = None
         text = targets[0].text if len(targets) == 1 else None
         if text is not None:

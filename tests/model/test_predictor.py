@@ -86,6 +86,19 @@ def test_multi_object_pass_and_rounds(tiny_predictor, photo) -> None:
         tiny_predictor.decode(f, targets, previous_mask=[first[0].memory])
 
 
+def test_a_target_gets_the_same_mask_alone_or_in_a_multi_object_pass(tiny_predictor, photo) -> None:
+    """Bulk jobs decode many targets of an image per call; each must get what it gets alone
+    (its random draws are its own), or results would depend on how entries are batched."""
+    f = tiny_predictor.encode([photo])[0]
+    targets = [Prompts(spatial=(Point(10, 10),)), Prompts(spatial=(Box(100, 80, 160, 150),)),
+               Prompts(spatial=(Point(120, 100), Point(20, 20, positive=False)))]
+    together = tiny_predictor.decode(f, targets, max_masks=2)
+    for target, seg in zip(targets, together):
+        alone = tiny_predictor.decode(f, target, max_masks=2)
+        for a, b in zip(alone.masks, seg.masks):
+            assert np.array_equal(a.mask, b.mask) and a.score == pytest.approx(b.score, abs=1e-5)
+
+
 def test_prompts_outside_the_image_are_rejected(tiny_predictor, photo) -> None:
     f = tiny_predictor.encode([photo])[0]
     h, w = photo.shape[:2]
