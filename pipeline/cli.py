@@ -161,12 +161,24 @@ def _segment_options(args: argparse.Namespace) -> Any:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    """seem segment SRC --out OUT [--store STORE] [--vocabulary ...] [--text ...] [--overlays]"""
+    """seem segment SRC --out OUT [--store STORE] [--vocabulary ...] [--text ...] [--overlays]
+    or seem segment SRC --prompts FILE --out OUT [--with-category-text]"""
     _setup_logging(args)
-    from pipeline.jobs import segment_job
-
     fresh = not _ray_running_before()
-    summary = segment_job(args.src, args.out, args.store, _segment_options(args), _encode_options(args))
+    if args.prompts:
+        from pipeline.prompt_job import PromptOptions, prompted_segment_job
+
+        if args.text:
+            raise SystemExit("seem segment: --text and --prompts do not go together (put phrases in the prompts file)")
+        prompt_options = PromptOptions(prompts=args.prompts, with_category_text=args.with_category_text,
+                                       vocabulary=args.vocabulary, stuff=args.stuff, overlays=args.overlays,
+                                       out_endpoint_url=args.endpoint_url, batch_size=args.segment_batch_size,
+                                       prompts_per_call=args.prompts_per_call, pool=args.decoder_pool)
+        summary = prompted_segment_job(args.src, args.out, args.store, prompt_options, _encode_options(args))
+    else:
+        from pipeline.jobs import segment_job
+
+        summary = segment_job(args.src, args.out, args.store, _segment_options(args), _encode_options(args))
     return _finish(summary, args, fresh)
 
 
@@ -224,6 +236,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, help=f"feature store (default: {DEFAULT_STORE})")
     p.add_argument("--overlays", action="store_true", help="also write one overlay PNG per image")
     _add_segment_args(p)
+    g = p.add_argument_group("prompts per image (see README, 'Prompt files')")
+    g.add_argument("--prompts", metavar="FILE",
+                   help="segment the objects a prompts file names instead: a COCO detection file (each annotation's "
+                        "box) or JSON lines of {image, id, prompts, object_id}; local or s3://")
+    g.add_argument("--with-category-text", action="store_true",
+                   help="COCO prompts: add each annotation's category name as a text prompt to its box")
+    g.add_argument("--prompts-per-call", type=int, default=32, help="targets per decoder call (default: 32)")
     _add_common(p)
     p.set_defaults(func=cmd_segment)
 

@@ -16,7 +16,10 @@ masks.parquet, one row per mask:
     uri, sha256, image_id, mask_id, index (within the image), source ("panoptic"|"text"),
     prompt, label, class_label, category_id, score, label_score, bbox [x, y, w, h], area,
     rle {size: [h, w], counts: COCO compressed RLE string}
-errors.parquet, one row per failed item: uri, stage, reason.
+    prompt_id, annotation_id, object_id (prompted masks: the prompts file's line "id" /
+    annotation id in annotations.json / "object_id"; null for panoptic and text masks)
+errors.parquet, one row per failed item: uri, stage, reason, and for a prompts file's
+    broken line or annotation its line number / annotation_id / prompt_id.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ __all__ = [
     "masks_table",
     "errors_table",
     "coco_document",
+    "prompted_masks_table",
+    "filled_coco",
     "write_outputs",
     "render_overlay",
     "palette",
@@ -58,12 +63,20 @@ MASKS_SCHEMA = pa.schema(
         ("bbox", pa.list_(pa.int32(), 4)),
         ("area", pa.int64()),
         ("rle", pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])),
+        # Prompted masks (seem segment --prompts): which line / annotation asked for them.
+        ("prompt_id", pa.string()),
+        ("annotation_id", pa.int64()),
+        ("object_id", pa.string()),
     ]
 )
 
-ERRORS_SCHEMA = pa.schema([("uri", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
+ERRORS_SCHEMA = pa.schema([
+    ("uri", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+    # A prompts file's broken line (1-based) or annotation, and the line's "id".
+    ("line", pa.int64()), ("annotation_id", pa.int64()), ("prompt_id", pa.string()),
+])
 
-_STAGES = ("list", "read", "decode", "encode", "store", "segment", "overlay")
+_STAGES = ("list", "read", "decode", "encode", "store", "segment", "overlay", "prompts")
 
 
 def build_categories(vocabulary: Sequence[str], stuff: Iterable[str], texts: Sequence[str],
@@ -110,19 +123,24 @@ def masks_table(segmented: pa.Table) -> pa.Table:
                          "label_score", "bbox", "area"):
                 cols[name].append(m[name])
             cols["rle"].append({"size": [img["height"], img["width"]], "counts": m["rle_counts"]})
+            for name in ("prompt_id", "annotation_id", "object_id"):
+                cols[name].append(None)
     return pa.Table.from_pydict(cols, schema=MASKS_SCHEMA)
 
 
-def errors_table(rows: Iterable[tuple[str, str]]) -> pa.Table:
-    """errors.parquet from (uri, "<stage>: <reason>") pairs, sorted by uri, one per uri."""
+def errors_table(rows: Iterable[tuple[str, str]], entry_errors: Iterable[dict[str, Any]] = ()) -> pa.Table:
+    """errors.parquet from (uri, "<stage>: <reason>") pairs, sorted by uri, one per uri,
+    then a prompts file's failed entries (dicts with uri, error, line, annotation_id,
+    prompt_id) in file order."""
     seen: dict[str, tuple[str, str]] = {}
     for uri, message in rows:
         seen.setdefault(uri, split_error(message))
-    uris = sorted(seen)
-    return pa.table(
-        {"uri": uris, "stage": [seen[u][0] for u in uris], "reason": [seen[u][1] for u in uris]},
-        schema=ERRORS_SCHEMA,
-    )
+    out = [{"uri": u, "stage": seen[u][0], "reason": seen[u][1]} for u in sorted(seen)]
+    for e in entry_errors:
+        stage, reason = split_error(e["error"])
+        out.append({"uri": e.get("uri"), "stage": stage, "reason": reason, "line": e.get("line"),
+                    "annotation_id": e.get("annotation_id"), "prompt_id": e.get("prompt_id")})
+    return pa.Table.from_pylist(out, schema=ERRORS_SCHEMA)
 
 
 def coco_document(segmented: pa.Table, masks: pa.Table, categories: list[dict[str, Any]],
@@ -151,8 +169,52 @@ def coco_document(segmented: pa.Table, masks: pa.Table, categories: list[dict[st
         }
         if m["prompt"] is not None:
             ann["prompt"] = m["prompt"]
+        for name in ("prompt_id", "object_id"):
+            if m.get(name) is not None:
+                ann[name] = m[name]
         annotations.append(ann)
     return {"info": info, "images": images, "annotations": annotations, "categories": categories}
+
+
+def prompted_masks_table(done: Sequence[dict[str, Any]]) -> pa.Table:
+    """masks.parquet of a prompted job: one row per segmented entry, in `done`'s order.
+
+    Each item: uri, sha256, image_id, width, height, prompts (canonical JSON), label,
+    category_id, prompt_id, annotation_id, object_id, and `result` (a `prompted.PROMPT_RESULT`
+    row with status ok)."""
+    rows, per_image = [], {}
+    for mask_id, d in enumerate(done, start=1):
+        r = d["result"]
+        index = per_image[d["uri"]] = per_image.get(d["uri"], -1) + 1
+        rows.append({
+            "uri": d["uri"], "sha256": d["sha256"], "image_id": d["image_id"], "mask_id": mask_id, "index": index,
+            "source": "prompt", "prompt": d["prompts"], "label": d["label"], "class_label": r["class_label"],
+            "category_id": d["category_id"], "score": r["score"], "label_score": r["label_score"], "bbox": r["bbox"],
+            "area": r["area"], "rle": {"size": [d["height"], d["width"]], "counts": r["rle_counts"]},
+            "prompt_id": d["prompt_id"], "annotation_id": d["annotation_id"] if d["annotation_id"] is not None else mask_id,
+            "object_id": d["object_id"],
+        })
+    return pa.Table.from_pylist(rows, schema=MASKS_SCHEMA)
+
+
+def filled_coco(document: dict[str, Any], masks: pa.Table, failed: dict[int, str]) -> dict[str, Any]:
+    """A COCO prompts file with each segmented annotation's `segmentation` (compressed RLE),
+    `area` and `score` filled in; every other id, category and field kept as it was. An
+    annotation that could not be segmented keeps its fields and gains `error` (the reason)."""
+    by_id = {m["annotation_id"]: m for m in masks.select(["annotation_id", "rle", "area", "score"]).to_pylist()}
+    out = dict(document)
+    annotations = []
+    for ann in document.get("annotations", []):
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        m = by_id.get(ann_id)
+        if m is not None:
+            ann = {**ann, "segmentation": {"size": list(m["rle"]["size"]), "counts": m["rle"]["counts"]},
+                   "area": m["area"], "score": m["score"]}
+        elif ann_id in failed:
+            ann = {**ann, "error": failed[ann_id]}
+        annotations.append(ann)
+    out["annotations"] = annotations
+    return out
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -201,10 +263,32 @@ def _label_anchor(mask: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
+def _draw_prompts(draw: Any, prompts: Sequence[Any], color: tuple[int, int, int], scale: float) -> None:
+    """Spatial prompts (model.types) in a mask's colour: boxes and polygons outlined, strokes
+    as lines, clicks as dots (ringed white when positive, black when negative)."""
+    from model.types import Box, Point, Polygon, Scribble
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return ((x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5)
+
+    for p in prompts:
+        if isinstance(p, Box):
+            draw.rectangle((*xy(p.x0, p.y0), *xy(p.x1, p.y1)), outline=color, width=2)
+        elif isinstance(p, Point):
+            x, y = xy(p.x, p.y)
+            ring = (255, 255, 255) if p.positive else (0, 0, 0)
+            draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=color, outline=ring, width=2)
+        elif isinstance(p, Polygon):
+            draw.polygon([xy(*q) for q in p.points], outline=color, width=2)
+        elif isinstance(p, Scribble):
+            draw.line([xy(*q) for q in p.path], fill=color, width=2)
+
+
 def render_overlay(image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequence[str], *,
-                   alpha: float = 0.45, max_side: int = 1600) -> bytes:
+                   alpha: float = 0.45, max_side: int = 1600, prompts: Sequence[Sequence[Any]] | None = None) -> bytes:
     """PNG bytes: the image with each mask filled in its colour, outlined, and its label
-    written on a dark box at a point inside it (legible on any background).
+    written on a dark box at a point inside it (legible on any background). `prompts`: the
+    spatial prompts of each mask, drawn in its colour (`_draw_prompts`).
 
     Images larger than `max_side` are drawn scaled down (masks with nearest neighbour)."""
     from PIL import Image, ImageDraw, ImageFont
@@ -225,6 +309,8 @@ def render_overlay(image: np.ndarray, masks: Sequence[np.ndarray], labels: Seque
         canvas[edge] = color
     out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
+    for mask_prompts, color in zip(prompts or (), colors):
+        _draw_prompts(draw, mask_prompts, color, scale)
     font_size = max(11, min(24, round(min(out.size) / 22)))
     try:
         font = ImageFont.load_default(size=font_size)

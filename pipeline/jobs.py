@@ -447,34 +447,45 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
 def _run_segmenter(inputs: pa.Table, model_id: str, store_uri: str, spec: SegmentSpec, seg: SegmentOptions,
                    opts: EncodeOptions) -> pa.Table:
     """All `SEGMENTED_SCHEMA` rows for `inputs` (through a decoder actor pool)."""
+    tables = []
+    with Progress(inputs.num_rows, "segment", enabled=opts.progress) as bar:
+        for batch in stream_actor_pool(inputs, SegmenterWorker, _segmenter_kwargs(model_id, store_uri, spec, opts),
+                                       SEGMENTED_SCHEMA, seg.pool, seg.batch_size, opts):
+            tables.append(batch)
+            bar.update(batch.num_rows)
+    return pa.concat_tables(tables) if tables else SEGMENTED_SCHEMA.empty_table()
+
+
+def _segmenter_kwargs(model_id: str, store_uri: str, spec: SegmentSpec, opts: EncodeOptions) -> dict[str, Any]:
+    return dict(model=opts.model, model_id=model_id, store_uri=store_uri, store_endpoint_url=opts.endpoint_url,
+                feature_format=opts.feature_format, segment=spec, decode_options=opts.decode)
+
+
+def stream_actor_pool(inputs: pa.Table, worker: type, kwargs: dict[str, Any], schema: pa.Schema,
+                      pool: tuple[int, int] | None, batch_size: int, opts: EncodeOptions) -> Iterator[pa.Table]:
+    """`schema` tables from `worker` actors (constructed with `kwargs` and `torch_threads`)
+    over `inputs`, in blocks of about `batch_size` rows, as they finish."""
     if inputs.num_rows == 0:
-        return SEGMENTED_SCHEMA.empty_table()
+        return
     import ray
     import ray.data
 
     init_ray(opts.address)
     _configure_ray_data()
-    res = _actor_resources(seg.pool, opts.gpus_per_actor, opts.cpus_per_actor, opts.torch_threads)
-    per_block = max(seg.batch_size, math.ceil(inputs.num_rows / _MAX_BLOCKS))
+    res = _actor_resources(pool, opts.gpus_per_actor, opts.cpus_per_actor, opts.torch_threads)
+    per_block = max(batch_size, math.ceil(inputs.num_rows / _MAX_BLOCKS))
     blocks = [inputs.slice(s, per_block) for s in range(0, inputs.num_rows, per_block)]
     ds = ray.data.from_arrow(blocks).map_batches(
-        SegmenterWorker,
+        worker,
         batch_format="pyarrow",
-        batch_size=seg.batch_size,
-        fn_constructor_kwargs=dict(model=opts.model, model_id=model_id, store_uri=store_uri,
-                                   store_endpoint_url=opts.endpoint_url, feature_format=opts.feature_format,
-                                   segment=spec, decode_options=opts.decode, torch_threads=res.torch_threads),
+        batch_size=batch_size,
+        fn_constructor_kwargs={**kwargs, "torch_threads": res.torch_threads},
         compute=ray.data.ActorPoolStrategy(min_size=res.pool[0], max_size=res.pool[1]),
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus or None,
     )
-    tables = []
-    with Progress(inputs.num_rows, "segment", enabled=opts.progress) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            batch = batch.cast(SEGMENTED_SCHEMA)
-            tables.append(batch)
-            bar.update(batch.num_rows)
-    return pa.concat_tables(tables) if tables else SEGMENTED_SCHEMA.empty_table()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield batch.cast(schema)
 
 
 def default_store() -> str:

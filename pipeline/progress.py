@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Progress", "EncodeSummary", "SegmentSummary"]
+__all__ = ["Progress", "EncodeSummary", "SegmentSummary", "PromptSummary"]
 
 
 class Progress:
@@ -117,5 +117,32 @@ class SegmentSummary:
         return self.encode.lines() + [
             f"segment: {self.segmented} images, {self.masks} masks | failed {self.failed} "
             f"(any stage) | {self.seconds:.1f} s | {self.images_per_s:.2f} images/s"
+            + (f" | {self.reencoded} re-encoded (features missing or damaged)" if self.reencoded else ""),
+        ] + [f"  {name:<17} {path}" for name, path in self.files.items()]
+
+
+@dataclass
+class PromptSummary(SegmentSummary):
+    """What a prompted segment job did: `entries` read from the prompts file (lines or
+    annotations, broken ones included), `decoded` by this run, `cached` from earlier runs."""
+
+    entries: int = 0
+    decoded: int = 0
+    cached: int = 0
+
+    @property
+    def masks_per_s(self) -> float:
+        return self.decoded / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = super().as_dict()
+        d["masks_per_s"] = self.masks_per_s
+        return d
+
+    def lines(self) -> list[str]:
+        return self.encode.lines() + [
+            f"prompts: {self.entries} entries on {self.segmented} images | {self.masks} masks | failed {self.failed} | "
+            f"decoded {self.decoded}, from earlier runs {self.cached} | {self.seconds:.1f} s | "
+            f"{self.masks_per_s:.1f} decoded/s"
             + (f" | {self.reencoded} re-encoded (features missing or damaged)" if self.reencoded else ""),
         ] + [f"  {name:<17} {path}" for name, path in self.files.items()]
