@@ -54,8 +54,9 @@ def test_categories_errors_and_split():
     assert exports.split_error("weird message: with colon") == ("unknown", "weird message: with colon")
     errors = exports.errors_table([("/z.jpg", "read: gone"), ("/a.jpg", "decode: empty file (0 bytes)"),
                                    ("/z.jpg", "decode: later duplicate")])
-    assert errors.to_pylist() == [{"uri": "/a.jpg", "stage": "decode", "reason": "empty file (0 bytes)"},
-                                  {"uri": "/z.jpg", "stage": "read", "reason": "gone"}]
+    no_entry = {"line": None, "annotation_id": None, "prompt_id": None}  # image errors, not a prompts file's
+    assert errors.to_pylist() == [{"uri": "/a.jpg", "stage": "decode", "reason": "empty file (0 bytes)", **no_entry},
+                                  {"uri": "/z.jpg", "stage": "read", "reason": "gone", **no_entry}]
 
 
 def test_masks_and_coco_round_trip(tmp_path):
