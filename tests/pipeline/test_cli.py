@@ -89,3 +89,33 @@ def test_samples_are_small_and_complete():
     files = sorted(p.name for p in SAMPLES_DIR.iterdir() if p.suffix in (".png", ".jpg"))
     assert files == sorted([f"shapes-{i}.png" for i in range(1, 7)] + ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"])
     assert sum(p.stat().st_size for p in SAMPLES_DIR.iterdir()) < 1_000_000
+
+
+def test_out_inside_the_source_and_files_without_extension(ray_address, tmp_path, capsys):
+    src = tmp_path / "photos"
+    for i in range(2):
+        write_png(src / f"im{i}.png", seed=i, size=(60, 90))
+    write_png(src / "IMG_0003", seed=3, size=(60, 90))  # a camera export without an extension
+    (src / "notes").write_text("not an image")
+    out, store = src / "results", tmp_path / "store"
+    for run in range(2):  # the second run must not read the first run's overlays as inputs
+        summary = tmp_path / f"seg{run}.json"
+        rc = seem_cli.main(["segment", str(src), "--out", str(out), "--store", str(store), "--overlays",
+                            "--pool", "1", "--no-progress", "--summary-json", str(summary)])
+        assert rc == 0
+        seg = json.loads(summary.read_text())
+        assert (seg["segmented"], seg["failed"]) == (3, 0), seg
+    assert any((out / "overlays").iterdir())
+    capsys.readouterr()
+
+
+def test_ctrl_c_ends_without_a_traceback(monkeypatch, capsys):
+    import pipeline.cli
+
+    def interrupted(args):  # what Python raises in the main thread on SIGINT during a job
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.cli, "cmd_segment", interrupted)
+    assert seem_cli.main(["segment", "photos", "--out", "out"]) == 130
+    err = capsys.readouterr().err
+    assert "seem segment: interrupted" in err and "Traceback" not in err

@@ -113,3 +113,49 @@ def test_seem_serve_refuses_bad_options(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "invalid configuration" in proc.stderr and "allowed_uri_prefixes" in proc.stderr
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """The pids that still run (zombies count as gone)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def test_sigkilled_seem_serve_leaves_no_ray_processes(tmp_path: Path) -> None:
+    from tests.support import descendants
+
+    port = free_port()
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"decoder": {"num_cpus": 0.25}, "encoder": {"num_cpus": 0.25},
+                                  "ingress": {"num_cpus": 0.1}, "autoscaling": {"max_replicas": 1}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "seem_cli", "serve", "--port", str(port), "--store", str(tmp_path / "store"),
+           "--config", str(config), "--num-cpus", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    ray_pids: list[int] = []
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, timeout_s=240)
+        ray_pids = descendants(proc.pid)
+        assert len(ray_pids) >= 4, ray_pids  # GCS, raylet, agents, replicas
+        proc.kill()  # SIGKILL: no handler, no atexit, no Ray shutdown
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while _alive(ray_pids) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _alive(ray_pids)
+        assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in left]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for pid in _alive(ray_pids):  # only if the assertion failed: what this test started
+            os.kill(pid, signal.SIGKILL)

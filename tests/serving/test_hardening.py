@@ -54,7 +54,7 @@ def test_rle_counts_length_is_bounded() -> None:
     assert time.perf_counter() - started < 0.5
 
 
-@pytest.mark.parametrize("xy", [[True, False], ["1", "2"], [1, None]])
+@pytest.mark.parametrize("xy", [[True, False], ["1", "2"]])
 def test_point_coordinates_must_be_numbers(xy: list) -> None:
     from pydantic import ValidationError
 
