@@ -96,6 +96,24 @@ def draw_memory_assignment(num_layers: int, num_memories: int, num_prompts: int,
                         for _ in range(num_layers)])
 
 
+def _first_duplicates(source: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor | None:
+    """For each spatial query, the first one with the same source object query and prompt
+    (n, or B x n for per-image sources); None when every query is distinct."""
+    key = source * (int(prompt.max()) + 1) + prompt
+    same = key[..., :, None] == key[..., None, :]  # [.., j, i]: query j equals query i
+    first = same.int().argmax(-1)  # first i equal to j
+    arange = torch.arange(key.shape[-1], device=key.device)
+    return None if bool((first == arange).all()) else first
+
+
+def _take_rows(t: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """t: B x n x ... -> the rows `first` (n, or B x n) along dim 1."""
+    if first.dim() == 1:
+        return t.index_select(1, first)
+    index = first.view(*first.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+    return torch.gather(t, 1, index)
+
+
 @dataclass
 class _DecoderRun:
     """What one forward pass carries from layer to layer."""
@@ -111,6 +129,7 @@ class _DecoderRun:
     cross_names: list[str] = field(default_factory=list)
     head_names: list[str] = field(default_factory=list)
     spatial_prompt: torch.Tensor | None = None  # prompt index of each spatial query
+    spatial_first: torch.Tensor | None = None  # first spatial query equal to each one (None: all differ)
     memory_prompt: torch.Tensor | None = None  # num_layers x M
     memory_masks: list[torch.Tensor] | None = None  # per level, B x ns x h*w
     resamplers: dict[tuple[int, int], LevelResampler] = field(default_factory=dict)  # per level size
@@ -227,6 +246,7 @@ class SeemDecoder(nn.Module):
                 content[SPATIAL], qpos[SPATIAL] = self.query_feat.weight[src], self.query_embed.weight[src]
             run.spatial_prompt = torch.arange(spatial.num_prompts, device=run.mask_features.device).repeat_interleave(
                 self.cfg.queries_per_prompt)
+            run.spatial_first = _first_duplicates(src.to(run.spatial_prompt.device), run.spatial_prompt)
             if spatial.prev_mask is not None:
                 content[MEMORY] = self.spatial_featured.weight[None].expand(bs, -1, -1)
                 qpos[MEMORY] = self.spatial_embed.weight[None].expand(bs, -1, -1)
@@ -271,7 +291,15 @@ class SeemDecoder(nn.Module):
         class_emb = heads.class_emb.split(sizes_q, dim=1)
         mask_emb = heads.mask_emb.split(sizes_q, dim=1)
         masks = heads.masks.split(sizes_q, dim=1) if heads.masks is not None else [None] * len(names)
-        run.output.rounds.append({n: HeadOutput(c, e, m) for n, c, e, m in zip(names, class_emb, mask_emb, masks)})
+        round_out = {n: HeadOutput(c, e, m) for n, c, e, m in zip(names, class_emb, mask_emb, masks)}
+        if SPATIAL in round_out and run.spatial_first is not None:
+            # Spatial queries drawn from the same object query for the same prompt are equal in
+            # exact arithmetic; the kernels may round their rows differently, so copy the first:
+            # ties between them then break as in the reference (the first one wins).
+            s = round_out[SPATIAL]
+            round_out[SPATIAL] = HeadOutput(*(None if t is None else _take_rows(t, run.spatial_first)
+                                              for t in (s.class_emb, s.mask_emb, s.masks)))
+        run.output.rounds.append(round_out)
         return (level_masks.sigmoid() < 0.5).flatten(2).detach()
 
     def _layer(self, run: "_DecoderRun", i: int, attn_mask: torch.Tensor) -> None:

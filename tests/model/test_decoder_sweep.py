@@ -272,3 +272,21 @@ def test_decoder_equals_the_literal_reference_loop(ci, one_thread):
                         assert_same(alone[group].class_emb, ref[-1][group][0], f"config {ci} {case} {group} without objects")
                         assert_same(alone[group].masks, ref[-1][group][2], f"config {ci} {case} {group} without objects")
             assert MEMORY not in full.final  # memories' masks are never produced
+
+
+def test_spatial_queries_from_the_same_object_query_tie_as_in_the_reference(one_thread):
+    """Two spatial queries of one prompt drawn from the same object query are equal in exact
+    arithmetic; the reference's argmax then picks the first. Their outputs and selection logits
+    must be bitwise equal so the selection does not hinge on rounding."""
+    from model.postprocess import spatial_selection_logits
+
+    dec = random_decoder(7, **CONFIGS[2])
+    ms, mf, _, sin = random_inputs(dec, 3, spatial=True, num_prompts=2, memory=True)
+    sin.query_source = torch.tensor([4, 4, 1, 6, 2, 6])
+    with torch.no_grad():
+        s = dec(ms, mf, spatial=sin).final[SPATIAL]
+        sel = spatial_selection_logits(s.mask_emb[0], sin.pos_embed[0], dec.cfg.queries_per_prompt)
+    for a, b in ((0, 1), (3, 5)):
+        assert torch.equal(s.masks[:, a], s.masks[:, b]) and torch.equal(s.class_emb[:, a], s.class_emb[:, b])
+        assert torch.equal(sel[a], sel[b])
+    assert not torch.equal(s.mask_emb[:, 0], s.mask_emb[:, 2])
