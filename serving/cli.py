@@ -71,8 +71,13 @@ def _app_args(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             app_args[key] = value
     app_args.setdefault("store", LOCAL_STORE)
-    if "://" not in app_args["store"]:  # replicas need not share this process's working directory
+    # Replicas run in another working directory (see _in_package_root): local paths go absolute.
+    if "://" not in app_args["store"]:
         app_args["store"] = os.path.abspath(app_args["store"])
+    for key in ("weights", "model"):  # a checkpoint file or a config file, when they name one here
+        value = app_args.get(key)
+        if isinstance(value, str) and "://" not in value and os.path.isfile(value):
+            app_args[key] = os.path.abspath(value)
     return app_args
 
 

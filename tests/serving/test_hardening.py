@@ -171,3 +171,19 @@ def test_proxy_guard_limits() -> None:
     assert GuardLimits.from_env({"SEEM_BODY_TIMEOUT_S": "2.5"}).body_timeout_s == 2.5
     with pytest.raises(ValueError):
         GuardLimits.from_env({"SEEM_MAX_OPEN_REQUESTS": "0"})
+
+
+def test_seem_serve_passes_local_paths_absolute(tmp_path, monkeypatch) -> None:
+    """Replicas start in the package root (never the user's folder, see serving.cli), so a
+    relative checkpoint, config or store path must reach them absolute."""
+    import argparse
+
+    from serving.cli import _app_args
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    args = argparse.Namespace(config=None, store="features", endpoint_url=None, model="seem-tiny",
+                              weights="w.safetensors", api_keys=None, allowed_uri_prefixes=None)
+    app_args = _app_args(args)
+    assert app_args["weights"] == str(tmp_path / "w.safetensors")
+    assert app_args["store"] == str(tmp_path / "features") and app_args["model"] == "seem-tiny"
