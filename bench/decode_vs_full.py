@@ -1,4 +1,4 @@
-"""Decoder on cached features vs the full model, for seem-focalt-v1 (random weights) on CPU.
+"""Decoder on cached features vs the full model, for seem-focalt-v1 (or --model) with random weights, on CPU.
 
 Prints, for a 512 x 683 image (the reference's SPEED.md settings: fp32, 2 threads):
 encode (backbone + pixel decoder), decode with a click, a second click with memory, a
@@ -10,7 +10,9 @@ script also times the reference's single most expensive operation (the pixel dec
 512 -> 512 3x3 convolution at stride 4, 252 ms there) to give the speed ratio of the two
 machines, so the reference's figures can be read at this machine's speed.
 
-    .venv/bin/python bench/decode_vs_full.py [--repeats 5] [--json out.json]
+    .venv/bin/python bench/decode_vs_full.py [--model seem-samvitb-v1] [--repeats 5] [--json out.json]
+
+SPEED.md measured Focal-T only: for another model the reference columns are left empty.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ REFERENCE_PEAK_RSS_GB = 7.18
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="seem-focalt-v1", help="a registered model name")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--names", type=int, default=10, help="class names for the vocabulary timing")
@@ -55,7 +58,8 @@ def main() -> None:
     del conv, x
     machine_ratio = conv_ms / REFERENCE_MS["conv3x3_512_stride4"]
 
-    predictor = build_predictor("seem-focalt-v1", weights=None, device="cpu")
+    predictor = build_predictor(args.model, weights=None, device="cpu")
+    reference_ms = REFERENCE_MS if args.model == "seem-focalt-v1" else {}
     rng = np.random.default_rng(0)
     image = (rng.random((512, 683, 3)) * 255).astype(np.uint8)
     vocab = ["red circle", "blue square", "green triangle", "sky", "grass"]
@@ -93,26 +97,29 @@ def main() -> None:
     r["peak_rss_gb"] = peak_gb
     r["cached_features_mb_fp32"] = features.nbytes / 2**20
 
+    print(f"model: {args.model}, input {features.input_size} padded to {features.padded_size}")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
     print(f"calibration: 3x3 conv 512->512 at 128x176 = {conv_ms:.0f} ms here vs 252 ms in SPEED.md "
           f"(this machine is {machine_ratio:.2f}x the reference machine's time)")
     print(f"{'what':<34}{'ours (ms)':>12}{'reference (ms)':>16}{'reference here':>16}")
-    rows = [("encode (backbone + pixel decoder)", "encode", REFERENCE_MS["backbone"] + REFERENCE_MS["pixel_decoder"]),
-            ("decode: click (cached features)", "decode_click", REFERENCE_MS["decoder_click"]),
-            ("decode: 2nd click + memory", "decode_click2", REFERENCE_MS["decoder_click2"]),
+    ref = reference_ms.get
+    encode_ref = ref("backbone", 0) + ref("pixel_decoder", 0) or None
+    rows = [("encode (backbone + pixel decoder)", "encode", encode_ref),
+            ("decode: click (cached features)", "decode_click", ref("decoder_click")),
+            ("decode: 2nd click + memory", "decode_click2", ref("decoder_click2")),
             ("decode: box", "decode_box", None),
-            ("decode: phrase", "decode_phrase", REFERENCE_MS["decoder_phrase"]),
-            ("decode: panoptic (vocabulary)", "decode_panoptic", REFERENCE_MS["decoder_generic"]),
-            ("full forward: click", "full_click", REFERENCE_MS["full_click"]),
-            ("vocabulary embedding, per name", "vocabulary_per_name", REFERENCE_MS["vocabulary_per_name"])]
-    for label, key, ref in rows:
-        ref_s = f"{ref:>16.0f}{ref * machine_ratio:>16.0f}" if ref else f"{'-':>16}{'-':>16}"
+            ("decode: phrase", "decode_phrase", ref("decoder_phrase")),
+            ("decode: panoptic (vocabulary)", "decode_panoptic", ref("decoder_generic")),
+            ("full forward: click", "full_click", ref("full_click")),
+            ("vocabulary embedding, per name", "vocabulary_per_name", ref("vocabulary_per_name"))]
+    for label, key, ref_ms in rows:
+        ref_s = f"{ref_ms:>16.0f}{ref_ms * machine_ratio:>16.0f}" if ref_ms else f"{'-':>16}{'-':>16}"
         print(f"{label:<34}{r[key]:>12.1f}{ref_s}")
     print(f"full forward / decode-with-click: {r['ratio_full_click_over_decode_click']:.1f}x")
-    print(f"peak RSS: {peak_gb:.2f} GB (reference: {REFERENCE_PEAK_RSS_GB} GB)")
+    print(f"peak RSS: {peak_gb:.2f} GB" + (f" (reference: {REFERENCE_PEAK_RSS_GB} GB)" if reference_ms else ""))
     print(f"cached features (fp32): {r['cached_features_mb_fp32']:.1f} MiB")
     if args.json:
-        Path(args.json).write_text(json.dumps({"ours_ms": r, "reference_ms": REFERENCE_MS,
+        Path(args.json).write_text(json.dumps({"model": args.model, "ours_ms": r, "reference_ms": reference_ms,
                                                "machine_ratio": machine_ratio}, indent=2))
 
 

@@ -162,8 +162,9 @@ class ViTBackbone(nn.Module):
         if tuple(pixels.shape[-2:]) != (size, size):
             # The absolute positions cover exactly one img_size square (the reference adds them
             # without resizing), so the predictor pads every image to it.
-            raise ValueError(f"the ViT backbone takes {size}x{size} padded input, got "
-                             f"{pixels.shape[-2]}x{pixels.shape[-1]} (set size_divisibility to {size})")
+            raise ValueError(f"the ViT backbone takes {size}x{size} padded input, got {pixels.shape[-2]}x"
+                             f"{pixels.shape[-1]}: resize images to at most {size} pixels a side and pad "
+                             f"them to {size} (inference.size_divisibility {size})")
         x = self.patch_embed(pixels) + self.pos_embed
         for block in self.blocks:
             x = block(x)
