@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -146,11 +147,26 @@ def _init_ray(args: argparse.Namespace) -> bool:
     return not address
 
 
+def _local_ray_damaged(own_cluster: bool) -> bool:
+    """Whether a process of the Ray this command started has died (a signal to the whole
+    process group reaches them too): a graceful Serve shutdown would then wait in vain."""
+    if not own_cluster:
+        return False
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        return node is not None and bool(node.dead_processes())
+    except Exception:  # noqa: BLE001 - private API: not knowing means trying gracefully
+        return False
+
+
 def _stop(own_cluster: bool, timeout_s: float = 15.0) -> None:
     """Remove the application (all of Serve on our own cluster), then leave Ray.
 
-    Bounded: after a signal to the whole process group Ray's own processes may already be
-    gone, and a graceful Serve shutdown would wait for a controller that cannot answer.
+    Bounded: after a signal to the whole process group Ray's own processes die with us,
+    and a graceful Serve shutdown would wait for a controller that cannot answer; then
+    ray.shutdown() just ends what is left.
     """
     import ray
     from ray import serve
@@ -166,9 +182,13 @@ def _stop(own_cluster: bool, timeout_s: float = 15.0) -> None:
         except Exception as e:  # noqa: BLE001 - shutting down anyway
             print(f"seem serve: shutdown: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
-    worker = threading.Thread(target=graceful, daemon=True)
-    worker.start()
-    worker.join(timeout_s)
+    time.sleep(0.5)  # a group signal reaches Ray's processes at the same moment; let them show it
+    if not _local_ray_damaged(own_cluster):
+        worker = threading.Thread(target=graceful, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + timeout_s
+        while worker.is_alive() and time.monotonic() < deadline and not _local_ray_damaged(own_cluster):
+            worker.join(0.5)
     ray.shutdown()
 
 

@@ -171,7 +171,8 @@ def test_attacks_against_seem_serve(tmp_path: Path) -> None:
             proc.wait(timeout=30)
     assert proc.returncode == 0, out[-4000:]
     assert "SIGTERM, shutting down" in out and "stopped" in out, out[-4000:]
-    assert stop_s < 20, f"stopping took {stop_s:.1f} s (goal: a few seconds)"
+    print(f"seem serve stopped {stop_s:.1f} s after SIGTERM to its process group")
+    assert stop_s < 20, f"stopping took {stop_s:.1f} s (goal: a few seconds; the floor here allows a loaded machine)"
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0"])
