@@ -272,12 +272,34 @@ def _pad_masks(masks: np.ndarray, padded: tuple[int, int]) -> torch.Tensor:
     return F.pad(t, (0, padded[1] - t.shape[-1], 0, padded[0] - t.shape[-2]))
 
 
-def run(folder: str | Path, tol: Tolerance | None = None, out=sys.stdout) -> bool:
-    """Runs every case of a fixture folder, prints one line per output, returns pass/fail."""
+def fixture_folders(folder: str | Path) -> list[Path]:
+    """The fixture folder itself, or the fixture folders directly inside it (sorted)."""
     folder = Path(folder)
-    if not (folder / "config.yaml").is_file() or not (folder / "weights.safetensors").is_file():
-        print(f"{folder}: not a parity fixture folder (needs config.yaml and weights.safetensors)", file=out)
+    if _is_fixture(folder):
+        return [folder]
+    return sorted(p for p in folder.iterdir() if _is_fixture(p)) if folder.is_dir() else []
+
+
+def _is_fixture(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() and (folder / "weights.safetensors").is_file()
+
+
+def run(folder: str | Path, tol: Tolerance | None = None, out=sys.stdout) -> bool:
+    """Runs every case of a fixture folder (or of every fixture folder inside `folder`),
+    prints one line per output, returns pass/fail."""
+    folders = fixture_folders(folder)
+    if not folders:
+        print(f"{folder}: not a parity fixture folder (needs config.yaml and weights.safetensors)"
+              " and holds none", file=out)
         return False
+    if len(folders) > 1 or folders[0] != Path(folder):
+        results = []
+        for f in folders:
+            print(f"== {f}", file=out)
+            results.append(run(f, tol, out))
+        print(f"{sum(results)} of {len(results)} fixture folders pass", file=out)
+        return all(results)
+    folder = folders[0]
     tol = tol or Tolerance()
     torch.manual_seed(0)
     checks = FixtureRunner(folder, tol).run()
