@@ -53,21 +53,28 @@ def literal_heads(dec, output, mask_features, target_size, num_heads):
     return class_emb, mask_emb, masks, attn
 
 
-def literal_decoder(dec, multi_scale, mask_features, grounding=None, spatial=None):
-    """Rounds of {group: (class_emb, mask_emb, masks)} as the reference computes them (batch 1)."""
-    cfg = dec.cfg
-    heads = cfg.nheads
-    levels = cfg.num_feature_levels
-    bs = mask_features.shape[0]
-    assert bs == 1, "the literal loop is written for one image (no padding between images)"
-    src, pos, size_list = [], [], []
-    for i in range(levels):
-        size_list.append(tuple(multi_scale[i].shape[-2:]))
-        pos.append(dec.pe_layer(multi_scale[i]).flatten(2).permute(2, 0, 1))
-        src.append((multi_scale[i].flatten(2) + dec.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
+CROSS_ORDER = ["queries_object", "queries_grounding", "queries_spatial", "memories_spatial"]
+SELF_ORDER = ["queries_object", "queries_grounding", "queries_spatial", "tokens_grounding", "tokens_spatial",
+              "memories_spatial"]
+SELF_PAIRS = [("queries_object", "queries_object"), ("queries_grounding", "queries_grounding"),
+              ("queries_grounding", "tokens_grounding"), ("queries_spatial", "queries_spatial"),
+              ("queries_spatial", "tokens_spatial"), ("queries_spatial", "memories_spatial"),
+              ("tokens_grounding", "queries_grounding"), ("tokens_grounding", "tokens_grounding"),
+              ("tokens_spatial", "tokens_spatial"), ("memories_spatial", "memories_spatial")]
+GROUP_OF = {"queries_object": OBJECT, "queries_grounding": GROUNDING, "queries_spatial": SPATIAL}
 
-    var = {}  # name -> [output Q x B x C, pos Q x B x C]
-    var["queries_object"] = [dec.query_feat.weight[:, None], dec.query_embed.weight[:, None]]
+
+def index_of(var, names):
+    index, start = {}, 0
+    for n in names:
+        index[n] = (start, start + var[n][0].shape[0])
+        start += var[n][0].shape[0]
+    return index
+
+
+def literal_variables(dec, grounding, spatial):
+    """name -> [output Q x B x C, pos Q x B x C]: the reference's attention variables."""
+    var = {"queries_object": [dec.query_feat.weight[:, None], dec.query_embed.weight[:, None]]}
     if grounding is not None:
         var["queries_grounding"] = [dec.query_feat.weight[:, None].clone(), dec.query_embed.weight[:, None].clone()]
         tok = grounding.tokens[0][:, None]
@@ -75,101 +82,112 @@ def literal_decoder(dec, multi_scale, mask_features, grounding=None, spatial=Non
     if spatial is not None:
         src_idx = spatial.query_source
         var["queries_spatial"] = [dec.query_feat.weight[src_idx][:, None], dec.query_embed.weight[src_idx][:, None]]
-        sample = cfg.queries_per_prompt
-        ns = spatial.num_prompts
         if spatial.prev_mask is not None:
             var["memories_spatial"] = [dec.spatial_featured.weight[:, None], dec.spatial_embed.weight[:, None]]
-    cross_order = ["queries_object", "queries_grounding", "queries_spatial", "memories_spatial"]
-    self_order = ["queries_object", "queries_grounding", "queries_spatial", "tokens_grounding", "tokens_spatial",
-                  "memories_spatial"]
-    pairs = [("queries_object", "queries_object"), ("queries_grounding", "queries_grounding"),
-             ("queries_grounding", "tokens_grounding"), ("queries_spatial", "queries_spatial"),
-             ("queries_spatial", "tokens_spatial"), ("queries_spatial", "memories_spatial"),
-             ("tokens_grounding", "queries_grounding"), ("tokens_grounding", "tokens_grounding"),
-             ("tokens_spatial", "tokens_spatial"), ("memories_spatial", "memories_spatial")]
-    group_of = {"queries_object": OBJECT, "queries_grounding": GROUNDING, "queries_spatial": SPATIAL}
+    return var
 
-    def index_of(names):
-        index, start = {}, 0
-        for n in names:
-            index[n] = (start, start + var[n][0].shape[0])
-            start += var[n][0].shape[0]
-        return index
 
-    def heads_round(target_size):
-        names = [n for n in cross_order if n in var]
-        index = index_of(names)
-        output = torch.cat([var[n][0] for n in names])
-        class_emb, mask_emb, masks, attn = literal_heads(dec, output, mask_features, target_size, heads)
-        result = {}
-        for n in names:
-            a, b = index[n]
-            var[n].append(attn[:, a:b]) if len(var[n]) == 2 else var[n].__setitem__(2, attn[:, a:b])
-            if n in group_of:
-                result[group_of[n]] = (class_emb[:, a:b], mask_emb[:, a:b], masks[:, a:b])
-        return result
+def literal_heads_round(dec, var, mask_features, target_size):
+    """Heads on the cross-attention variables; stores each one's next attention mask."""
+    names = [n for n in CROSS_ORDER if n in var]
+    index = index_of(var, names)
+    output = torch.cat([var[n][0] for n in names])
+    class_emb, mask_emb, masks, attn = literal_heads(dec, output, mask_features, target_size, dec.cfg.nheads)
+    result = {}
+    for n in names:
+        a, b = index[n]
+        var[n][2:] = [attn[:, a:b]]
+        if n in GROUP_OF:
+            result[GROUP_OF[n]] = (class_emb[:, a:b], mask_emb[:, a:b], masks[:, a:b])
+    return result
 
-    rounds = [heads_round(size_list[0])]
-    for i in range(cfg.num_layers):
-        level = i % levels
-        names = [n for n in cross_order if n in var]
-        index = index_of(names)
-        attn_mask = torch.cat([var[n][2] for n in names], dim=1)
-        memory_prompt = None
-        if "memories_spatial" in var:
-            prev = F.interpolate(spatial.prev_mask, size_list[level], mode="bilinear", align_corners=False)
-            prev = (prev.sigmoid().flatten(2).unsqueeze(1).repeat(1, heads, 1, 1).flatten(0, 1) < 0.5).bool()
-            mp = spatial.memory_prompt
-            memory_prompt = mp if mp.dim() == 1 else mp[i]
-            a, b = index["memories_spatial"]
-            attn_mask[:, a:b] = prev[:, memory_prompt]
-        attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
-        output = torch.cat([var[n][0] for n in names])
-        query_pos = torch.cat([var[n][1] for n in names])
-        layer = dec.transformer_cross_attention_layers[i]
-        out2 = literal_attention(layer.multihead_attn, output + query_pos, src[level] + pos[level], src[level],
-                                 attn_mask, heads)
-        output = layer.norm(output + out2)
-        for n in names:
-            a, b = index[n]
-            var[n][0] = output[a:b]
 
-        if spatial is not None:
-            t = spatial.tokens[level][0][:, None]
-            var["tokens_spatial"] = [t, t.detach().clone()]
-        names = [n for n in self_order if n in var]
-        index = index_of(names)
-        output = torch.cat([var[n][0] for n in names])
-        query_pos = torch.cat([var[n][1] for n in names])
-        total = output.shape[0]
-        mask = torch.ones((bs, total, total), dtype=torch.bool)
-        for k1, k2 in pairs:
-            if k1 in index and k2 in index:
-                mask[:, index[k1][0]:index[k1][1], index[k2][0]:index[k2][1]] = False
-        if "queries_spatial" in index and "tokens_spatial" in index:
-            qa, qb = index["queries_spatial"]
-            ta, tb = index["tokens_spatial"]
-            mask[:, qa:qb, qa:qb] = ~torch.eye(ns).repeat_interleave(sample, 0).repeat_interleave(sample, 1).bool()
-            token_idx = spatial.token_prompt[level][0]
-            query_prompt = torch.arange(ns).repeat_interleave(sample)
-            mask[:, qa:qb, ta:tb] = query_prompt[:, None] != token_idx[None, :]
-            mask[:, ta:tb, ta:tb] = token_idx[:, None] != token_idx[None, :]
+def literal_cross_attention(dec, var, i, src, pos, size, spatial):
+    """Layer i's cross-attention; returns this layer's memory-to-prompt draw (or None)."""
+    heads = dec.cfg.nheads
+    level = i % dec.cfg.num_feature_levels
+    names = [n for n in CROSS_ORDER if n in var]
+    index = index_of(var, names)
+    attn_mask = torch.cat([var[n][2] for n in names], dim=1)
+    memory_prompt = None
+    if "memories_spatial" in var:
+        prev = F.interpolate(spatial.prev_mask, size, mode="bilinear", align_corners=False)
+        prev = (prev.sigmoid().flatten(2).unsqueeze(1).repeat(1, heads, 1, 1).flatten(0, 1) < 0.5).bool()
+        mp = spatial.memory_prompt
+        memory_prompt = mp if mp.dim() == 1 else mp[i]
+        a, b = index["memories_spatial"]
+        attn_mask[:, a:b] = prev[:, memory_prompt]
+    attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+    output = torch.cat([var[n][0] for n in names])
+    query_pos = torch.cat([var[n][1] for n in names])
+    layer = dec.transformer_cross_attention_layers[i]
+    out2 = literal_attention(layer.multihead_attn, output + query_pos, src[level] + pos[level], src[level],
+                             attn_mask, heads)
+    output = layer.norm(output + out2)
+    for n in names:
+        a, b = index[n]
+        var[n][0] = output[a:b]
+    return memory_prompt
+
+
+def literal_self_mask(dec, index, total, spatial, level, memory_prompt):
+    """(B*heads) x N x N, True = blocked, by the reference's rules (one image, no padding)."""
+    sample = dec.cfg.queries_per_prompt
+    mask = torch.ones((1, total, total), dtype=torch.bool)
+    for k1, k2 in SELF_PAIRS:
+        if k1 in index and k2 in index:
+            mask[:, index[k1][0]:index[k1][1], index[k2][0]:index[k2][1]] = False
+    if spatial is not None:
+        ns = spatial.num_prompts
+        query_prompt = torch.arange(ns).repeat_interleave(sample)
+        qa, qb = index["queries_spatial"]
+        ta, tb = index["tokens_spatial"]
+        mask[:, qa:qb, qa:qb] = ~torch.eye(ns).repeat_interleave(sample, 0).repeat_interleave(sample, 1).bool()
+        token_idx = spatial.token_prompt[level][0]
+        mask[:, qa:qb, ta:tb] = query_prompt[:, None] != token_idx[None, :]
+        mask[:, ta:tb, ta:tb] = token_idx[:, None] != token_idx[None, :]
         if memory_prompt is not None:
-            qa, qb = index["queries_spatial"]
             ma, mb = index["memories_spatial"]
-            query_prompt = torch.arange(ns).repeat_interleave(sample)
             mask[:, qa:qb, ma:mb] = query_prompt[:, None] != memory_prompt[None, :]
             mask[:, ma:mb, ma:mb] = memory_prompt[:, None] != memory_prompt[None, :]
-        mask = mask.repeat_interleave(heads, dim=0)
-        layer = dec.transformer_self_attention_layers[i]
-        qk = output + query_pos
-        output = layer.norm(output + literal_attention(layer.self_attn, qk, qk, output, mask, heads))
-        ffn = dec.transformer_ffn_layers[i]
-        output = ffn.norm(output + ffn.linear2(F.relu(ffn.linear1(output))))
-        for n in names:
-            a, b = index[n]
-            var[n][0] = output[a:b]
-        rounds.append(heads_round(size_list[(i + 1) % levels]))
+    return mask.repeat_interleave(dec.cfg.nheads, dim=0)
+
+
+def literal_self_attention_and_ffn(dec, var, i, spatial, memory_prompt):
+    level = i % dec.cfg.num_feature_levels
+    if spatial is not None:  # fresh spatial tokens of this level at every layer
+        t = spatial.tokens[level][0][:, None]
+        var["tokens_spatial"] = [t, t.detach().clone()]
+    names = [n for n in SELF_ORDER if n in var]
+    index = index_of(var, names)
+    output = torch.cat([var[n][0] for n in names])
+    query_pos = torch.cat([var[n][1] for n in names])
+    mask = literal_self_mask(dec, index, output.shape[0], spatial, level, memory_prompt)
+    layer = dec.transformer_self_attention_layers[i]
+    qk = output + query_pos
+    output = layer.norm(output + literal_attention(layer.self_attn, qk, qk, output, mask, dec.cfg.nheads))
+    ffn = dec.transformer_ffn_layers[i]
+    output = ffn.norm(output + ffn.linear2(F.relu(ffn.linear1(output))))
+    for n in names:
+        a, b = index[n]
+        var[n][0] = output[a:b]
+
+
+def literal_decoder(dec, multi_scale, mask_features, grounding=None, spatial=None):
+    """Rounds of {group: (class_emb, mask_emb, masks)} as the reference computes them (batch 1)."""
+    levels = dec.cfg.num_feature_levels
+    assert mask_features.shape[0] == 1, "the literal loop is written for one image (no padding between images)"
+    src, pos, size_list = [], [], []
+    for i in range(levels):
+        size_list.append(tuple(multi_scale[i].shape[-2:]))
+        pos.append(dec.pe_layer(multi_scale[i]).flatten(2).permute(2, 0, 1))
+        src.append((multi_scale[i].flatten(2) + dec.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
+    var = literal_variables(dec, grounding, spatial)
+    rounds = [literal_heads_round(dec, var, mask_features, size_list[0])]
+    for i in range(dec.cfg.num_layers):
+        memory_prompt = literal_cross_attention(dec, var, i, src, pos, size_list[i % levels], spatial)
+        literal_self_attention_and_ffn(dec, var, i, spatial, memory_prompt)
+        rounds.append(literal_heads_round(dec, var, mask_features, size_list[(i + 1) % levels]))
     return rounds
 
 
