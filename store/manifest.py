@@ -7,9 +7,12 @@ actors can write, and a run killed at any moment leaves only whole parts behind.
 
 Reading merges all parts and keeps one row per `uri`: the latest by `time`; on a tie an
 "ok" row beats an "error" row (then the later run id, then the later part). A re-run
-therefore replaces earlier rows instead of duplicating items. `compact()` folds the parts
-into one (write the new part first, then delete the old ones), which is safe at any time:
-a crash in between leaves duplicates that reading resolves.
+therefore replaces earlier rows instead of duplicating items. `compact()` folds all parts
+into sorted parts of at most `PART_ROWS` rows and `compact_small()` only the small ones
+that flushes and incremental runs leave (write the new parts first, then delete the old
+ones), which is safe at any time: a crash in between leaves duplicates that reading
+resolves. A part that cannot be read (damaged) is moved under `quarantine/` and skipped:
+its images have no row any more, so the next job does them again.
 
 Columns (`MANIFEST_SCHEMA`):
     uri          source object URI (local path or s3://…)
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as _dt
+import logging
 import re
 import uuid
 from typing import Any, Iterable, Mapping, NamedTuple, TypedDict
@@ -40,7 +44,16 @@ from storage import CorruptObject, ObjectStore, open_store
 from storage import NotFound as ObjectNotFound
 from store.backends import check_model_id
 
-__all__ = ["Manifest", "ManifestRow", "DoneEntry", "MANIFEST_SCHEMA"]
+__all__ = ["Manifest", "ManifestRow", "DoneEntry", "MANIFEST_SCHEMA", "QUARANTINE_DIR"]
+
+log = logging.getLogger(__name__)
+
+#: Sub-folder of the manifest where damaged parts are moved (never listed as parts).
+QUARANTINE_DIR = "quarantine"
+#: Most rows a compacted part holds (~25 MB of Parquet): no file grows with the bucket.
+PART_ROWS = 250_000
+#: Parts smaller than this are folded by `compact_small` (a flush of 256 rows is ~20 kB).
+SMALL_PART_BYTES = 4 << 20
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -108,6 +121,7 @@ class Manifest:
         self.backend = backend
         self.model_id = check_model_id(model_id)
         self.prefix = f"{model_id}/manifest/"
+        self.quarantined: list[str] = []  # keys of damaged parts this object moved aside
 
     @classmethod
     def open(cls, root_uri: str, model_id: str, *, endpoint_url: str | None = None) -> "Manifest":
@@ -182,16 +196,35 @@ class Manifest:
             keys = self.parts()
             try:
                 if len(keys) <= 1:
-                    tables = [self._read_part(k) for k in keys]
+                    tables = [self._read_or_quarantine(k) for k in keys]
                 else:
                     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
-                        tables = list(pool.map(self._read_part, keys))
+                        tables = list(pool.map(self._read_or_quarantine, keys))
             except ObjectNotFound:
                 continue
+            readable = [k for k, t in zip(keys, tables) if t is not None]
+            tables = [t for t in tables if t is not None]
             if not tables:
-                return keys, MANIFEST_SCHEMA.empty_table()
-            return keys, pa.concat_tables(tables)
+                return readable, MANIFEST_SCHEMA.empty_table()
+            return readable, pa.concat_tables(tables)
         raise RuntimeError(f"manifest parts under {self.backend.uri(self.prefix)} kept changing while reading")
+
+    def _read_or_quarantine(self, key: str) -> pa.Table | None:
+        """The part's rows, or None when it is damaged: it is then moved aside under
+        `quarantine/` (kept for inspection, never read again) and its images, having no
+        row any more, are simply done again by the next job instead of failing every job."""
+        try:
+            return self._read_part(key)
+        except CorruptObject as e:
+            target = f"{self.prefix}{QUARANTINE_DIR}/{key[len(self.prefix):]}"
+            log.warning("%s; moved to %s, its images will be done again", e, self.backend.uri(target))
+            try:
+                self.backend.put_atomic(target, self.backend.get(key))
+            except ObjectNotFound:
+                return None  # compacted away meanwhile
+            self.backend.delete(key)
+            self.quarantined.append(target)
+            return None
 
     def read(self, *, dedupe: bool = True) -> pa.Table:
         """All rows, one per uri (the latest; see module docstring), sorted by uri.
@@ -213,16 +246,43 @@ class Manifest:
             )
         }
 
-    def compact(self, *, run_id: str = "compact") -> str | None:
-        """Fold all current parts into one de-duplicated part; returns its key (None
-        when there was nothing to fold). Parts written meanwhile are left alone."""
+    def compact(self, *, run_id: str = "compact", part_rows: int = PART_ROWS) -> str | None:
+        """Fold all current parts into de-duplicated parts of at most `part_rows` rows,
+        sorted by uri; returns the first new key (None when there was nothing to fold).
+        Parts written meanwhile are left alone. Reads and rewrites the whole manifest:
+        see `compact_small` for what a job runs after every incremental run."""
         keys, table = self._read_all()
         if len(keys) <= 1:
             return keys[0] if keys else None
-        new_key = self._write_part(_dedupe(table), run_id)
-        for key in keys:
-            self.backend.delete(key)
-        return new_key
+        return self._replace(keys, _dedupe(table), run_id, part_rows)
+
+    def compact_small(self, *, run_id: str = "compact", small_bytes: int = SMALL_PART_BYTES,
+                      min_parts: int = 2, part_rows: int = PART_ROWS) -> str | None:
+        """Fold only the parts smaller than `small_bytes` (what incremental runs and
+        flushes leave) into parts of at most `part_rows` rows; large parts are not read.
+        Its cost follows the new rows, not the size of the manifest. Returns the first new
+        key, or None when fewer than `min_parts` small parts exist."""
+        small = [k for k, size in self.backend.list(self.prefix)
+                 if _PART_RE.match(k[len(self.prefix):]) and size < small_bytes]
+        if len(small) < max(2, min_parts):
+            return None
+        try:
+            tables = [t for t in map(self._read_or_quarantine, small) if t is not None]
+        except ObjectNotFound:
+            return None  # another compaction got there first
+        if not tables:
+            return None
+        return self._replace(small, _dedupe(pa.concat_tables(tables)), run_id, part_rows)
+
+    def _replace(self, old_keys: list[str], rows: pa.Table, run_id: str, part_rows: int) -> str | None:
+        """Publish `rows` (de-duplicated, sorted by uri) as parts of <= `part_rows` rows,
+        then delete `old_keys`: a crash in between leaves duplicates that reads resolve."""
+        new_keys = [self._write_part(rows.slice(start, part_rows), run_id)
+                    for start in range(0, rows.num_rows, max(1, part_rows))]
+        for key in old_keys:
+            if key not in new_keys:
+                self.backend.delete(key)
+        return new_keys[0] if new_keys else None
 
 
 def _dedupe(table: pa.Table) -> pa.Table:

@@ -129,10 +129,39 @@ def test_row_validation(manifest):
     assert manifest.parts() == []
 
 
-def test_table_input_and_corrupt_part(tmp_path):
-    store = open_store(str(tmp_path))
-    m = Manifest(store, "m")
-    m.write(pa.Table.from_pylist([ok("/a.jpg")]), run_id="r")
-    store.put_atomic("m/manifest/part-x-1.parquet", b"PAR1 this is not parquet")
-    with pytest.raises(CorruptObject, match="part-x-1"):
-        m.read()
+def test_damaged_part_is_quarantined_not_fatal(manifest):
+    """One unreadable part must not make every later job fail: it is moved aside (kept
+    for inspection) and its rows are gone, so their images count as not done."""
+    manifest.write(pa.Table.from_pylist([ok("/a.jpg")]), run_id="r")
+    manifest.backend.put_atomic("m/manifest/part-x-1.parquet", b"PAR1 this is not parquet")
+    assert manifest.done_index().keys() == {"/a.jpg"}
+    assert manifest.quarantined == ["m/manifest/quarantine/part-x-1.parquet"]
+    assert manifest.backend.get("m/manifest/quarantine/part-x-1.parquet") == b"PAR1 this is not parquet"
+    assert len(manifest.parts()) == 1 and manifest.read().num_rows == 1  # the next reader sees no damage
+    with pytest.raises(CorruptObject):
+        manifest._read_part("m/manifest/quarantine/part-x-1.parquet")
+
+
+def test_compacted_parts_are_bounded(manifest):
+    manifest.write([ok(f"/{i:02d}.jpg") for i in range(10)], run_id="r1")
+    manifest.write([ok(f"/{i:02d}.jpg", t=1, etag="v2") for i in range(5)], run_id="r2")
+    before = manifest.read()
+    manifest.compact(part_rows=4)
+    parts = manifest.parts()
+    assert len(parts) == 3  # 10 rows in parts of <= 4, sorted by uri
+    assert max(manifest._read_part(k).num_rows for k in parts) == 4
+    assert manifest.read().equals(before)
+
+
+def test_compact_small_leaves_large_parts_alone(manifest):
+    big = manifest.write([ok(f"/big/{i:04d}.jpg") for i in range(2000)], run_id="full")
+    big_size = dict(manifest.backend.list(manifest.prefix))[big]
+    for i in range(3):  # what three incremental runs leave
+        manifest.write([ok(f"/new/{i}.jpg", t=1)], run_id=f"inc{i}")
+    before = manifest.read()
+    folded = manifest.compact_small(small_bytes=big_size)
+    parts = manifest.parts()
+    assert big in parts and folded in parts and len(parts) == 2
+    assert manifest._read_part(folded).num_rows == 3
+    assert manifest.read().equals(before)
+    assert manifest.compact_small(small_bytes=big_size) is None  # one small part: nothing to fold
