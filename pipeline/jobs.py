@@ -37,7 +37,8 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from itertools import islice
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -68,6 +69,7 @@ __all__ = ["EncodeOptions", "SegmentOptions", "encode_job", "segment_job", "init
 MANIFEST_COLUMNS = ("uri", "size", "etag", "sha256", "width", "height", "feature_key", "bytes", "status", "error")
 _COMPACT_ABOVE_PARTS = 32
 _MAX_BLOCKS = 2000
+_LIST_CHUNK = 1 << 16  # listed items turned into Arrow columns at a time
 
 
 @dataclass
@@ -193,16 +195,26 @@ def decode_memory_bytes(max_pixels: int) -> int:
     return max(64 << 20, 6 * int(max_pixels))
 
 
-def _item_blocks(items: Sequence[SourceItem], batch_size: int) -> list[pa.Table]:
+def _item_blocks(items: pa.Table, batch_size: int) -> list[pa.Table]:
     """Input blocks of about `batch_size` items (at most _MAX_BLOCKS blocks): small blocks
     keep the pipeline streaming and the progress bar moving."""
-    per_block = max(batch_size, math.ceil(len(items) / _MAX_BLOCKS))
-    blocks = []
-    for start in range(0, len(items), per_block):
-        chunk = items[start:start + per_block]
-        blocks.append(pa.table({"uri": [i.uri for i in chunk], "size": [i.size for i in chunk],
-                                "etag": [i.etag_or_mtime for i in chunk]}, schema=ITEM_SCHEMA))
-    return blocks
+    per_block = max(batch_size, math.ceil(items.num_rows / _MAX_BLOCKS))
+    return [items.slice(start, per_block) for start in range(0, items.num_rows, per_block)]
+
+
+def listed_table(src: str | Iterable[SourceItem], endpoint_url: str | None) -> pa.Table:
+    """The listing of `src` as an `ITEM_SCHEMA` table, built in chunks from the streamed
+    listing: a million items cost ~100 MB of Arrow columns, not a million Python objects."""
+    listing = iter(list_source(src, endpoint_url=endpoint_url) if isinstance(src, str) else src)
+    chunks = []
+    while True:
+        chunk = list(islice(listing, _LIST_CHUNK))
+        if not chunk:
+            break
+        uris, sizes, etags = zip(*chunk)
+        chunks.append(pa.table({"uri": pa.array(uris, pa.string()), "size": pa.array(sizes, pa.int64()),
+                                "etag": pa.array(etags, pa.string())}, schema=ITEM_SCHEMA))
+    return pa.concat_tables(chunks) if chunks else ITEM_SCHEMA.empty_table()
 
 
 # --------------------------------------------------------------------------- encode
@@ -229,33 +241,25 @@ class _ManifestWriter:
         self.last = time.monotonic()
 
 
-def _should_skip(entry: Any, item: SourceItem, retry_failed: bool) -> bool:
-    if entry is None or not entry.unchanged(item.size, item.etag_or_mtime):
-        return False
-    if entry.status == "ok":
-        return True
-    # The same bytes failed to decode last time: they would fail again.
-    return not retry_failed and entry.error is not None and entry.error.startswith("decode: ")
+def items_to_do(listed: pa.Table, done: pa.Table, retry_failed: bool) -> pa.Table:
+    """The listed items that need work, in listing order: all but those whose latest
+    manifest row (`done`, one per uri) has the same size and etag/mtime and is ok — or
+    failed to *decode* these very bytes (that would fail again) unless `retry_failed`.
 
-
-def _done_entries(manifest: Any) -> dict[str, Any]:
-    """uri -> latest manifest row (as a small record with the error message too)."""
-    table = manifest.read()
-    cols = {name: table[name].to_pylist() for name in ("uri", "size", "etag", "sha256", "status", "error")}
-    return {u: _Entry(s, e, h, st, err) for u, s, e, h, st, err in
-            zip(cols["uri"], cols["size"], cols["etag"], cols["sha256"], cols["status"], cols["error"])}
-
-
-@dataclass(frozen=True)
-class _Entry:
-    size: int | None
-    etag: str | None
-    sha256: str | None
-    status: str
-    error: str | None
-
-    def unchanged(self, size: int | None, etag: str | None) -> bool:
-        return self.size == size and self.etag == etag
+    One hash join in Arrow: no per-item Python objects (docs/benchmarks.md, control plane)."""
+    if listed.num_rows == 0 or done.num_rows == 0:
+        return listed
+    recorded = done.select(["uri", "size", "etag", "status", "error"]).rename_columns(
+        ["uri", "m_size", "m_etag", "m_status", "m_error"])
+    order = pa.array(range(listed.num_rows), pa.int64())
+    joined = listed.append_column("_order", order).join(recorded, keys="uri", join_type="left outer")
+    unchanged = pc.and_(pc.equal(joined["size"], joined["m_size"]), pc.equal(joined["etag"], joined["m_etag"]))
+    settled = pc.equal(joined["m_status"], "ok")
+    if not retry_failed:
+        settled = pc.or_kleene(settled, pc.starts_with(joined["m_error"], pattern="decode: "))
+    skip = pc.fill_null(pc.and_kleene(unchanged, settled), False)
+    todo = joined.filter(pc.invert(skip)).sort_by("_order")
+    return todo.select(listed.column_names)
 
 
 def encode_job(src: str | Sequence[SourceItem], store: str, options: EncodeOptions | None = None) -> EncodeSummary:
@@ -268,8 +272,7 @@ def encode_job(src: str | Sequence[SourceItem], store: str, options: EncodeOptio
     return summary
 
 
-def _encode(src: str | Sequence[SourceItem], store_uri: str, opts: EncodeOptions
-            ) -> tuple[EncodeSummary, list[SourceItem]]:
+def _encode(src: str | Iterable[SourceItem], store_uri: str, opts: EncodeOptions) -> tuple[EncodeSummary, pa.Table]:
     from store.feature_store import FeatureStore
 
     started = time.perf_counter()
@@ -278,19 +281,15 @@ def _encode(src: str | Sequence[SourceItem], store_uri: str, opts: EncodeOptions
     predictor = load_predictor(dataclasses.replace(opts.model, device="cpu"))
     model_id = predictor.model_id
     fstore = FeatureStore(store_uri, opts.endpoint_url)
-    if isinstance(src, str):
-        items = list(list_source(src, endpoint_url=opts.decode.endpoint_url))
-    else:
-        items = list(src)
+    listed = listed_table(src, opts.decode.endpoint_url)
     manifest = fstore.manifest(model_id)
-    done = _done_entries(manifest)
-    todo = [i for i in items if not _should_skip(done.get(i.uri), i, opts.retry_failed)]
-    summary = EncodeSummary(run_id=run_id, model_id=model_id, store=fstore.root_uri, listed=len(items),
-                            skipped=len(items) - len(todo))
-    if todo:
+    todo = items_to_do(listed, manifest.read(), opts.retry_failed)
+    summary = EncodeSummary(run_id=run_id, model_id=model_id, store=fstore.root_uri, listed=listed.num_rows,
+                            skipped=listed.num_rows - todo.num_rows, manifest_quarantined=len(manifest.quarantined))
+    if todo.num_rows:
         writer = _ManifestWriter(manifest, run_id, opts.manifest_flush_rows, opts.manifest_flush_s)
         pipeline_started = time.perf_counter()
-        with Progress(len(todo), "encode", enabled=opts.progress) as bar:
+        with Progress(todo.num_rows, "encode", enabled=opts.progress) as bar:
             try:
                 for table in _run_encoder(todo, model_id, fstore.root_uri, opts):
                     rows = table.to_pylist()
@@ -308,13 +307,13 @@ def _encode(src: str | Sequence[SourceItem], store_uri: str, opts: EncodeOptions
                 writer.flush()
         summary.pipeline_seconds = time.perf_counter() - pipeline_started
         summary.manifest_parts = writer.parts
-        if len(manifest.parts()) > _COMPACT_ABOVE_PARTS:
-            manifest.compact(run_id=f"{run_id}-compact")
+        # Fold the small parts this run's flushes left (not the large, compacted ones).
+        manifest.compact_small(run_id=f"{run_id}-compact", min_parts=_COMPACT_ABOVE_PARTS)
     summary.seconds = time.perf_counter() - started
-    return summary, items
+    return summary, listed
 
 
-def _run_encoder(todo: list[SourceItem], model_id: str, store_uri: str, opts: EncodeOptions) -> Iterator[pa.Table]:
+def _run_encoder(todo: pa.Table, model_id: str, store_uri: str, opts: EncodeOptions) -> Iterator[pa.Table]:
     """Stream `ENCODED_SCHEMA` tables for `todo` through decode tasks and encoder actors."""
     import ray
     import ray.data
@@ -370,9 +369,10 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
     opts = options or EncodeOptions()
     seg = segment or SegmentOptions()
     started = time.perf_counter()
+    source: str | Iterable[SourceItem] = src
     if isinstance(src, str):  # our own outputs (an --out inside the source folder) are never inputs
-        src = [i for i in list_source(src, endpoint_url=opts.decode.endpoint_url) if not is_inside(i.uri, out)]
-    enc, items = _encode(src, store, opts)
+        source = (i for i in list_source(src, endpoint_url=opts.decode.endpoint_url) if not is_inside(i.uri, out))
+    enc, listed = _encode(source, store, opts)
     predictor = load_predictor(dataclasses.replace(opts.model, device="cpu"))
     fstore = FeatureStore(store, opts.endpoint_url)
     out_store = open_store(out, endpoint_url=seg.out_endpoint_url)
@@ -393,12 +393,12 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
                        out_uri=out_store.root_uri if seg.overlays else None, out_endpoint_url=seg.out_endpoint_url)
 
     # The images to segment: every listed uri's latest manifest row (one per uri).
-    listed = {i.uri for i in items}
     table = fstore.manifest(enc.model_id).read()
     # Filter in Arrow: the manifest can hold many more images than this source.
-    table = table.filter(pc.is_in(table["uri"], value_set=pa.array(sorted(listed), pa.string())))
+    table = table.filter(pc.is_in(table["uri"], value_set=listed["uri"]))
     rows = table.select(["uri", "sha256", "width", "height", "status", "error"]).to_pylist()
     recorded = {r["uri"] for r in rows}
+    listed = set(listed["uri"].to_pylist())
     errors: list[tuple[str, str]] = [(r["uri"], r["error"] or "encode: failed") for r in rows if r["status"] != "ok"]
     errors += [(u, error_text("encode", "no manifest row after the encode pass (concurrent run?)"))
                for u in sorted(listed - recorded)]
@@ -430,7 +430,7 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
         "model_id": enc.model_id,
         "vocabulary": list(vocab_names) if panoptic else [],
         "texts": list(texts),
-        "source": src if isinstance(src, str) else f"{len(items)} listed items",
+        "source": src if isinstance(src, str) else f"{len(listed)} listed items",
     }
     coco = exports.coco_document(good, masks, categories, info)
     summary.files = exports.write_outputs(out_store, masks, errors_tbl, coco)
