@@ -1,0 +1,246 @@
+"""The control plane of the bulk jobs at 10^4 .. 10^6 images: listing, the "nothing to do"
+re-run, a 1%-new incremental run. Time and peak driver RSS, no encoder work where none
+is due.
+
+    .venv/bin/python bench/control_plane.py listing --sizes 10000,100000,1000000
+    .venv/bin/python bench/control_plane.py s3-listing --sizes 100000
+    .venv/bin/python bench/control_plane.py noop --sizes 100000,1000000
+    .venv/bin/python bench/control_plane.py incremental --sizes 10000 --new-fraction 0.01
+
+Sources are folders of N tiny files under --workdir (1000 per sub-folder, kept between
+runs): their bytes are never read on a no-op run, only listed. The store's manifest is
+synthesised from the listing (one ok row per file, in parts of --part-rows rows, as
+compaction leaves it) so a run over 10^6 "already encoded" images needs no encoding.
+`incremental` adds N x fraction real PNGs (64 x 48) and runs the real encode job: it
+starts Ray and encodes exactly the new images.
+
+Every measurement runs in a fresh child process; the peak RSS reported is that child's
+(`ru_maxrss`: the driver, which is where per-image state would pile up; Ray's own
+processes are not counted). `model_s` is the driver's one-off model build (the model id
+keys the manifest), reported apart because it does not grow with N.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout
+
+PER_DIR = 1000
+
+
+# --------------------------------------------------------------------------- fixtures
+def tiny_folder(workdir: Path, n: int) -> Path:
+    """n empty `.png` files in folders of 1000 (made once; a marker says it is whole)."""
+    root = workdir / f"files-{n}"
+    if (root / ".complete").exists():
+        return root
+    for d in range(0, n, PER_DIR):
+        sub = root / f"d{d // PER_DIR:05d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for i in range(d, min(n, d + PER_DIR)):
+            (sub / f"img{i:07d}.png").touch()
+    (root / ".complete").touch()
+    return root
+
+
+def synth_manifest(folder: Path, store: Path, model_id: str, part_rows: int) -> int:
+    """An ok manifest row for every file of `folder` (as the listing sees it)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from pipeline.sources import list_source
+    from store import Manifest, open_store
+
+    manifest = Manifest(open_store(str(store)), model_id)
+    batch: list[dict] = []
+    written = 0
+    for item in list_source(str(folder)):
+        sha = hashlib.sha256(item.uri.encode()).hexdigest()
+        batch.append({"uri": item.uri, "size": item.size, "etag": item.etag_or_mtime, "sha256": sha, "width": 64,
+                      "height": 48, "feature_key": f"{model_id}/features/{sha[:2]}/{sha}.safetensors",
+                      "bytes": 1 << 20, "status": "ok"})
+        if len(batch) == part_rows:
+            manifest.write(pa.Table.from_pylist(batch), run_id="synth")
+            written += len(batch)
+            batch = []
+    if batch:
+        manifest.write(pa.Table.from_pylist(batch), run_id="synth")
+        written += len(batch)
+    return written
+
+
+def add_new_images(folder: Path, count: int) -> None:
+    """`count` real, distinct 64 x 48 PNGs in a new sub-folder (a grown bucket)."""
+    import numpy as np
+    from PIL import Image
+
+    sub = folder / "new"
+    sub.mkdir(exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(sub / f"new{i:06d}.png")
+
+
+# --------------------------------------------------------------------------- children
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_listing(src: str, endpoint_url: str | None) -> dict:
+    from pipeline.sources import list_source
+
+    rss0 = _peak_rss_mb()
+    start = time.perf_counter()
+    n = sum(1 for _ in list_source(src, endpoint_url=endpoint_url))
+    seconds = time.perf_counter() - start
+    return {"keys": n, "seconds": seconds, "keys_per_s": n / seconds, "peak_rss_mb": _peak_rss_mb(),
+            "rss_before_mb": rss0}
+
+
+def child_encode(src: str, store: str) -> dict:
+    from pipeline.jobs import EncodeOptions, encode_job
+    from pipeline.stages import ModelSpec, load_predictor
+
+    start = time.perf_counter()
+    load_predictor(ModelSpec(device="cpu"))  # built once; encode_job reuses it
+    model_s = time.perf_counter() - start
+    rss_model = _peak_rss_mb()
+    summary = encode_job(src, store, EncodeOptions(progress=False, pool=(1, 1)))
+    total = time.perf_counter() - start
+    return {"seconds": total - model_s, "model_s": model_s, "peak_rss_mb": _peak_rss_mb(),
+            "rss_after_model_mb": rss_model, "summary": summary.as_dict()}
+
+
+def run_child(kind: str, *args: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, __file__, "_child", kind, *args], env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- parts
+def bench_listing(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for n in args.sizes:
+        folder = tiny_folder(args.workdir, n)
+        r = run_child("listing", str(folder))
+        rows.append({"what": "local listing", "n": n, **r})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def bench_s3_listing(args: argparse.Namespace) -> list[dict]:
+    import concurrent.futures
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    rows = []
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        client = boto3.session.Session().client("s3", endpoint_url=endpoint)
+        for n in args.sizes:
+            bucket = f"listing-{n}"
+            client.create_bucket(Bucket=bucket)
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"p/d{i // PER_DIR:05d}/img{i:07d}.png",
+                                                          Body=b""), range(n)))
+            r = run_child("listing", f"s3://{bucket}/p", endpoint)
+            rows.append({"what": "S3 listing (moto)", "n": n, **r})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def _model_id() -> str:
+    from pipeline.stages import ModelSpec, load_predictor
+
+    return load_predictor(ModelSpec(device="cpu")).model_id
+
+
+def bench_noop(args: argparse.Namespace) -> list[dict]:
+    import shutil
+
+    rows = []
+    model_id = _model_id()
+    for n in args.sizes:
+        folder = tiny_folder(args.workdir, n)
+        store = args.workdir / f"store-{n}"
+        shutil.rmtree(store, ignore_errors=True)
+        synth_manifest(folder, store, model_id, args.part_rows)
+        r = run_child("encode", str(folder), str(store))
+        assert r["summary"]["skipped"] == n and r["summary"]["encoded"] == 0, r["summary"]
+        rows.append({"what": "no-op re-run", "n": n, **r})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def bench_incremental(args: argparse.Namespace) -> list[dict]:
+    import shutil
+
+    rows = []
+    model_id = _model_id()
+    for n in args.sizes:
+        base = tiny_folder(args.workdir, n)
+        folder = args.workdir / f"grown-{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(base, folder)
+        store = args.workdir / f"store-grown-{n}"
+        shutil.rmtree(store, ignore_errors=True)
+        synth_manifest(folder, store, model_id, args.part_rows)
+        new = max(1, int(n * args.new_fraction))
+        add_new_images(folder, new)
+        r = run_child("encode", str(folder), str(store))
+        s = r["summary"]
+        assert s["encoded"] == new and s["skipped"] == n, s
+        # A full run does the same control-plane work plus every image's encoding, at the
+        # throughput this run measured; the ratio below is incremental / full.
+        per_image = s["pipeline_seconds"] / new
+        full = (r["seconds"] - s["pipeline_seconds"]) + per_image * (n + new)
+        rows.append({"what": f"incremental, {new} new", "n": n, "full_run_s_modelled": full,
+                     "ratio_to_full": r["seconds"] / full, **r})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_child":
+        kind, rest = argv[1], argv[2:]
+        result = child_listing(rest[0], rest[1] if len(rest) > 1 else None) if kind == "listing" else \
+            child_encode(*rest)
+        print(json.dumps(result, default=str))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=("listing", "s3-listing", "noop", "incremental"))
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/seem-control-plane"))
+    parser.add_argument("--part-rows", type=int, default=100_000, help="rows per synthesised manifest part")
+    parser.add_argument("--new-fraction", type=float, default=0.01)
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    bench = {"listing": bench_listing, "s3-listing": bench_s3_listing, "noop": bench_noop,
+             "incremental": bench_incremental}[args.part]
+    rows = bench(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
