@@ -15,8 +15,9 @@ compaction leaves it) so a run over 10^6 "already encoded" images needs no encod
 starts Ray and encodes exactly the new images.
 
 Every measurement runs in a fresh child process; the peak RSS reported is that child's
-(`ru_maxrss`: the driver, which is where per-image state would pile up; Ray's own
-processes are not counted). `model_s` is the driver's one-off model build (the model id
+(current RSS sampled every 20 ms during the job: the driver, which is where per-image
+state would pile up; Ray's own processes are not counted); `job_rss_mb` is that peak
+minus the RSS after the model build. `model_s` is the driver's one-off model build (the model id
 keys the manifest), reported apart because it does not grow with N.
 """
 from __future__ import annotations
@@ -106,18 +107,52 @@ def child_listing(src: str, endpoint_url: str | None) -> dict:
             "rss_before_mb": rss0}
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+class RssSampler:
+    """Peak current RSS of this process while running (sampled every 20 ms): unlike
+    ru_maxrss it does not carry the model build's transient peak into the job's figure."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
 def child_encode(src: str, store: str) -> dict:
+    import gc
+
     from pipeline.jobs import EncodeOptions, encode_job
     from pipeline.stages import ModelSpec, load_predictor
 
     start = time.perf_counter()
     load_predictor(ModelSpec(device="cpu"))  # built once; encode_job reuses it
     model_s = time.perf_counter() - start
-    rss_model = _peak_rss_mb()
-    summary = encode_job(src, store, EncodeOptions(progress=False, pool=(1, 1)))
+    gc.collect()
+    rss_model = _rss_mb()
+    with RssSampler() as rss:
+        summary = encode_job(src, store, EncodeOptions(progress=False, pool=(1, 1)))
     total = time.perf_counter() - start
-    return {"seconds": total - model_s, "model_s": model_s, "peak_rss_mb": _peak_rss_mb(),
-            "rss_after_model_mb": rss_model, "summary": summary.as_dict()}
+    return {"seconds": total - model_s, "model_s": model_s, "peak_rss_mb": rss.peak, "rss_after_model_mb": rss_model,
+            "job_rss_mb": rss.peak - rss_model, "summary": summary.as_dict()}
 
 
 def run_child(kind: str, *args: str) -> dict:

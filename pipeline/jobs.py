@@ -69,7 +69,7 @@ __all__ = ["EncodeOptions", "SegmentOptions", "encode_job", "segment_job", "init
 MANIFEST_COLUMNS = ("uri", "size", "etag", "sha256", "width", "height", "feature_key", "bytes", "status", "error")
 _COMPACT_ABOVE_PARTS = 32
 _MAX_BLOCKS = 2000
-_LIST_CHUNK = 1 << 16  # listed items turned into Arrow columns at a time
+_LIST_CHUNK = 1 << 13  # listed items turned into Arrow columns at a time
 
 
 @dataclass
@@ -283,7 +283,7 @@ def _encode(src: str | Iterable[SourceItem], store_uri: str, opts: EncodeOptions
     fstore = FeatureStore(store_uri, opts.endpoint_url)
     listed = listed_table(src, opts.decode.endpoint_url)
     manifest = fstore.manifest(model_id)
-    todo = items_to_do(listed, manifest.read(), opts.retry_failed)
+    todo = items_to_do(listed, manifest.read(columns=("size", "etag", "error")), opts.retry_failed)
     summary = EncodeSummary(run_id=run_id, model_id=model_id, store=fstore.root_uri, listed=listed.num_rows,
                             skipped=listed.num_rows - todo.num_rows, manifest_quarantined=len(manifest.quarantined))
     if todo.num_rows:

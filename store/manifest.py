@@ -178,43 +178,46 @@ class Manifest:
         """Keys of the current part files."""
         return [k for k, _ in self.backend.list(self.prefix) if _PART_RE.match(k[len(self.prefix) :])]
 
-    def _read_part(self, key: str) -> pa.Table:
+    def _read_part(self, key: str, schema: pa.Schema = MANIFEST_SCHEMA) -> pa.Table:
         data = self.backend.get(key)
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            file = pq.ParquetFile(pa.BufferReader(data))
+            present = set(file.schema_arrow.names)
+            table = file.read(columns=[f.name for f in schema if f.name in present])
             # Columns are selected by name so parts from an older writer that lack a
             # column (future schema growth) still merge.
-            cols = {f.name: (table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)) for f in MANIFEST_SCHEMA}
-            return pa.Table.from_pydict(cols, schema=MANIFEST_SCHEMA)
+            cols = {f.name: (table[f.name].cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type))
+                    for f in schema}
+            return pa.Table.from_pydict(cols, schema=schema)
         except (pa.ArrowException, ValueError, OSError) as e:
             raise CorruptObject(self.backend.uri(key), f"unreadable manifest part: {e}") from e
 
-    def _read_all(self) -> tuple[list[str], pa.Table]:
+    def _read_all(self, schema: pa.Schema = MANIFEST_SCHEMA) -> tuple[list[str], pa.Table]:
         # A concurrent compact() may delete a part between our listing and our read;
         # its rows are then in a newer part, so list again.
         for _ in range(5):
             keys = self.parts()
             try:
                 if len(keys) <= 1:
-                    tables = [self._read_or_quarantine(k) for k in keys]
+                    tables = [self._read_or_quarantine(k, schema) for k in keys]
                 else:
                     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
-                        tables = list(pool.map(self._read_or_quarantine, keys))
+                        tables = list(pool.map(lambda k: self._read_or_quarantine(k, schema), keys))
             except ObjectNotFound:
                 continue
             readable = [k for k, t in zip(keys, tables) if t is not None]
             tables = [t for t in tables if t is not None]
             if not tables:
-                return readable, MANIFEST_SCHEMA.empty_table()
+                return readable, schema.empty_table()
             return readable, pa.concat_tables(tables)
         raise RuntimeError(f"manifest parts under {self.backend.uri(self.prefix)} kept changing while reading")
 
-    def _read_or_quarantine(self, key: str) -> pa.Table | None:
+    def _read_or_quarantine(self, key: str, schema: pa.Schema = MANIFEST_SCHEMA) -> pa.Table | None:
         """The part's rows, or None when it is damaged: it is then moved aside under
         `quarantine/` (kept for inspection, never read again) and its images, having no
         row any more, are simply done again by the next job instead of failing every job."""
         try:
-            return self._read_part(key)
+            return self._read_part(key, schema)
         except CorruptObject as e:
             target = f"{self.prefix}{QUARANTINE_DIR}/{key[len(self.prefix):]}"
             log.warning("%s; moved to %s, its images will be done again", e, self.backend.uri(target))
@@ -226,10 +229,16 @@ class Manifest:
             self.quarantined.append(target)
             return None
 
-    def read(self, *, dedupe: bool = True) -> pa.Table:
+    def read(self, *, dedupe: bool = True, columns: Iterable[str] | None = None) -> pa.Table:
         """All rows, one per uri (the latest; see module docstring), sorted by uri.
-        `dedupe=False` returns every row of every part (for audits)."""
-        _, table = self._read_all()
+        `dedupe=False` returns every row of every part (for audits). `columns` reads only
+        those (plus what de-duplication needs): a skip decision over a million rows need
+        not hold every image's sha256 and feature key."""
+        schema = MANIFEST_SCHEMA
+        if columns is not None:
+            wanted = set(columns) | set(_DEDUPE_COLUMNS)
+            schema = pa.schema([f for f in MANIFEST_SCHEMA if f.name in wanted])
+        _, table = self._read_all(schema)
         return _dedupe(table) if dedupe else table
 
     def done_index(self) -> dict[str, DoneEntry]:
@@ -283,6 +292,9 @@ class Manifest:
             if key not in new_keys:
                 self.backend.delete(key)
         return new_keys[0] if new_keys else None
+
+
+_DEDUPE_COLUMNS = ("uri", "time", "status", "run_id")
 
 
 def _dedupe(table: pa.Table) -> pa.Table:
