@@ -1,7 +1,9 @@
 """Retries with exponential backoff and full jitter: the one place storage calls repeat.
 
 `with_retries(call, policy=..., what=...)` runs `call` until it returns, raises an error
-that is not retryable (`errors.RETRYABLE`), or has used `policy.attempts` tries. The
+that is not retryable (`errors.RETRYABLE`), has used `policy.attempts` tries, or would
+wait past `policy.budget_s` since the first try (minutes by default: an S3 outage of a
+few minutes is waited out, not turned into failed images or an aborted job). The
 pause before retry n (1-based) is uniform in [0, min(max_delay_s, base_delay_s * 2**(n-1))]
 ("full jitter"): many workers hitting the same throttled bucket spread out instead of
 retrying in lock-step.
@@ -10,8 +12,10 @@ The policy is process-wide (`set_retry_policy`, or the environment variables bel
 Ray workers inherit) or given per store. Every retry and every give-up is counted in
 `retry_counts()` so a job can report how often storage was flaky.
 
-Environment: SEEM_STORAGE_ATTEMPTS (total tries, default 5), SEEM_STORAGE_BACKOFF_S
-(base delay, default 0.1), SEEM_STORAGE_MAX_BACKOFF_S (cap, default 5).
+Environment: SEEM_STORAGE_RETRY_MINUTES (the budget, default 5), SEEM_STORAGE_ATTEMPTS
+(total tries, default 1000: the budget is what normally ends the retries),
+SEEM_STORAGE_BACKOFF_S (base delay, default 0.1), SEEM_STORAGE_MAX_BACKOFF_S (cap,
+default 5).
 """
 from __future__ import annotations
 
@@ -35,15 +39,16 @@ T = TypeVar("T")
 class RetryPolicy:
     """How often and how patiently to repeat a failed storage call."""
 
-    attempts: int = 5  # total tries, the first included; 1 = no retries
+    attempts: int = 1000  # total tries, the first included; 1 = no retries
     base_delay_s: float = 0.1
     max_delay_s: float = 5.0
+    budget_s: float = 300.0  # no retry starts later than this after the first try
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {self.attempts}")
-        if self.base_delay_s < 0 or self.max_delay_s < 0:
-            raise ValueError("backoff delays must be >= 0")
+        if self.base_delay_s < 0 or self.max_delay_s < 0 or self.budget_s < 0:
+            raise ValueError("backoff delays and the retry budget must be >= 0")
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number `retry` (1-based), with full jitter."""
@@ -55,9 +60,10 @@ def _policy_from_env() -> RetryPolicy:
     env = os.environ
     try:
         return RetryPolicy(
-            attempts=int(env.get("SEEM_STORAGE_ATTEMPTS", 5)),
+            attempts=int(env.get("SEEM_STORAGE_ATTEMPTS", 1000)),
             base_delay_s=float(env.get("SEEM_STORAGE_BACKOFF_S", 0.1)),
             max_delay_s=float(env.get("SEEM_STORAGE_MAX_BACKOFF_S", 5.0)),
+            budget_s=60 * float(env.get("SEEM_STORAGE_RETRY_MINUTES", 5)),
         )
     except ValueError as e:
         raise ValueError(f"invalid SEEM_STORAGE_* retry setting: {e}") from None
@@ -107,14 +113,15 @@ def with_retries(call: Callable[[], T], *, policy: RetryPolicy | None = None, wh
                  sleep: Callable[[float], None] = time.sleep) -> T:
     """`call()`, repeated after retryable storage errors as `policy` allows."""
     policy = policy or default_policy()
+    started = time.monotonic()
     for attempt in range(1, policy.attempts + 1):
         try:
             return call()
         except RETRYABLE as e:
-            if attempt == policy.attempts:
+            pause = policy.delay(attempt)
+            if attempt == policy.attempts or time.monotonic() + pause - started > policy.budget_s:
                 _count("gave_up")
                 raise
-            pause = policy.delay(attempt)
             _count("retries")
             log.info("%s: %s; retry %d/%d in %.2f s", what, e, attempt, policy.attempts - 1, pause)
             sleep(pause)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import random
 import threading
+import time
 from typing import Iterator
 
 import pytest
@@ -160,3 +161,28 @@ def test_policy_from_environment(monkeypatch):
     finally:
         monkeypatch.undo()
         storage.set_retry_policy(None)
+
+
+def test_retry_budget_in_minutes_ends_the_retries(monkeypatch):
+    """Retries go on until the time budget is spent (not after a handful of tries), and
+    the budget is set in minutes from the environment."""
+    monkeypatch.setenv("SEEM_STORAGE_RETRY_MINUTES", "0.5")
+    storage.set_retry_policy(None)
+    try:
+        assert storage.retry.default_policy().budget_s == 30.0
+    finally:
+        monkeypatch.undo()
+        storage.set_retry_policy(None)
+    assert RetryPolicy().budget_s >= 120  # the default waits out an outage of minutes
+    calls = []
+
+    def failing() -> None:
+        calls.append(time.monotonic())
+        raise Transient("503 ServiceUnavailable", "s3://b/k")
+
+    policy = RetryPolicy(base_delay_s=0.02, max_delay_s=0.02, budget_s=0.5)
+    before = storage.retry_counts()
+    with pytest.raises(Transient):
+        storage.with_retries(failing, policy=policy)
+    assert 0.4 <= calls[-1] - calls[0] <= 0.5 + 0.3 and len(calls) > 10  # many more than botocore's 5
+    assert storage.retry_counts()["gave_up"] == before["gave_up"] + 1
