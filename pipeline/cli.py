@@ -72,6 +72,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--manifest-flush-rows", type=int, default=256,
                    help="record finished images in the manifest at least every N images (default: 256; "
                         "also every 10 s): what a killed job can lose")
+    g.add_argument("--storage-retry-minutes", type=float,
+                   help="keep retrying a throttled or failing S3 call for up to this long before an image "
+                        "fails (default: 5, or SEEM_STORAGE_RETRY_MINUTES)")
     g.add_argument("--retry-failed", action="store_true",
                    help="also retry items whose last attempt failed to decode (they are skipped when unchanged)")
     f = p.add_argument_group("stored features (see docs/benchmarks.md, 'Feature store format')")
@@ -89,6 +92,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _encode_options(args: argparse.Namespace) -> Any:
     from pipeline.jobs import EncodeOptions
     from pipeline.stages import DecodeOptions, FeatureFormat, ModelSpec
+
+    if args.storage_retry_minutes is not None:
+        if args.storage_retry_minutes < 0:
+            raise SystemExit("seem: --storage-retry-minutes must be >= 0")
+        # The storage layer reads it here and in every Ray worker (jobs.init_ray passes it on).
+        os.environ["SEEM_STORAGE_RETRY_MINUTES"] = str(args.storage_retry_minutes)
+        from storage import set_retry_policy
+
+        set_retry_policy(None)
 
     decode = DecodeOptions(endpoint_url=args.endpoint_url)
     if args.max_pixels:

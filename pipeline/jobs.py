@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.progress import EncodeSummary, Progress, SegmentSummary
+from storage import retry_counts
 from pipeline.sources import SourceItem, is_inside, list_source
 from pipeline.stages import (
     DEFAULT_FEATURE_FORMAT,
@@ -141,6 +142,11 @@ def init_ray(address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    # The storage retry settings reach the workers on every node (which do not inherit
+    # this process's environment when they run on a cluster).
+    settings = {k: v for k, v in os.environ.items() if k.startswith("SEEM_STORAGE_")}
+    if settings:
+        kwargs["runtime_env"] = {"env_vars": settings}
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -246,20 +252,19 @@ def items_to_do(listed: pa.Table, done: pa.Table, retry_failed: bool) -> pa.Tabl
     manifest row (`done`, one per uri) has the same size and etag/mtime and is ok — or
     failed to *decode* these very bytes (that would fail again) unless `retry_failed`.
 
-    One hash join in Arrow: no per-item Python objects (docs/benchmarks.md, control plane)."""
+    One hash lookup in Arrow: no per-item Python objects (docs/benchmarks.md, control plane)."""
     if listed.num_rows == 0 or done.num_rows == 0:
         return listed
-    recorded = done.select(["uri", "size", "etag", "status", "error"]).rename_columns(
-        ["uri", "m_size", "m_etag", "m_status", "m_error"])
-    order = pa.array(range(listed.num_rows), pa.int64())
-    joined = listed.append_column("_order", order).join(recorded, keys="uri", join_type="left outer")
-    unchanged = pc.and_(pc.equal(joined["size"], joined["m_size"]), pc.equal(joined["etag"], joined["m_etag"]))
-    settled = pc.equal(joined["m_status"], "ok")
+    # Row of each listed uri in `done` (null: never recorded); then only that row's small
+    # columns are gathered, listing-aligned: no joined copy of the uri strings.
+    row = pc.index_in(listed["uri"], value_set=done["uri"])
+    unchanged = pc.and_(pc.equal(listed["size"], done["size"].take(row)),
+                        pc.equal(listed["etag"], done["etag"].take(row)))
+    settled = pc.equal(done["status"].take(row), "ok")
     if not retry_failed:
-        settled = pc.or_kleene(settled, pc.starts_with(joined["m_error"], pattern="decode: "))
+        settled = pc.or_kleene(settled, pc.starts_with(done["error"].take(row), pattern="decode: "))
     skip = pc.fill_null(pc.and_kleene(unchanged, settled), False)
-    todo = joined.filter(pc.invert(skip)).sort_by("_order")
-    return todo.select(listed.column_names)
+    return listed.filter(pc.invert(skip))
 
 
 def encode_job(src: str | Sequence[SourceItem], store: str, options: EncodeOptions | None = None) -> EncodeSummary:
@@ -276,6 +281,7 @@ def _encode(src: str | Iterable[SourceItem], store_uri: str, opts: EncodeOptions
     from store.feature_store import FeatureStore
 
     started = time.perf_counter()
+    driver_retries = retry_counts()["retries"]
     run_id = opts.run_id or new_run_id()
     # The driver builds the model once on CPU: its id keys the store and the manifest.
     predictor = load_predictor(dataclasses.replace(opts.model, device="cpu"))
@@ -292,6 +298,7 @@ def _encode(src: str | Iterable[SourceItem], store_uri: str, opts: EncodeOptions
         with Progress(todo.num_rows, "encode", enabled=opts.progress) as bar:
             try:
                 for table in _run_encoder(todo, model_id, fstore.root_uri, opts):
+                    summary.storage_retries += pc.sum(table["storage_retries"]).as_py() or 0
                     rows = table.to_pylist()
                     for r in rows:
                         if r["status"] == "error":
@@ -309,6 +316,7 @@ def _encode(src: str | Iterable[SourceItem], store_uri: str, opts: EncodeOptions
         summary.manifest_parts = writer.parts
         # Fold the small parts this run's flushes left (not the large, compacted ones).
         manifest.compact_small(run_id=f"{run_id}-compact", min_parts=_COMPACT_ABOVE_PARTS)
+    summary.storage_retries += retry_counts()["retries"] - driver_retries
     summary.seconds = time.perf_counter() - started
     return summary, listed
 

@@ -65,6 +65,7 @@ class EncodeSummary:
     pipeline_seconds: float = 0.0
     manifest_parts: int = 0
     manifest_quarantined: int = 0  # damaged manifest parts moved aside; their images redone
+    storage_retries: int = 0  # storage calls repeated after throttling or transient errors (all nodes)
 
     @property
     def done(self) -> int:
@@ -85,7 +86,8 @@ class EncodeSummary:
             f"model {self.model_id}, store {self.store}, run {self.run_id}",
             f"encode: {self.listed} listed | done {self.done} (encoded {self.encoded}, reused {self.reused}) | "
             f"skipped {self.skipped} | failed {self.failed} | {self.seconds:.1f} s | "
-            f"{self.images_per_s:.2f} images/s",
+            f"{self.images_per_s:.2f} images/s"
+            + (f" | {self.storage_retries} storage retries" if self.storage_retries else ""),
         ] + ([f"manifest: {self.manifest_quarantined} damaged part(s) moved to quarantine/; their images were done again"]
              if self.manifest_quarantined else [])
 

@@ -153,6 +153,7 @@ DECODED_SCHEMA = pa.schema(
         ("pixels_w", pa.int32()),
         ("feature_key", pa.string()),
         ("bytes", pa.int64()),
+        ("storage_retries", pa.int64()),  # see _new_storage_retries
     ]
 )
 
@@ -171,6 +172,7 @@ ENCODED_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("encoded", pa.bool_()),
+        ("storage_retries", pa.int64()),  # see _new_storage_retries
     ]
 )
 
@@ -377,7 +379,26 @@ def decode_table(
         decode_item(r["uri"], r["size"], r["etag"], model_name=model_name, model_id=model_id, store=store, options=options)
         for r in items.select(["uri", "size", "etag"]).to_pylist()
     ]
+    if rows:
+        rows[0]["storage_retries"] = _new_storage_retries()
     return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
+
+
+_retries_reported = 0
+_retries_lock = threading.Lock()
+
+
+def _new_storage_retries() -> int:
+    """Storage retries this process made since the last call. Workers put the number on
+    the first row of each table they return (a `storage_retries` column), so the driver
+    can total the job's retries across every node."""
+    global _retries_reported
+    from storage import retry_counts
+
+    with _retries_lock:
+        now = retry_counts()["retries"]
+        new, _retries_reported = now - _retries_reported, now
+        return new
 
 
 @functools.lru_cache(maxsize=8)
@@ -453,6 +474,8 @@ class EncoderWorker:
                     out.append({**base, "feature_key": key, "bytes": nbytes, "status": "ok", "encoded": True})
                 else:
                     out.append({**base, "status": "error", "error": error, "encoded": False})
+        if out:
+            out[0]["storage_retries"] = _new_storage_retries() + sum(r.get("storage_retries") or 0 for r in rows)
         return pa.Table.from_pylist(out, schema=ENCODED_SCHEMA)
 
     def _encode_and_store(self, rows: list[dict[str, Any]]) -> dict[int, tuple]:
