@@ -306,11 +306,14 @@ def _dedupe(table: pa.Table) -> pa.Table:
     indexed = indexed.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
     # Sort so the winner of each uri comes first, then take the first row per uri.
     # (Arrow's sort is stable, so equal keys keep part order: the last part wins.)
-    order = indexed.sort_by(
-        [("uri", "ascending"), ("time", "descending"), ("_ok", "descending"), ("run_id", "descending"), ("_row", "descending")]
-    )
-    uris = order["uri"].combine_chunks()
+    # Sort indices only (not a sorted copy of the key columns): at a million rows the
+    # copies were most of a no-op run's memory.
+    order = pc.sort_indices(indexed, sort_keys=[
+        ("uri", "ascending"), ("time", "descending"), ("_ok", "descending"), ("run_id", "descending"),
+        ("_row", "descending")])
+    del indexed
+    uris = table["uri"].take(order).combine_chunks()
     first = pc.not_equal(uris.slice(1), uris.slice(0, len(uris) - 1))
+    del uris
     keep = pa.concat_arrays([pa.array([True]), first.fill_null(True)])
-    winners = order.filter(keep)["_row"]
-    return table.take(winners)
+    return table.take(order.filter(keep))
