@@ -29,8 +29,15 @@ def ray_address(s3_server: str) -> Iterator[str]:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for a throwaway cluster
-    ctx = ray.init(num_cpus=2, object_store_memory=512 << 20, include_dashboard=False,
-                   logging_level="WARNING", log_to_driver=False)
+    for attempt in (1, 2, 3):
+        try:
+            ctx = ray.init(num_cpus=2, object_store_memory=512 << 20, include_dashboard=False,
+                           logging_level="WARNING", log_to_driver=False)
+            break
+        except Exception as e:  # Ray gives a new raylet a fixed 30 s to register; a busy machine misses it
+            ray.shutdown()
+            if attempt == 3 or "timed out during startup" not in str(e):
+                raise
     try:
         yield ctx.address_info["gcs_address"]
     finally:
