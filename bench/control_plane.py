@@ -96,15 +96,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process so far: on a shared machine, wall time follows the
+    load; CPU time hardly does."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_listing(src: str, endpoint_url: str | None) -> dict:
     from pipeline.sources import list_source
 
     rss0 = _peak_rss_mb()
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), _cpu_s()
     n = sum(1 for _ in list_source(src, endpoint_url=endpoint_url))
     seconds = time.perf_counter() - start
-    return {"keys": n, "seconds": seconds, "keys_per_s": n / seconds, "peak_rss_mb": _peak_rss_mb(),
-            "rss_before_mb": rss0}
+    return {"keys": n, "seconds": seconds, "cpu_s": _cpu_s() - cpu0, "keys_per_s": n / seconds,
+            "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss0}
 
 
 def _rss_mb() -> float:
@@ -147,11 +154,12 @@ def child_encode(src: str, store: str) -> dict:
     load_predictor(ModelSpec(device="cpu"))  # built once; encode_job reuses it
     model_s = time.perf_counter() - start
     gc.collect()
-    rss_model = _rss_mb()
+    rss_model, cpu0 = _rss_mb(), _cpu_s()
     with RssSampler() as rss:
         summary = encode_job(src, store, EncodeOptions(progress=False, pool=(1, 1)))
     total = time.perf_counter() - start
-    return {"seconds": total - model_s, "model_s": model_s, "peak_rss_mb": rss.peak, "rss_after_model_mb": rss_model,
+    return {"seconds": total - model_s, "cpu_s": _cpu_s() - cpu0, "model_s": model_s, "peak_rss_mb": rss.peak,
+            "rss_after_model_mb": rss_model,
             "job_rss_mb": rss.peak - rss_model, "summary": summary.as_dict()}
 
 
@@ -215,8 +223,10 @@ def bench_noop(args: argparse.Namespace) -> list[dict]:
     for n in args.sizes:
         folder = tiny_folder(args.workdir, n)
         store = args.workdir / f"store-{n}"
-        shutil.rmtree(store, ignore_errors=True)
-        synth_manifest(folder, store, model_id, args.part_rows)
+        if not (store / ".synthesised").exists():  # a no-op run leaves the store as it was
+            shutil.rmtree(store, ignore_errors=True)
+            synth_manifest(folder, store, model_id, args.part_rows)
+            (store / ".synthesised").touch()
         r = run_child("encode", str(folder), str(store))
         assert r["summary"]["skipped"] == n and r["summary"]["encoded"] == 0, r["summary"]
         rows.append({"what": "no-op re-run", "n": n, **r})

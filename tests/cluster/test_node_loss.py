@@ -59,7 +59,7 @@ def _seem(cluster: LocalCluster, bucket, summary: Path, command: str = "segment"
 
 def _kill_when(cluster: LocalCluster, proc: subprocess.Popen, stored, actor_class: str) -> None:
     """Hard-kill the node running `actor_class` once `stored()` reaches KILL_AFTER."""
-    wait_until(lambda: proc.poll() is not None or stored() >= KILL_AFTER, 240, f"{KILL_AFTER} objects stored")
+    wait_until(lambda: proc.poll() is not None or stored() >= KILL_AFTER, 480, f"{KILL_AFTER} objects stored")
     assert proc.poll() is None, f"the job ended before the kill:\n{proc.stdout.read()}"
     node = wait_until(lambda: proc.poll() is not None or cluster.node_running(actor_class), 30,
                       f"a node running {actor_class}")
