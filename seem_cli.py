@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 # Order is the order of `seem --help`.
-_COMMAND_MODULES = ("pipeline.cli", "serving.cli", "training.cli", "model.cli")
+_COMMAND_MODULES = ("pipeline.cli", "pipeline.video_cli", "serving.cli", "training.cli", "model.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,6 +55,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="JSON of inference settings to override, e.g. '{\"drop_negated_pieces\": false}' "
                         "(the network's masks without seem-tiny's negative-prompt rule)")
     e.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    v = e.add_argument_group("video (--video)")
+    v.add_argument("--video", action="store_true",
+                   help="DAVIS J, F, J&F and identity switches on held-out Moving Shapes World sequences, "
+                        "the authors' per-frame method against ours (docs/video.md)")
+    v.add_argument("--sequences", type=int, default=20, help="sequences (one kind of five each in turn)")
+    v.add_argument("--start", type=int, default=0, help="first sequence of the split (an offset into its seeds)")
+    v.add_argument("--frames", type=int, default=16, help="frames per sequence")
+    v.add_argument("--prompt-kinds", default="box,click,text", help="frame-0 prompts to score: box, click, text")
+    v.add_argument("--methods", default="per_frame,track", help="per_frame (the authors'), track (ours)")
     e.set_defaults(func=_eval)
 
 
@@ -101,6 +110,8 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"--inference: {e}", file=sys.stderr)
             return 2
         predictor.cfg = predictor.cfg.replace(inference=inference)
+    if args.video:
+        return _eval_video(args, predictor)
     if args.panoptic_thresholds:
         try:
             thresholds = [float(t) for t in args.panoptic_thresholds.split(",")]
@@ -116,6 +127,24 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     result = evaluate(predictor, seed=args.seed, images=args.images, split=args.split)
     print(format_table(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _eval_video(args: argparse.Namespace, predictor) -> int:  # noqa: ANN001 - a SeemPredictor
+    from .video_eval import METHODS, PROMPT_KINDS, evaluate_video, format_video_table
+
+    kinds = [k.strip() for k in args.prompt_kinds.split(",") if k.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [k for k in kinds if k not in PROMPT_KINDS] + [m for m in methods if m not in METHODS]
+    if bad or not kinds or not methods or args.sequences < 1 or args.frames < 2:
+        print(f"--video: unknown or missing prompt kinds / methods {bad or ''} (prompt kinds: {', '.join(PROMPT_KINDS)}; "
+              f"methods: {', '.join(METHODS)}; at least 1 sequence of 2 frames)", file=sys.stderr)
+        return 2
+    result = evaluate_video(predictor, sequences=args.sequences, split=args.split, start=args.start,
+                            frames=args.frames, prompt_kinds=kinds, methods=methods)
+    print(format_video_table(result))
     if args.json:
         print(json.dumps(result))
     return 0
