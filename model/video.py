@@ -10,18 +10,18 @@ Frames stream: each is encoded once, decoded for every object, then dropped; a s
 holds only per-object state (the last mask, its motion), never the video.
 
 How an object is followed (method "track", ours; docs/video.md has the measurements):
-1. Motion prior: the last mask, shifted by the object's smoothed velocity, is where the
-   object should be now (`_predicted`).
-2. Appearance: the click for this frame is the pixel of the predicted region whose
-   pixel-decoder features look most like the object did when it was prompted (the mean
-   feature inside the prompted mask), so a click does not land on an occluder.
-3. SEEM's interactive path segments from that click with the predicted mask as its memory
+1. Motion prior: the object's last whole view, shifted by its smoothed velocity, is where
+   it should be now (`_predicted`); partial or merged views move the old view along.
+2. Appearance: a colour model learnt on the prompted frame (object vs surroundings) keeps
+   the pixels of that region that look like the object (`expected`): an occluder in front
+   is not part of it; the click goes to its most object-like deep point.
+3. SEEM's interactive path segments from that click with the expected region as its memory
    prompt (the previous mask in, as in a second interactive round).
-4. Instance, not class: the answer is cut to the neighbourhood of the predicted region, and
-   of its pieces only those touching the prediction are kept, so a look-alike that merges
-   with the object while they cross cannot carry the track away.
-5. Gone: when the predicted region leaves the frame, or the answer barely overlaps it, the
-   object is reported gone (empty mask, score 0) instead of jumping to something else.
+4. Instance, not class: the answer is cut to a thin neighbourhood of the predicted region and
+   to its pieces that touch the expected region and look like the object, so a look-alike
+   that merges with the object while they cross cannot carry the track away.
+5. Gone: when nothing object-like is where the object should be, the frame reports it absent
+   (empty mask, score 0); after a few such frames, or once it leaves the frame, it is gone.
 Method "per_frame" is the SEEM authors' demo: every frame segmented independently with the
 prompt of the prompted frame.
 """
@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from .predictor import SeemPredictor
@@ -50,18 +48,19 @@ class TrackerConfig:
     (small: a look-alike merging with the object while they cross adds only a thin rim).
     min_overlap: share of the answer that must lie on the predicted region, else "gone".
     velocity_smoothing: weight of the newest displacement in the running velocity.
-    appearance_margin: where between its surroundings' (0) and its own (1) mean feature
-    similarity a pixel starts to look like the object.
+    appearance_margin: P(object | colour) above which a pixel looks like the object.
     max_missed: frames an object may stay unseen (hidden) before it is given up as gone.
-    whole_view_ratio: an answer within this area ratio of the last whole view is a whole view."""
+    whole_view_ratio, whole_view_iou: an answer within this area ratio of the last whole view
+    and overlapping the predicted region by this IoU is a whole view."""
 
     method: Literal["track", "per_frame"] = "track"
     neighbourhood: float = 0.2
     min_overlap: float = 0.25
     velocity_smoothing: float = 0.5
     candidates: int = 3
-    appearance_margin: float = 0.6
+    appearance_margin: float = 0.5
     whole_view_ratio: float = 1.25
+    whole_view_iou: float = 0.7
     max_missed: int = 6
 
 
@@ -92,11 +91,20 @@ class _Track:
     mask: np.ndarray | None = None  # the last answer
     shape: np.ndarray | None = None  # the last whole view of the object, moved along while it is not seen whole
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    appearance: torch.Tensor | None = None  # unit C vector: mean pixel feature on the prompted frame
+    appearance: np.ndarray | None = None  # per colour bin: P(object | colour) on the prompted frame
     threshold: float = 0.0  # similarity to `appearance` above which a pixel looks like the object
     missed: int = 0  # frames in a row the object was not found
     label: str | None = None
     gone: bool = False
+
+
+_BINS = 16  # colour histogram bins per channel
+
+
+def _colour_bins(image: np.ndarray) -> np.ndarray:
+    """H x W histogram bin of each pixel's RGB colour."""
+    q = (image // (256 // _BINS)).astype(np.int64)
+    return (q[..., 0] * _BINS + q[..., 1]) * _BINS + q[..., 2]
 
 
 def _centroid(mask: np.ndarray) -> np.ndarray:
@@ -143,8 +151,6 @@ class VideoSession:
         self._frames = iter(frames) if frames is not None else None
         self._vocabulary = vocabulary
         self._pending: dict[int, dict[int, Prompts]] = {}
-        self._map_of: ImageFeatures | None = None
-        self._map: torch.Tensor | None = None
         self._tracks: dict[int, _Track] = {}
         self.next_frame = 0
 
@@ -195,7 +201,8 @@ class VideoSession:
         new = self._pending.pop(index, {})
         for object_id, prompts in new.items():
             self._tracks[object_id] = _Track(object_id, prompts, index)
-        objects = [self._segment(track, features, object_id in new) for object_id, track in sorted(self._tracks.items())]
+        objects = [self._segment(track, image, features, object_id in new)
+                   for object_id, track in sorted(self._tracks.items())]
         self.next_frame += 1
         timings = {"encode": (encoded - started) * 1000, "decode": (time.perf_counter() - encoded) * 1000}
         return VideoFrame(index, image, objects, timings)
@@ -205,24 +212,24 @@ class VideoSession:
         return self.predictor.decode(features, prompts, previous_mask=previous, vocabulary=self._vocabulary,
                                      max_masks=max_masks).masks  # type: ignore[union-attr]
 
-    def _segment(self, track: _Track, features: ImageFeatures, prompted: bool) -> ObjectMask:
+    def _segment(self, track: _Track, image: np.ndarray, features: ImageFeatures, prompted: bool) -> ObjectMask:
         if prompted or self.config.method == "per_frame":
             best = self._decode(features, track.prompts)[0]
             if prompted:
-                self._start(track, features, best.mask)
+                self._start(track, image, best.mask)
             return self._answer(track, best.mask, best.score, best.label)
         if track.gone:
             return self._answer(track, None, 0.0, track.label)
-        return self._follow(track, features)
+        return self._follow(track, image, features)
 
-    def _start(self, track: _Track, features: ImageFeatures, mask: np.ndarray) -> None:
+    def _start(self, track: _Track, image: np.ndarray, mask: np.ndarray) -> None:
         track.velocity = np.zeros(2)
         track.gone = not mask.any()
         track.mask = mask
         track.shape = mask
         track.missed = 0
         if mask.any():
-            self._learn_appearance(track, features, mask)
+            self._learn_appearance(track, image, mask)
 
     def _answer(self, track: _Track, mask: np.ndarray | None, score: float, label: str | None) -> ObjectMask:
         if label is not None:
@@ -233,12 +240,12 @@ class VideoSession:
         return ObjectMask(mask, float(score), track.label, object_id=track.object_id)
 
     # ------------------------------------------------------------------ tracking
-    def _follow(self, track: _Track, features: ImageFeatures) -> ObjectMask:
+    def _follow(self, track: _Track, image: np.ndarray, features: ImageFeatures) -> ObjectMask:
         predicted = self._predicted(track)
         if predicted.sum() < 4:
             track.gone = True  # moved out of the frame
             return self._answer(track, None, 0.0, track.label)
-        similarity = self._similarity(features, track)
+        similarity = self._similarity(image, track)
         # Where the object should be AND looks like it: an occluder in front is not the object.
         expected = predicted & (similarity > track.threshold)
         if expected.sum() < 4:
@@ -255,13 +262,19 @@ class VideoSession:
         return self._answer(track, mask, score * min(1.0, overlap / 0.5), label)
 
     def _update_shape(self, track: _Track, mask: np.ndarray, predicted: np.ndarray) -> None:
-        """A mask about as large as the object's last whole view is a whole view: it becomes
-        the shape, and its displacement updates the velocity. A much smaller or larger one
-        (partly hidden, or merged with a look-alike) moves the old shape along instead, so
-        the object's extent and motion survive the occlusion or the crossing."""
+        """A mask about as large as the object's last whole view, and of the same outline,
+        is a whole view: it becomes the shape, and its displacement updates the velocity.
+        Another answer (partly hidden, or merged with a look-alike) moves the old shape along
+        instead, so the object's extent and motion survive the occlusion or the crossing."""
         assert track.shape is not None
         ratio = mask.sum() / max(track.shape.sum(), 1)
-        if 1 / self.config.whole_view_ratio < ratio < self.config.whole_view_ratio:
+        dx, dy = np.round(_centroid(mask) - _centroid(track.shape)).astype(int)
+        aligned = _shift(track.shape, int(dx), int(dy))
+        agreement = (mask & aligned).sum() / max((mask | aligned).sum(), 1)
+        # Same size AND same outline: a merged or half-hidden view can match the area by
+        # chance, not also the outline.
+        same_size = 1 / self.config.whole_view_ratio < ratio < self.config.whole_view_ratio
+        if same_size and agreement >= self.config.whole_view_iou:
             a = self.config.velocity_smoothing
             track.velocity = (1 - a) * track.velocity + a * (_centroid(mask) - _centroid(track.shape))
             track.shape = mask
@@ -303,34 +316,25 @@ class VideoSession:
         return best_mask, best.score, best.label
 
     # ------------------------------------------------------------------ appearance
-    def _feature_map(self, features: ImageFeatures) -> torch.Tensor:
-        """Unit-norm pixel-decoder features (C x H x W) resized to the original frame."""
-        f = self.predictor.materialize(features).tensors["mask_features"].float()
-        stride = features.padded_size[0] // f.shape[1]
-        ih, iw = features.input_size
-        f = f[:, :-(-ih // stride), :-(-iw // stride)]  # the cells that cover the image, not the padding
-        f = F.interpolate(f[None], size=features.original_size, mode="bilinear", align_corners=False)[0]
-        return F.normalize(f, dim=0)
+    def _similarity(self, image: np.ndarray, track: _Track) -> np.ndarray:
+        """Per pixel, how much more its colour belongs to the object than to its surroundings
+        on the prompted frame (0..1). Why colour and not the pixel decoder's features: those
+        are trained to tell instances apart, so two look-alikes swap their embeddings as
+        they move (measured: the prompted twin's similarity fell from 0.98 to 0.40 while the
+        other's rose to 0.98), whereas the colours of a thing stay its own."""
+        assert track.appearance is not None
+        return track.appearance[_colour_bins(image)]
 
-    def _cached_map(self, features: ImageFeatures) -> torch.Tensor:
-        if self._map_of is not features:  # one feature map per frame, shared by the objects
-            self._map_of, self._map = features, self._feature_map(features)
-        return self._map
-
-    def _similarity(self, features: ImageFeatures, track: _Track) -> np.ndarray:
-        return torch.einsum("chw,c->hw", self._cached_map(features), track.appearance).numpy()
-
-    def _learn_appearance(self, track: _Track, features: ImageFeatures, mask: np.ndarray) -> None:
-        """The object's mean feature on its prompted frame, and the similarity threshold
-        between it and its surroundings (a ring as wide as the object's radius)."""
-        fmap = self._cached_map(features)
-        track.appearance = F.normalize(fmap[:, torch.from_numpy(mask)].mean(1), dim=0)
-        similarity = torch.einsum("chw,c->hw", fmap, track.appearance).numpy()
+    def _learn_appearance(self, track: _Track, image: np.ndarray, mask: np.ndarray) -> None:
+        """Colour histograms of the object and of a ring around it (as wide as its radius):
+        their ratio is the object's colour likelihood, as in mean-shift trackers."""
+        bins = _colour_bins(image)
         radius = max(2, int(np.sqrt(mask.sum() / np.pi)))
         ring = ndimage.binary_dilation(mask, iterations=radius) & ~mask
-        inside = float(similarity[mask].mean())
-        outside = float(similarity[ring].mean()) if ring.any() else float(similarity[~mask].mean())
-        track.threshold = outside + self.config.appearance_margin * (inside - outside)
+        inside = np.bincount(bins[mask], minlength=_BINS ** 3) / max(mask.sum(), 1)
+        outside = np.bincount(bins[ring], minlength=_BINS ** 3) / max(ring.sum(), 1)
+        track.appearance = (inside / (inside + outside + 1e-6)).astype(np.float32)
+        track.threshold = self.config.appearance_margin
 
     def _click(self, expected: np.ndarray, similarity: np.ndarray) -> Point:
         """The pixel of the expected region deep inside it that looks most like the object."""
