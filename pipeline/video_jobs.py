@@ -189,7 +189,7 @@ def _run(todo: list[dict[str, Any]], out_uri: str, options: VideoJobOptions) -> 
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))
     results = ds.map_batches(VideoWorker, fn_constructor_args=(out_uri, options), batch_size=1,
                              compute=ray.data.ActorPoolStrategy(size=max(1, options.actors)),
-                             num_cpus=options.cpus_per_actor, num_gpus=gpus, batch_format="pydict")
+                             num_cpus=options.cpus_per_actor, num_gpus=gpus, batch_format="numpy")
     yield from results.iter_rows()
 
 

@@ -4,8 +4,8 @@ J is the region similarity (IoU; 1 when prediction and truth are both empty), F 
 boundary F-measure (DAVIS 2017: boundaries matched within ceil(0.008 x image diagonal)
 pixels), both averaged over the frames after the prompted frame 0 (DAVIS leaves the given
 first frame out too) and then over sequences; J&F is their mean. An identity switch is a
-crossing sequence in which, on some frame, more of the predicted mask lies on the
-look-alike than on the target and that is over half of the mask.
+crossing sequence in which, on some frame where the two are apart (not touching), more of
+the predicted mask lies on the look-alike than on the target and that is over half of it.
 """
 from __future__ import annotations
 
@@ -53,8 +53,12 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> flo
 
 
 def switched(pred: np.ndarray, target: np.ndarray, lookalike: np.ndarray) -> bool:
+    """The mask follows the look-alike: with the two apart (not touching, the target in view),
+    more of the mask lies on the look-alike than on the target, and that is over half of it.
+    While one hides the other, whose pixels are whose is no evidence of identity."""
+    apart = target.any() and not (ndimage.binary_dilation(target, iterations=2) & lookalike).any()
     on_twin = int((pred & lookalike).sum())
-    return on_twin > int((pred & target).sum()) and on_twin > 0.5 * int(pred.sum())
+    return bool(apart) and on_twin > int((pred & target).sum()) and on_twin > 0.5 * int(pred.sum())
 
 
 def sequence_prompt(seq: Sequence, kind: str) -> Prompts | None:

@@ -48,5 +48,8 @@ def test_davis_measures() -> None:
     assert boundary_f(shifted, gt) == 1.0 and region_j(shifted, gt) == pytest.approx(39 / 41)
     far = np.roll(gt, 10, axis=1)
     assert boundary_f(far, gt) < 0.6
-    twin = np.roll(gt, 30, axis=0)
+    twin = np.zeros_like(gt)
+    twin[70:95, 20:60] = True  # apart from the target
     assert switched(twin, gt, twin) and not switched(gt, gt, twin)
+    touching = np.roll(gt, 30, axis=0)  # overlapping: pixels there are no evidence of identity
+    assert not switched(touching, gt, touching)
