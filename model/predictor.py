@@ -5,8 +5,11 @@
     result = predictor.decode(features, Prompts(spatial=(Point(120, 80),)))   # cheap, per prompt
     result.masks[0].mask, result.masks[0].label
 
-Pre-processing (resize, normalise, pad, prompt rasterisation) and post-processing (back to
-original pixels, selection, labels) live here; the network never sees a numpy array.
+Pre-processing (resize: `prepare`; normalise and pad: `encode`; prompt rasterisation) and
+post-processing (back to original pixels, selection, labels) live here; the network never
+sees a numpy array. A caller that resizes in another process (the bulk pipeline's decode
+tasks) calls `prepare` there and hands the `PreparedImage` to `encode`, as SAM's
+`set_image` / `set_torch_image` split.
 
 Randomness: where the reference draws (the object queries spatial queries start from,
 point subsets beyond `max_spatial_len`, the memory -> prompt assignment in every layer)
@@ -30,11 +33,12 @@ from .decoder import GROUNDING, OBJECT, SPATIAL, DecoderOutput
 from .postprocess import (grounding_scores, instance_inference, negated_pieces, panoptic_keep, panoptic_merge,
                           semantic_inference, spatial_selection_logits, to_original)
 from .seem import Seem
-from .transforms import PromptError, PromptRasterizer, mask_to_memory, padded_size, resize_image, resized_size
+from .transforms import (PreparedImage, PromptError, PromptRasterizer, mask_to_memory, padded_size, prepare_image,
+                         resized_size)
 from .types import (ImageFeatures, MaskResult, PanopticResult, Prompts, ReferringRegion, Segmentation, Vocabulary)
 from .visual_sampler import SpatialTokens
 
-__all__ = ["SeemPredictor", "Draws", "PromptError"]
+__all__ = ["SeemPredictor", "Draws", "PromptError", "PreparedImage"]
 
 
 @dataclass
@@ -70,6 +74,20 @@ class Draws:
     memory_prompt: torch.Tensor | None = None
 
 
+@dataclass
+class _DecodeCall:
+    """What every step of one decode call needs: the image (its features and maps), the
+    vocabulary for labels, how many masks a target gets, and injected draws."""
+
+    features: ImageFeatures
+    mask_features: torch.Tensor
+    ms: list[torch.Tensor]
+    vocab: Vocabulary | None = None
+    vocab_emb: torch.Tensor | None = None
+    max_masks: int = 1
+    draws: Draws | None = None
+
+
 class SeemPredictor:
     def __init__(self, model: Seem, *, device: str | torch.device | None = None, seed: int = 0,
                  model_id: str | None = None, encode_batch_size: int = 4, autocast_bf16: bool | None = None) -> None:
@@ -85,10 +103,11 @@ class SeemPredictor:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, weights: str | Path | None = "default",
-                        **kwargs) -> "SeemPredictor":
+                        *, init_seed: int = 0, **kwargs) -> "SeemPredictor":
         """A registered model ("seem-tiny", "seem-focalt-v1", ...) or a config file, with
-        its default weights, random weights (None) or a checkpoint path / s3:// URI."""
-        return cls(build_model(name_or_path, weights=weights), **kwargs)
+        its default weights, random weights (None, drawn from `init_seed`) or a checkpoint
+        path / s3:// URI."""
+        return cls(build_model(name_or_path, weights=weights, init_seed=init_seed), **kwargs)
 
     def _model_id(self) -> str:
         """Short hash of config (incl. preprocessing) and weights: the feature store's key."""
@@ -101,43 +120,54 @@ class SeemPredictor:
         inf = self.cfg.inference
         return resized_size(height, width, inf.resize_shortest_edge, inf.resize_max_size)
 
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        """An H x W x 3 uint8 RGB image resized for this model, with its original size."""
+        inf = self.cfg.inference
+        return prepare_image(image, inf.resize_shortest_edge, inf.resize_max_size)
+
+    def _check_prepared(self, prepared: PreparedImage) -> PreparedImage:
+        if prepared.input_size != self.input_size(*prepared.original_size):
+            raise ValueError(f"image prepared as {prepared.input_size} for {prepared.original_size}; this model "
+                             f"resizes it to {self.input_size(*prepared.original_size)} (prepared for another model?)")
+        return prepared
+
     @torch.inference_mode()
-    def encode(self, images: np.ndarray | Sequence[np.ndarray], *, stage: str = "pixel_decoder") -> list[ImageFeatures]:
-        """H x W x 3 uint8 RGB images of any sizes -> one `ImageFeatures` each.
+    def encode(self, images: np.ndarray | PreparedImage | Sequence[np.ndarray | PreparedImage], *,
+               stage: str = "pixel_decoder") -> list[ImageFeatures]:
+        """H x W x 3 uint8 RGB images of any sizes (or `prepare`d ones) -> one `ImageFeatures` each.
 
         Images are batched only with images of the same padded size: the backbone's global
         context and the pixel decoder's transformer see the padding, so mixing sizes would
         change results. A batch therefore gives exactly what single calls give.
         stage "backbone" stops before the pixel decoder (smaller to store; see `materialize`).
         """
-        if isinstance(images, np.ndarray) and images.ndim == 3:
+        if isinstance(images, PreparedImage) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
         if stage not in ("pixel_decoder", "backbone"):
             raise ValueError("stage must be 'pixel_decoder' or 'backbone'")
-        prepared = []
-        for image in images:
-            h, w = image.shape[:2]
-            size = self.input_size(h, w)
-            prepared.append((resize_image(image, size), (h, w), size))
+        prepared = [self._check_prepared(im) if isinstance(im, PreparedImage) else self.prepare(im) for im in images]
         div = self.cfg.inference.size_divisibility
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, (_, _, size) in enumerate(prepared):
-            groups.setdefault(padded_size(size, div), []).append(i)
+        for i, p in enumerate(prepared):
+            groups.setdefault(padded_size(p.input_size, div), []).append(i)
         out: list[ImageFeatures | None] = [None] * len(prepared)
         for pad, idx in groups.items():
             for start in range(0, len(idx), self.encode_batch_size):
                 chunk = idx[start:start + self.encode_batch_size]
-                pixels = self.model.normalize_and_pad([prepared[i][0] for i in chunk])
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-                    feats = self.model.encode_backbone(pixels)
-                    if stage == "pixel_decoder":
-                        mask_features, ms = self.model.encode_pixels(feats)
-                        feats = {"mask_features": mask_features, **{f"ms{l}": m for l, m in enumerate(ms)}}
-                for j, i in enumerate(chunk):
-                    _, original, size = prepared[i]
-                    tensors = {k: v[j].float().contiguous() for k, v in feats.items()}
-                    out[i] = ImageFeatures(self.model_id, original, size, pad, tensors, stage)  # type: ignore[arg-type]
+                for i, feats in zip(chunk, self._encode_batch([prepared[i] for i in chunk], stage)):
+                    p = prepared[i]
+                    out[i] = ImageFeatures(self.model_id, p.original_size, p.input_size, pad, feats, stage)  # type: ignore[arg-type]
         return out  # type: ignore[return-value]
+
+    def _encode_batch(self, batch: list[PreparedImage], stage: str) -> list[dict[str, torch.Tensor]]:
+        """Normalise, pad and run the encoder on images of one padded size: tensors per image."""
+        pixels = self.model.normalize_and_pad([p.tensor() for p in batch])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            feats = self.model.encode_backbone(pixels)
+            if stage == "pixel_decoder":
+                mask_features, ms = self.model.encode_pixels(feats)
+                feats = {"mask_features": mask_features, **{f"ms{l}": m for l, m in enumerate(ms)}}
+        return [{k: v[j].float().contiguous() for k, v in feats.items()} for j in range(len(batch))]
 
     @torch.inference_mode()
     def materialize(self, features: ImageFeatures) -> ImageFeatures:
@@ -196,78 +226,84 @@ class SeemPredictor:
 
     # ------------------------------------------------------------------ decode
     @torch.inference_mode()
-    def decode(self, features: ImageFeatures, prompts: Prompts | Sequence[Prompts] | None = None,
-               previous_mask: np.ndarray | torch.Tensor | Sequence | None = None,
+    def decode(self, features: ImageFeatures, prompts: Prompts | None = None,
+               previous_mask: np.ndarray | torch.Tensor | None = None,
                vocabulary: Vocabulary | Sequence[str] | None = None, max_masks: int = 1,
-               draws: Draws | None = None) -> Segmentation | list[Segmentation]:
-        """Masks for one target (`Prompts`) or several targets at once (a sequence).
+               draws: Draws | None = None) -> Segmentation:
+        """Masks for one target (`Prompts`); several targets at once: `decode_many`.
 
         previous_mask: the last round's `Segmentation.memory` (exact) or a boolean mask in
-        original pixels; one per target for several targets. It is SEEM's memory prompt, so
-        only targets with spatial prompts use it (a phrase alone or a referring region alone
-        picks by meaning, not by place). No prompt at all gives the panoptic segments of the
-        image as masks.
+        original pixels. It is SEEM's memory prompt, so only targets with spatial prompts use
+        it (a phrase alone or a referring region alone picks by meaning, not by place). No
+        prompt at all gives the panoptic segments of the image as masks.
         """
-        if prompts is None or (isinstance(prompts, Prompts) and prompts.is_empty):
+        if prompts is not None and not isinstance(prompts, Prompts):
+            raise TypeError("decode takes one Prompts; use decode_many for several targets")
+        if prompts is None or prompts.is_empty:
+            if max_masks < 1:
+                raise PromptError("max_masks must be at least 1")
             pan = self.panoptic(features, vocabulary)
             return Segmentation(masks=pan.masks[:max(max_masks, len(pan.masks))], timings_ms=pan.timings_ms)
-        single = isinstance(prompts, Prompts)
-        targets = [prompts] if single else list(prompts)
-        if any(t.is_empty for t in targets):
+        return self.decode_many(features, [prompts], None if previous_mask is None else [previous_mask],
+                                vocabulary=vocabulary, max_masks=max_masks, draws=draws)[0]
+
+    @torch.inference_mode()
+    def decode_many(self, features: ImageFeatures, targets: Sequence[Prompts],
+                    previous_masks: Sequence[np.ndarray | torch.Tensor] | None = None,
+                    vocabulary: Vocabulary | Sequence[str] | None = None, max_masks: int = 1,
+                    draws: Draws | None = None) -> list[Segmentation]:
+        """One `Segmentation` per target, decoded together where SEEM decodes them together:
+        phrase targets share one grounding pass, referring-only targets one object-query pass,
+        visual targets without text one multi-object pass; composed targets (phrase + visual
+        prompts) run alone. `previous_masks`: one per target, or None."""
+        targets = list(targets)
+        if any(not isinstance(t, Prompts) or t.is_empty for t in targets):
             raise PromptError("a target without any prompt (text, visual or referring)")
-        if previous_mask is None:
-            memories = [None] * len(targets)
-        elif single:
-            memories = [previous_mask]
-        else:
-            memories = list(previous_mask)  # type: ignore[arg-type]
-            if len(memories) != len(targets):
-                raise PromptError(f"{len(memories)} previous masks for {len(targets)} targets")
+        memories = [None] * len(targets) if previous_masks is None else list(previous_masks)
+        if len(memories) != len(targets):
+            raise PromptError(f"{len(memories)} previous masks for {len(targets)} targets")
         if max_masks < 1:
             raise PromptError("max_masks must be at least 1")
         started = time.perf_counter()
-        # Labels need a vocabulary; without one (and no default) masks come unlabelled.
-        vocab = self.vocabulary(vocabulary) if vocabulary is not None or self.default_vocabulary.names else None
-        vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names) if vocab else None
-        mask_features, ms = self._maps(features)
+        call = self._decode_call(features, vocabulary, max_masks, draws)
         results: list[Segmentation | None] = [None] * len(targets)
         # A referring region becomes a class embedding first (see `_reference_embedding`).
-        references = [self._reference_embedding(t.referring, vocab, vocab_emb) if t.referring else None
+        references = [self._reference_embedding(t.referring, call.vocab_emb) if t.referring else None
                       for t in targets]
-        # Phrase targets without clicks share one grounding pass (as the reference grounds several
-        # phrases); referring-only targets share one object-query pass; visual targets without text
-        # share one multi-object pass; composed targets (phrase + visual prompts) run alone.
         grounded = [i for i, t in enumerate(targets) if t.text is not None and not t.spatial]
         referred = [i for i, t in enumerate(targets) if t.text is None and not t.spatial]
         visual = [i for i, t in enumerate(targets) if t.spatial and t.text is None]
         composed = [i for i, t in enumerate(targets) if t.spatial and t.text is not None]
         if grounded:
-            segs = self._grounding(features, mask_features, ms, [targets[i].text for i in grounded],
-                                   vocab, vocab_emb, max_masks, [references[i] for i in grounded])
+            segs = self._grounding(call, [targets[i].text for i in grounded], [references[i] for i in grounded])
             for i, seg in zip(grounded, segs):
                 results[i] = seg
         if referred:
-            segs = self._referred(features, mask_features, ms, [references[i] for i in referred], vocab, vocab_emb, max_masks)
-            for i, seg in zip(referred, segs):
+            for i, seg in zip(referred, self._referred(call, [references[i] for i in referred])):
                 results[i] = seg
-        groups = ([visual] if visual else []) + [[i] for i in composed]
-        for group in groups:
-            segs, _ = self._spatial(features, mask_features, ms, [targets[i] for i in group], [memories[i] for i in group],
-                                    vocab, vocab_emb, max_masks, draws, [references[i] for i in group])
+        for group in ([visual] if visual else []) + [[i] for i in composed]:
+            segs, _ = self._spatial(call, [targets[i] for i in group], [memories[i] for i in group],
+                                    [references[i] for i in group])
             for i, seg in zip(group, segs):
                 results[i] = seg
         elapsed = (time.perf_counter() - started) * 1000
         for seg in results:
             seg.timings_ms.setdefault("decode", elapsed)
-        return results[0] if single else results  # type: ignore[return-value]
+        return results  # type: ignore[return-value]
 
-    def _grounding(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
-                   texts: list[str], vocab: Vocabulary | None, vocab_emb: torch.Tensor | None, max_masks: int,
-                   references: list[torch.Tensor | None]) -> list[Segmentation]:
+    def _decode_call(self, features: ImageFeatures, vocabulary: Vocabulary | Sequence[str] | None,
+                     max_masks: int = 1, draws: Draws | None = None) -> _DecodeCall:
+        # Labels need a vocabulary; without one (and no default) masks come unlabelled.
+        vocab = self.vocabulary(vocabulary) if vocabulary is not None or self.default_vocabulary.names else None
+        vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names) if vocab else None
+        mask_features, ms = self._maps(features)
+        return _DecodeCall(features, mask_features, ms, vocab, vocab_emb, max_masks, draws)
+
+    def _grounding(self, call: _DecodeCall, texts: list[str], references: list[torch.Tensor | None]) -> list[Segmentation]:
         m = self.model
         grounding, phrase_emb = m.grounding_input([texts])
-        object_labels = self._object_labels(vocab_emb)
-        out = m.decoder(ms, mask_features, object_queries=object_labels, grounding=grounding)
+        object_labels = self._object_labels(call.vocab_emb)
+        out = m.decoder(call.ms, call.mask_features, object_queries=object_labels, grounding=grounding)
         g = out.final[GROUNDING]
         scores = grounding_scores(g.class_emb[0], phrase_emb[0], m.text_encoder.logit_scale,
                                   self.cfg.inference.grounding_temperature_max)  # Q x P
@@ -275,13 +311,13 @@ class SeemPredictor:
             if ref is not None:  # phrase and region must both agree: add the two log-distributions
                 scores[:, p] = scores[:, p].log_softmax(0) + self._similarity(g.class_emb[0], ref).log_softmax(0)
         probs = scores.softmax(0)
-        objects = self._object_queries(out, vocab_emb) if object_labels else None
+        objects = self._object_queries(out, call.vocab_emb) if object_labels else None
         segs = []
         for p in range(len(texts)):
-            order = scores[:, p].argsort(descending=True)[:max_masks]
-            labels = [self._prompted_label(g.class_emb[0, q], g.masks[0, q], objects, vocab, vocab_emb)
+            order = scores[:, p].argsort(descending=True)[:call.max_masks]
+            labels = [self._prompted_label(g.class_emb[0, q], g.masks[0, q], objects, call.vocab, call.vocab_emb)
                       for q in order.tolist()]
-            segs.append(self._ranked_segmentation(features, g.masks[0], order, probs[:, p], labels))
+            segs.append(self._ranked_segmentation(call.features, g.masks[0], order, probs[:, p], labels))
         return segs
 
     @staticmethod
@@ -296,14 +332,14 @@ class SeemPredictor:
                  for j, q in enumerate(order.tolist())]
         return Segmentation(masks, memory=mask_logits[order[0]][None, None].cpu())
 
-    def _visual_tokens(self, target: Prompts, features: ImageFeatures, mask_features: torch.Tensor,
-                       ms: list[torch.Tensor], generator: torch.Generator) -> SpatialTokens:
+    def _visual_tokens(self, call: _DecodeCall, target: Prompts, generator: torch.Generator) -> SpatialTokens:
         parts = []
         if target.spatial:
-            raster = PromptRasterizer(features.original_size, features.input_size)
-            pos, neg = raster.prompt_masks(target.spatial, features.padded_size)
-            parts.append(self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), mask_features[0],
-                                                   [x[0] for x in ms], generator))
+            f = call.features
+            raster = PromptRasterizer(f.original_size, f.input_size)
+            pos, neg = raster.prompt_masks(target.spatial, f.padded_size)
+            parts.append(self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), call.mask_features[0],
+                                                   [x[0] for x in call.ms], generator))
         return SpatialTokens.concat(parts)
 
     def _similarity(self, class_emb: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -311,9 +347,9 @@ class SeemPredictor:
         return grounding_scores(class_emb, reference[None], self.model.text_encoder.logit_scale,
                                 self.cfg.inference.grounding_temperature_max)[:, 0]
 
-    def _objects(self, mask_features: torch.Tensor, ms: list[torch.Tensor], vocab_emb: torch.Tensor | None) -> "_ObjectQueries":
+    def _objects(self, call: _DecodeCall) -> "_ObjectQueries":
         """The object queries of one image (the panoptic head), to match prompted masks against."""
-        return self._object_queries(self.model.decoder(ms, mask_features, object_queries=True), vocab_emb)
+        return self._object_queries(self.model.decoder(call.ms, call.mask_features, object_queries=True), call.vocab_emb)
 
     def _object_queries(self, out: DecoderOutput, vocab_emb: torch.Tensor | None) -> "_ObjectQueries":
         obj = out.final[OBJECT]
@@ -323,8 +359,7 @@ class SeemPredictor:
             log_object = torch.log1p(-no_object.clamp(max=1 - 1e-6))
         return _ObjectQueries(obj.class_emb[0], obj.masks[0], log_object)
 
-    def _reference_embedding(self, regions: Sequence[ReferringRegion], vocab: Vocabulary | None,
-                             vocab_emb: torch.Tensor | None) -> torch.Tensor:
+    def _reference_embedding(self, regions: Sequence[ReferringRegion], vocab_emb: torch.Tensor | None) -> torch.Tensor:
         """What referring regions show, as one unit vector in the joint vision-language space.
 
         Why not the reference's route (the region's point features fed to the target image's
@@ -347,29 +382,27 @@ class SeemPredictor:
             if not pos.any():
                 raise PromptError("referring prompt: the region needs a positive part")
             mf, ms = self._maps(f)
+            call = _DecodeCall(f, mf, ms, vocab=None, vocab_emb=vocab_emb)
             # One pass segments the region and runs the object queries (which never see it).
-            segs, objects = self._spatial(f, mf, ms, [Prompts(spatial=tuple(ref.region))], [None], None, vocab_emb, 1,
-                                          None, [None], with_objects=True)
+            segs, objects = self._spatial(call, [Prompts(spatial=tuple(ref.region))], [None], [None], with_objects=True)
             emb = objects.class_emb[objects.best_match(segs[0].memory[0, 0], min_iou=0.0)]
             embeddings.append(emb / (emb.norm() + 1e-7))
         mean = torch.stack(embeddings).mean(0)
         return mean / (mean.norm() + 1e-7)
 
-    def _referred(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
-                  references: list[torch.Tensor], vocab: Vocabulary | None, vocab_emb: torch.Tensor | None,
-                  max_masks: int) -> list[Segmentation]:
+    def _referred(self, call: _DecodeCall, references: list[torch.Tensor]) -> list[Segmentation]:
         """Referring-only targets: the object queries most similar to each reference embedding,
         weighted by how sure the model is that a query is an object at all."""
-        objects = self._objects(mask_features, ms, vocab_emb)
+        objects = self._objects(call)
         class_emb, mask_logits = objects.class_emb, objects.masks
         segs = []
         for ref in references:
             scores = self._similarity(class_emb, ref)
             if objects.log_object is not None:
                 scores = scores + objects.log_object
-            order = scores.argsort(descending=True)[:max_masks]
-            labels = [self._label(class_emb[q], vocab, vocab_emb) for q in order.tolist()]
-            segs.append(self._ranked_segmentation(features, mask_logits, order, scores.softmax(0), labels))
+            order = scores.argsort(descending=True)[:call.max_masks]
+            labels = [self._label(class_emb[q], call.vocab, call.vocab_emb) for q in order.tolist()]
+            segs.append(self._ranked_segmentation(call.features, mask_logits, order, scores.softmax(0), labels))
         return segs
 
     def _memory(self, previous: np.ndarray | torch.Tensor | None, features: ImageFeatures) -> torch.Tensor | None:
@@ -386,9 +419,8 @@ class SeemPredictor:
             raise PromptError(f"previous_mask has shape {mask.shape}, the image is {features.original_size}")
         return mask_to_memory(mask.astype(bool), features.input_size, features.padded_size).to(self.device)
 
-    def _spatial(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor],
-                 targets: list[Prompts], memories: list, vocab: Vocabulary | None, vocab_emb: torch.Tensor | None,
-                 max_masks: int, draws: Draws | None, references: list[torch.Tensor | None],
+    def _spatial(self, call: _DecodeCall, targets: list[Prompts], memories: list,
+                 references: list[torch.Tensor | None],
                  with_objects: bool = False) -> tuple[list[Segmentation], "_ObjectQueries | None"]:
         """Masks of visual targets, and the object queries of the same pass when they ran (for
         labels, `prompted_mask_labels="object_match"`, or when asked with `with_objects`)."""
@@ -396,7 +428,7 @@ class SeemPredictor:
         # One generator per target, each seeded alike: a target's random draws (token points,
         # query sources) and so its mask do not depend on which other targets share the pass.
         generators = [torch.Generator().manual_seed(self.seed) for _ in targets]
-        per_target = [self._visual_tokens(t, features, mask_features, ms, g) for t, g in zip(targets, generators)]
+        per_target = [self._visual_tokens(call, t, g) for t, g in zip(targets, generators)]
         ns = len(targets)
         # One token set with a prompt index per target.
         tokens = SpatialTokens(
@@ -406,10 +438,10 @@ class SeemPredictor:
             pos_embed=torch.cat([t.pos_embed for t in per_target]),
             neg_embed=torch.cat([t.neg_embed for t in per_target]),
         )
-        draws = draws or Draws()
+        draws = call.draws or Draws()
         source = draws.query_source if draws.query_source is not None else \
             torch.cat([m.decoder.draw_query_sources(1, g) for g in generators])
-        prev = [self._memory(mem, features) for mem in memories]
+        prev = [self._memory(mem, call.features) for mem in memories]
         prev_mask = None
         memory_prompt = None
         if any(p is not None for p in prev):
@@ -423,39 +455,48 @@ class SeemPredictor:
         if text is not None:
             grounding, _ = m.grounding_input([[text]])
         spatial = m.spatial_input([tokens], source.to(self.device), prev_mask, memory_prompt, see_text=text is not None)
-        object_labels = vocab is not None and self._object_labels(vocab_emb)
+        object_labels = call.vocab is not None and self._object_labels(call.vocab_emb)
         run_objects = with_objects or object_labels
-        out = m.decoder(ms, mask_features, object_queries=run_objects, grounding=grounding, spatial=spatial)
+        out = m.decoder(call.ms, call.mask_features, object_queries=run_objects, grounding=grounding, spatial=spatial)
+        objects = self._object_queries(out, call.vocab_emb) if run_objects else None
+        segs = self._spatial_segmentations(call, targets, out, spatial.pos_embed[0], references,
+                                           objects if object_labels else None)
+        return segs, objects
+
+    def _spatial_segmentations(self, call: _DecodeCall, targets: list[Prompts], out: DecoderOutput,
+                               pos_embed: torch.Tensor, references: list[torch.Tensor | None],
+                               label_source: "_ObjectQueries | None") -> list[Segmentation]:
+        """Each target's best spatial queries as masks in original pixels, labelled, with
+        the pieces its negative prompts sit on removed (`drop_negated_pieces`)."""
         s = out.final[SPATIAL]
+        f = call.features
         qpp = self.cfg.decoder.queries_per_prompt
-        sel = spatial_selection_logits(s.mask_emb[0], spatial.pos_embed[0], qpp)  # (ns*q) x ns
-        objects = self._object_queries(out, vocab_emb) if run_objects else None
-        label_source = objects if object_labels else None
+        sel = spatial_selection_logits(s.mask_emb[0], pos_embed, qpp)  # (ns*q) x ns
         segs = []
-        for p in range(ns):
-            prompt_rasters = self._prompt_rasters(targets[p], features)
+        for p in range(len(targets)):
+            prompt_rasters = self._prompt_rasters(targets[p], f)
             own = sel[p * qpp:(p + 1) * qpp, p]
             if references[p] is not None:  # a referring region ranks the prompt's candidates too
                 own = own.log_softmax(0) + self._similarity(s.class_emb[0, p * qpp:(p + 1) * qpp], references[p]).log_softmax(0)
             probs = own.softmax(0)
-            order = (own.argsort(descending=True) + p * qpp)[:max_masks]
-            logits = to_original(s.masks[0, order], features.padded_size, features.input_size,
-                                 features.original_size, "bilinear")
+            order = (own.argsort(descending=True) + p * qpp)[:call.max_masks]
+            logits = to_original(s.masks[0, order], f.padded_size, f.input_size, f.original_size, "bilinear")
             masks = []
             memory = s.masks[0, order[0]][None, None].cpu()
             for j, q in enumerate(order.tolist()):
-                label, label_score, k = self._prompted_label(s.class_emb[0, q], s.masks[0, q], label_source, vocab, vocab_emb)
+                label, label_score, k = self._prompted_label(s.class_emb[0, q], s.masks[0, q], label_source,
+                                                             call.vocab, call.vocab_emb)
                 mask = (logits[j].sigmoid() > 0.5).cpu().numpy()
                 if prompt_rasters is not None:
                     dropped = negated_pieces(mask, *prompt_rasters)
                     if dropped.any():
                         mask = mask & ~dropped
                         if j == 0:  # the next round must not bring the piece back through memory
-                            gone = mask_to_memory(dropped, features.input_size, features.padded_size) > 0
+                            gone = mask_to_memory(dropped, f.input_size, f.padded_size) > 0
                             memory = torch.where(gone, memory.clamp(max=-1.0), memory)
                 masks.append(MaskResult(mask, float(probs[q - p * qpp]), label, label_score, k))
             segs.append(Segmentation(masks, memory=memory))
-        return segs, objects
+        return segs
 
     def _prompt_rasters(self, target: Prompts, features: ImageFeatures) -> tuple[np.ndarray, list[np.ndarray]] | None:
         """The positive prompts' pixels and each negative prompt's pixels, in original pixels,

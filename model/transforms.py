@@ -7,6 +7,8 @@ rasterised as masks in model-input pixels (SEEM encodes every visual prompt as a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,11 +39,46 @@ def padded_size(size: tuple[int, int], divisibility: int) -> tuple[int, int]:
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """H x W x 3 uint8 -> 3 x h x w float32 (0..255), bicubic as PIL does it (antialiased)."""
+    return PreparedImage(resize_pixels(image, size), (int(image.shape[0]), int(image.shape[1]))).tensor()
+
+
+def resize_pixels(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """H x W x 3 uint8 -> h x w x 3 uint8, bicubic as PIL does it (antialiased)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.dtype} {image.shape}")
-    if tuple(image.shape[:2]) != tuple(size):
-        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
-    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).to(torch.float32)
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image resized for one model, with the geometry that maps results back to it.
+
+    `pixels` is the input_size H x W x 3 uint8 image. Normalising and padding to the size
+    divisibility happen inside `SeemPredictor.encode`, per batch: uint8 pixels are 4x
+    smaller to move between processes than normalised floats.
+    """
+
+    pixels: np.ndarray
+    original_size: tuple[int, int]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    def tensor(self) -> torch.Tensor:
+        """3 x h x w float32 (0..255), what `Seem.normalize_and_pad` takes."""
+        return torch.from_numpy(np.array(self.pixels, dtype=np.uint8, copy=True)).permute(2, 0, 1).to(torch.float32)
+
+
+def prepare_image(image: np.ndarray, shortest_edge: int | None, max_size: int | None) -> PreparedImage:
+    """Resize an H x W x 3 uint8 RGB image by the shortest-edge rule (see `resized_size`)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {image.dtype} {image.shape}")
+    h, w = int(image.shape[0]), int(image.shape[1])
+    size = resized_size(h, w, shortest_edge, max_size)
+    return PreparedImage(np.ascontiguousarray(resize_pixels(image, size)), (h, w))
 
 
 class PromptRasterizer:

@@ -3,7 +3,7 @@
 `pipeline.jobs` is the thin Ray layer: it lists the source, builds Ray Data datasets and
 calls what is here inside Ray tasks and actors. Nothing in this module imports Ray.
 
-Stages (DESIGN §2):
+Stages (the bulk job in docs/architecture.md):
 
 1. `decode_table` (CPU tasks): read the bytes of each listed item, hash them, and either
    note that the store already holds features for these bytes ("exists": no encoder work
@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from model.image_io import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, image_size
+from model.loading import ModelSpec, prepare_for
 from pipeline import defaults
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ __all__ = [
     "SEGMENTED_SCHEMA",
     "MASK_STRUCT",
     "load_predictor",
-    "model_input_size",
     "decode_item",
     "decode_table",
     "EncoderWorker",
@@ -68,27 +68,9 @@ DEFAULT_MAX_BYTES = 512 << 20  # a larger object is refused before it is read
 
 # --------------------------------------------------------------------------- options
 @dataclass(frozen=True)
-class ModelSpec:
-    """Which model the workers load: a registered name or config file, and its weights.
-
-    weights: "default" (the shipped weights; random ones with a warning until they exist),
-    "random" (random initialisation), or a checkpoint path / s3:// URI. Random weights
-    are drawn from `seed`, so every process builds the same model with the same model id
-    (the id hashes the weights; unseeded random weights would differ per actor).
-    """
-
-    name: str = "seem-tiny"
-    weights: str | None = "default"
-    device: str | None = None  # None: CUDA when the process sees a GPU, else CPU
-    seed: int = 0
-
-    def cache_key(self) -> tuple:
-        return (self.name, self.weights, self.device, self.seed)
-
-
-@dataclass(frozen=True)
 class FeatureFormat:
-    """What a store object holds (DESIGN §5; chosen by measurement, docs/benchmarks.md).
+    """What a store object holds (docs/architecture.md, "The feature store format"; chosen by
+    measurement, docs/benchmarks.md).
 
     stage: "pixel_decoder" (what the decoder consumes) or "backbone" (smaller; the pixel
     decoder runs again on every read). dtype: float16 / bfloat16 / float32. codec: a
@@ -235,76 +217,18 @@ def _exception_reason(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- model
-_predictors: dict[tuple, Any] = {}
-_predictors_lock = threading.Lock()
-
-
 def load_predictor(spec: ModelSpec, *, encode_batch_size: int = 4, torch_threads: int | None = None) -> Any:
-    """A `SeemPredictor` for `spec`, built once per process (actors call this in __init__;
-    the driver calls it for the model id and the default vocabulary)."""
-    import torch
-
-    from model.predictor import SeemPredictor
+    """The process's `SeemPredictor` for `spec` (`model.loading.load_predictor`), with this
+    worker's batch size and torch thread count."""
+    from model.loading import load_predictor as load
 
     if torch_threads:
+        import torch
+
         torch.set_num_threads(int(torch_threads))
-    key = spec.cache_key()
-    with _predictors_lock:
-        predictor = _predictors.get(key)
-        if predictor is None:
-            weights = None if spec.weights in (None, "random") else spec.weights
-            # Seed the random initialisation (used for "random" and as the fallback when
-            # default weights are missing) without disturbing the caller's RNG.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(spec.seed)
-                predictor = SeemPredictor.from_pretrained(spec.name, weights=weights, device=spec.device)
-            _predictors[key] = predictor
+    predictor = load(spec)
     predictor.encode_batch_size = max(1, int(encode_batch_size))
     return predictor
-
-
-@functools.lru_cache(maxsize=8)
-def _inference_config(model_name: str) -> tuple[int | None, int | None]:
-    from model.build import get_config
-
-    inf = get_config(model_name).inference
-    return inf.resize_shortest_edge, inf.resize_max_size
-
-
-def model_input_size(model_name: str, height: int, width: int) -> tuple[int, int]:
-    """The size the model resizes an image of `height` x `width` to, each side at least 1.
-
-    The predictor's own rule can round a very thin image's short side to 0 (e.g. 4000 x 2
-    -> 512 x 0); clamping keeps such (valid) images encodable. Reads only the config.
-    """
-    from model.transforms import resized_size
-
-    shortest, longest = _inference_config(model_name)
-    h, w = resized_size(height, width, shortest, longest)
-    return max(1, h), max(1, w)
-
-
-def _resize_for_model(image: np.ndarray, model_name: str) -> np.ndarray:
-    """The image at the model's input size (bicubic, as the predictor resizes).
-
-    Done in the decode task so that the encoder actors receive small arrays. The
-    predictor leaves an image alone when its size is already its input size (checked
-    here: a size must map to itself), so encoding the result gives the same features as
-    encoding the original; only `original_size` is restored afterwards.
-    """
-    from model.transforms import resized_size
-
-    target = model_input_size(model_name, image.shape[0], image.shape[1])
-    shortest, longest = _inference_config(model_name)
-    if resized_size(target[0], target[1], shortest, longest) != target:
-        # Not a fixed point of the resize rule: hand on the original and let the
-        # predictor resize (correct, only less economical).
-        return image
-    if tuple(image.shape[:2]) == target:
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((target[1], target[0]), Image.BICUBIC))
 
 
 # --------------------------------------------------------------------------- decode stage
@@ -351,7 +275,7 @@ def decode_item(
         image = decode_image(data, max_pixels=options.max_pixels)
         del data  # the encoded bytes are no longer needed; free them before resizing
         height, width = image.shape[:2]
-        pixels = np.ascontiguousarray(_resize_for_model(image, model_name))
+        pixels = prepare_for(model_name, image).pixels
         del image  # only the model-sized copy travels on
     except ImageDecodeError as e:
         row["error"] = error_text("decode", e)
@@ -483,7 +407,11 @@ class EncoderWorker:
         results: dict[int, tuple] = {}
         if not rows:
             return results
-        images = [np.frombuffer(r["pixels"], np.uint8).reshape(r["pixels_h"], r["pixels_w"], 3) for r in rows]
+        from model.transforms import PreparedImage
+
+        # Resized in the decode task (`prepare_for`); the geometry goes with the pixels.
+        images = [PreparedImage(np.frombuffer(r["pixels"], np.uint8).reshape(r["pixels_h"], r["pixels_w"], 3),
+                                (int(r["height"]), int(r["width"]))) for r in rows]
         try:
             features = self.predictor.encode(images, stage=self.format.stage)
         except Exception as e:
@@ -496,8 +424,6 @@ class EncoderWorker:
                 results.update(self._encode_and_store([r]))
             return results
         for r, f in zip(rows, features):
-            # The image was resized in the decode task; the features describe the original.
-            f = dataclasses.replace(f, original_size=(int(r["height"]), int(r["width"])))
             try:
                 put = self.store.put_info(f, r["sha256"], dtype=self.format.dtype, compress=self.format.codec)
                 results[id(r)] = (put.key, put.size, put.written, None)
@@ -551,7 +477,7 @@ def segment_features(predictor: Any, features: Any, spec: SegmentSpec) -> list[t
         for m in predictor.panoptic(features, vocab).masks:
             found.append(("panoptic", None, m.label, m))
     if spec.texts:
-        segs = predictor.decode(features, [Prompts(text=t) for t in spec.texts], vocabulary=vocab, max_masks=1)
+        segs = predictor.decode_many(features, [Prompts(text=t) for t in spec.texts], vocabulary=vocab, max_masks=1)
         for text, seg in zip(spec.texts, segs):
             if seg.masks:
                 found.append(("text", text, text, seg.masks[0]))

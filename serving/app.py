@@ -1,4 +1,4 @@
-"""The Ray Serve application (DESIGN §7): Ingress -> Decoder (autoscaled) -> Encoder.
+"""The Ray Serve application (docs/architecture.md, "An HTTP request"): Ingress -> Decoder (autoscaled) -> Encoder.
 
     Ingress   FastAPI (serving.api): auth, limits, validation, the web page; forwards to
               the decoder with `multiplexed_model_id=image_id`, so requests for one image
@@ -77,12 +77,13 @@ class Encoder:
     def __init__(self, config: dict[str, Any]) -> None:
         from store import FeatureStore
 
-        from .inference import load_predictor, warm_up
+        from model.loading import load_predictor
+
+        from .inference import warm_up
         from .metrics import EncoderMetrics
 
         self.config = ServeConfig.model_validate(config)
-        self.predictor = load_predictor(self.config.model, self.config.weights, seed=self.config.seed,
-                                        device=_device())
+        self.predictor = load_predictor(self.config.model_spec(_device()))
         warm_up(self.predictor, decode=False)
         self.store = FeatureStore(self.config.store, self.config.endpoint_url)
         self.metrics = EncoderMetrics()
@@ -164,13 +165,14 @@ class Decoder:
     def __init__(self, config: dict[str, Any], encoder: DeploymentHandle) -> None:
         from store import FeatureStore
 
-        from .inference import load_predictor, warm_up
+        from model.loading import load_predictor
+
+        from .inference import warm_up
         from .metrics import DecoderMetrics
 
         self.config = ServeConfig.model_validate(config)
         opts = self.config.decoder
-        self.predictor = load_predictor(self.config.model, self.config.weights, seed=self.config.seed,
-                                        device=_device())
+        self.predictor = load_predictor(self.config.model_spec(_device()))
         warm_up(self.predictor)
         self.model_id_ = self.predictor.model_id
         self.store = FeatureStore(self.config.store, self.config.endpoint_url)

@@ -42,7 +42,7 @@ class _Strict(BaseModel):
 
 
 class Limits(_Strict):
-    """Request limits enforced by the ingress (status codes in DESIGN §7 / serving/errors.py)."""
+    """Request limits enforced by the ingress (status codes in docs/api.md / serving/errors.py)."""
 
     max_body_bytes: int = Field(20 << 20, gt=0, description="request body bytes (413)")
     max_pixels: int = Field(40_000_000, gt=0, description="width * height of an image (413)")
@@ -117,7 +117,7 @@ class ServeConfig(_Strict):
     ingress: IngressOptions = IngressOptions()
     route_by_image: bool = Field(True, description="send requests for one image to the replica holding it")
     request_timeout_s: float = Field(60.0, gt=0)
-    seed: int = Field(0, description="torch seed before building the model (equal random weights everywhere)")
+    seed: int = Field(0, description="seed of random weights (weights 'random' or None): equal in every replica")
     insecure: bool = Field(False, description="serve without API keys although the HTTP proxy listens beyond "
                                               "loopback (otherwise the ingress refuses to start)")
 
@@ -156,6 +156,12 @@ class ServeConfig(_Strict):
     def from_args(cls, args: dict[str, Any] | None) -> "ServeConfig":
         """Validate `build_app` args (None or {} gives the embedded defaults)."""
         return cls.model_validate(dict(args or {}))
+
+    def model_spec(self, device: str | None = None) -> Any:
+        """The `model.loading.ModelSpec` every replica loads (same spec: same model id)."""
+        from model.loading import ModelSpec
+
+        return ModelSpec(name=self.model, weights=self.weights, device=device, seed=self.seed)
 
     def open_to_network_refusal(self, host: str | None) -> str | None:
         """Why the ingress must not start behind a proxy bound to `host` (fail closed:

@@ -14,7 +14,6 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 from model import PromptError, SeemPredictor
 from model.rle import encode_mask
@@ -24,24 +23,13 @@ from .errors import ApiError
 from .prompts import to_prompts
 from .schemas import PanopticRequest, SegmentRequest
 
-__all__ = ["load_predictor", "warm_up", "segment", "panoptic", "mask_json", "FEATURE_LOADS"]
+__all__ = ["warm_up", "segment", "panoptic", "mask_json", "FEATURE_LOADS"]
 
 #: Set by a decoder around its feature lookup; the multiplexed loader appends where a load
 #: came from ("store", "encoder"). The loader is awaited in the caller's task, so the caller
 #: sees whether *its* lookup missed. (Here, not in serving.app: Serve pickles deployment
 #: classes by value, and a ContextVar cannot be pickled.)
 FEATURE_LOADS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("seem_feature_loads", default=None)
-
-
-def load_predictor(model: str, weights: str | None, *, seed: int = 0, device: str | None = None) -> SeemPredictor:
-    """The predictor of a replica.
-
-    Seeding first makes random initialisation (no trained weights yet, or weights=None)
-    identical in every replica and process, so encoder and decoders agree on `model_id`
-    and on the features. With real weights the seed changes nothing.
-    """
-    torch.manual_seed(seed)
-    return SeemPredictor.from_pretrained(model, weights=weights, device=device)
 
 
 def warm_up(predictor: SeemPredictor, *, decode: bool = True) -> None:

@@ -75,15 +75,17 @@ def test_every_prompt_kind_and_composition_decodes(tiny_predictor, photo) -> Non
 def test_multi_object_pass_and_rounds(tiny_predictor, photo) -> None:
     f = tiny_predictor.encode([photo])[0]
     targets = [Prompts(spatial=(Point(10, 10),)), Prompts(spatial=(Box(100, 80, 160, 150),))]
-    first = tiny_predictor.decode(f, targets)
+    first = tiny_predictor.decode_many(f, targets)
     assert len(first) == 2
-    second = tiny_predictor.decode(f, targets, previous_mask=[s.memory for s in first])
+    second = tiny_predictor.decode_many(f, targets, previous_masks=[s.memory for s in first])
     assert len(second) == 2
     # A boolean previous mask in original pixels works too (what the HTTP API sends).
     boolean = tiny_predictor.decode(f, targets[0], previous_mask=first[0].masks[0].mask)
     assert boolean.masks[0].mask.shape == photo.shape[:2]
     with pytest.raises(PromptError, match="previous"):
-        tiny_predictor.decode(f, targets, previous_mask=[first[0].memory])
+        tiny_predictor.decode_many(f, targets, previous_masks=[first[0].memory])
+    with pytest.raises(TypeError, match="decode_many"):  # decode returns one Segmentation, never a list
+        tiny_predictor.decode(f, targets)
 
 
 def test_a_target_gets_the_same_mask_alone_or_in_a_multi_object_pass(tiny_predictor, photo) -> None:

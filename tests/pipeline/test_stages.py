@@ -25,7 +25,6 @@ from pipeline.stages import (
     decode_item,
     decode_table,
     load_predictor,
-    model_input_size,
 )
 from store import FeatureStore
 
@@ -33,7 +32,7 @@ from .conftest import SAMPLES
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
 
-MODEL = ModelSpec()  # seem-tiny with its default weights (seeded random until they ship)
+MODEL = ModelSpec()  # seem-tiny with its shipped weights
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +46,18 @@ def _items(paths) -> pa.Table:
 
 
 def test_model_is_the_same_in_every_process(predictor):
-    # The store is keyed by the model id; random (fallback) weights must not change it.
+    # The store is keyed by the model id: every process building the same spec must get the
+    # same one, for the shipped weights and for seeded random weights; the seed matters.
     import subprocess
     import sys
 
-    code = "from pipeline.stages import ModelSpec, load_predictor; print(load_predictor(ModelSpec()).model_id)"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert other.stdout.strip().splitlines()[-1] == predictor.model_id
+    specs = {"shipped": MODEL, "random 3": ModelSpec(weights="random", seed=3)}
+    code = ("from pipeline.stages import ModelSpec, load_predictor; "
+            "print(load_predictor(ModelSpec()).model_id, load_predictor(ModelSpec(weights='random', seed=3)).model_id)")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    here = [load_predictor(spec).model_id for spec in specs.values()]
+    assert other.stdout.strip().splitlines()[-1].split() == here
+    assert load_predictor(ModelSpec(weights="random", seed=4)).model_id not in here
 
 
 def test_decode_corpus(mixed_source, tmp_path, predictor):
@@ -70,7 +74,7 @@ def test_decode_corpus(mixed_source, tmp_path, predictor):
         assert r["state"] == "decoded", (name, r["error"])
         assert (r["width"], r["height"]) == (w, h), name
         # Resized to the model input right away: the original never travels on.
-        assert (r["pixels_h"], r["pixels_w"]) == model_input_size(MODEL.name, h, w)
+        assert (r["pixels_h"], r["pixels_w"]) == predictor.input_size(h, w)
         assert len(r["pixels"]) == r["pixels_h"] * r["pixels_w"] * 3
         assert r["sha256"] == hashlib.sha256((root / name).read_bytes()).hexdigest()
     for name, reason in broken.items():
@@ -92,8 +96,8 @@ def test_decode_limits_and_unreadable(tmp_path, predictor):
 
 
 def test_resized_in_decode_gives_the_predictors_features(tmp_path, predictor):
-    """Decoding resizes to the model input; encoding that and restoring the original
-    size must equal encoding the original image."""
+    """Decoding prepares the image for the model (resize, with its geometry); encoding that
+    in the worker must equal encoding the original image."""
     image = decode_image((SAMPLES / "coffee.jpg").read_bytes())
     store = FeatureStore(str(tmp_path / "store"))
     worker = EncoderWorker(model=MODEL, model_id=predictor.model_id, store_uri=store.root_uri,

@@ -1,4 +1,4 @@
-"""The HTTP API of DESIGN §7 over real HTTP on 127.0.0.1, against the local Ray app.
+"""The HTTP API (docs/api.md) over real HTTP on 127.0.0.1, against the local Ray app.
 
 These pass with random weights: they check shapes, codes, consistency and routing, not
 mask quality (tests/serving/test_quality.py does that once seem-tiny is trained).
@@ -222,12 +222,12 @@ def test_basic_auth_with_the_key_as_password_opens_the_page(serving: ServingEnv)
 @pytest.mark.parametrize("stage", ["pixel_decoder", "backbone"])
 def test_features_stored_by_another_job_are_served_without_an_upload(serving: ServingEnv, stage: str) -> None:
     """The bulk pipeline fills the same store: its objects (either stage) answer prompts."""
-    from serving.inference import load_predictor
+    from model.loading import ModelSpec, load_predictor
     from store import FeatureStore
 
     scene = generate_scene(150 if stage == "backbone" else 151)
     data = png_bytes(scene.image)
-    predictor = load_predictor("seem-tiny", "default")  # same seed as the replicas: same model id
+    predictor = load_predictor(ModelSpec("seem-tiny", "default"))  # the replicas' spec: same model id
     features = predictor.encode([scene.image], stage=stage)[0]
     FeatureStore(str(serving.store_dir)).put(features, sha256(data))
     r = serving.post_json("/v1/segment", {"image_id": sha256(data), "prompts": [{"type": "point", "xy": [10, 10]}]})

@@ -237,10 +237,10 @@ def test_config() -> None:
 # --------------------------------------------------------------------------- one request, real predictor
 @pytest.fixture(scope="module")
 def predictor_and_scene():
-    from serving.inference import load_predictor
+    from model.loading import ModelSpec, load_predictor
     from training.shapes_world import generate_scene
 
-    predictor = load_predictor("seem-tiny", "default")
+    predictor = load_predictor(ModelSpec("seem-tiny", "default"))
     scene = generate_scene(3)
     return predictor, scene, predictor.encode([scene.image])[0]
 
