@@ -1,6 +1,6 @@
 """GPU figures: encoder throughput, decoder latency, matmul roofline fraction, device parity.
 
-What it measures (DESIGN §9, issue 6 point 5), all on one device in one run:
+What it measures (issue 6 point 5), all on one device in one run:
 
 1. `matmul`: the device's measured dense matrix-multiply rate (TFLOP/s) in bf16 (and fp32),
    square n x n products, 2 n^3 FLOPs each.

@@ -1,6 +1,6 @@
 """Feature-store object formats: bytes per image, write time, read+decode time, error.
 
-DESIGN §5 leaves the stored dtype and compression to measurement. This script stores one
+The feature store leaves the stored dtype and compression to measurement. This script stores one
 image's `ImageFeatures` in every (dtype x codec) combination through the real
 `FeatureStore` code path and prints a table; `--json` keeps the numbers for
 docs/benchmarks.md.

@@ -1,6 +1,6 @@
 """Image bytes -> H x W x 3 uint8 RGB, robust to what real folders and buckets contain.
 
-Pre-processing that belongs to the predictor (DESIGN §4): no Ray, no HTTP here.
+Pre-processing that belongs with the predictor (docs/architecture.md): no Ray, no HTTP here.
 
 Policy, decided once for the whole system:
 - Orientation: the EXIF Orientation tag (values 1-8) is applied, so the array is the

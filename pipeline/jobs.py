@@ -1,4 +1,4 @@
-"""Bulk jobs on Ray Data: encode a source into the feature store, segment it (DESIGN §2, §6).
+"""Bulk jobs on Ray Data: encode a source into the feature store, segment it (docs/architecture.md, "A bulk job").
 
 The Ray layer is thin; the work is in `pipeline.stages` (plain classes and functions).
 

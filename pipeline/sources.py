@@ -1,4 +1,4 @@
-"""Where images come from: a local folder, an S3 prefix, or a list of URIs (DESIGN §2).
+"""Where images come from: a local folder, an S3 prefix, or a list of URIs (read through `storage`).
 
 `list_source` yields `SourceItem(uri, size, etag_or_mtime)` — exactly what the manifest
 needs to decide "already done, unchanged" without reading any bytes — and `read_bytes`

@@ -1,4 +1,4 @@
-"""HTTP inference on Ray Serve (DESIGN §7).
+"""HTTP inference on Ray Serve (docs/architecture.md, "An HTTP request"; docs/api.md).
 
     app.py        the deployments (Ingress -> Decoder -> Encoder) and build_app(args)
     api.py        the FastAPI app of the ingress: routes, auth, limits, validation, errors

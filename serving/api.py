@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN §7) as a FastAPI app over a `Backend`.
+"""The HTTP API (docs/api.md) as a FastAPI app over a `Backend`.
 
 The ingress deployment builds this app per replica with its configuration and passes
 itself as the backend (it forwards to the decoder replicas). What happens here, before

@@ -5,7 +5,7 @@ the ingress or in a replica (Ray carries it back to the ingress). Anything else 
 or an outage: a 500 with a generic message, logged with its traceback — never a 500 for
 bad input.
 
-Status codes and error codes (DESIGN §7):
+Status codes and error codes (docs/api.md):
 
 =====  =========================  ===================================================
 400    invalid_json               body is not JSON (or is empty)

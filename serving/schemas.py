@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API (DESIGN §7): the OpenAPI contract.
+"""Request and response models of the HTTP API (docs/api.md): the OpenAPI contract.
 
 Coordinates are pixels of the original image (x right, y down); masks are COCO compressed
 RLE (`{"size": [h, w], "counts": "..."}`). Prompt objects are told apart by `"type"`.

@@ -1,4 +1,4 @@
-"""Feature store: content-addressed image features + a Parquet manifest (DESIGN §5).
+"""Feature store: content-addressed image features + a Parquet manifest (docs/architecture.md, "The feature store format").
 
 Used by both `pipeline` and `serving` (which never import each other), so it is its
 own package. Names are imported lazily: `store.backends` and `store.manifest` do not

@@ -1,4 +1,4 @@
-"""Content-addressed store of encoded image features (DESIGN §5).
+"""Content-addressed store of encoded image features (docs/architecture.md, "The feature store format").
 
 Layout under the store root (a local directory or `s3://bucket/prefix`)::
 
@@ -374,7 +374,7 @@ class PutResult(NamedTuple):
 
 
 class FeatureStore:
-    """Image features by (model id, image sha256) under `root_uri` (DESIGN §5).
+    """Image features by (model id, image sha256) under `root_uri` (see the module docstring).
 
     Picklable (Ray ships it to actors); S3 clients are re-created in each process.
     """

@@ -1,4 +1,4 @@
-"""The per-model manifest: which source objects are done, as Parquet (DESIGN §5).
+"""The per-model manifest: which source objects are done, as Parquet (docs/architecture.md, "The feature store format").
 
 Stored under `{root}/{model_id}/manifest/` as *part files*: every writer batch is one
 immutable Parquet file `part-{run_id}-{uuid}.parquet`, published atomically through the

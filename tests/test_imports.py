@@ -37,3 +37,29 @@ def test_storage_is_the_bottom_package():
     ours = set(PACKAGES) | {"seem_cli", "bench", "tests"}
     for path in (ROOT / "storage").rglob("*.py"):
         assert not (_imports(path) & ours), path
+
+
+#: What each package may import of ours (docs/architecture.md, "Packages").
+ALLOWED = {
+    "storage": set(),
+    "model": {"storage"},
+    "store": {"storage", "model"},
+    "pipeline": {"storage", "model", "store"},
+    "serving": {"storage", "model", "store"},
+    "training": {"storage", "model"},
+}
+
+#: Scripts inside a package that the package never imports.
+SCRIPTS = {"pipeline/samples/make_samples.py": {"training"}}  # regenerates the bundled sample images
+
+
+def test_packages_import_only_what_the_architecture_allows():
+    ours = set(PACKAGES)
+    wrong = {}
+    for pkg, allowed in ALLOWED.items():
+        for path in (ROOT / pkg).rglob("*.py"):
+            script_may = SCRIPTS.get(str(path.relative_to(ROOT)), set())
+            extra = (_imports(path) & ours) - allowed - script_may - {pkg}
+            if extra:
+                wrong[str(path.relative_to(ROOT))] = sorted(extra)
+    assert wrong == {}
