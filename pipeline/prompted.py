@@ -135,7 +135,7 @@ class PromptedWorker(SegmenterWorker):
         for start in range(0, len(targets), self.prompts_per_call):
             chunk = targets[start:start + self.prompts_per_call]
             try:
-                segs = self.predictor.decode(features, chunk, vocabulary=vocab, max_masks=1)
+                segs = self.predictor.decode_many(features, chunk, vocabulary=vocab, max_masks=1)
                 out.extend(s.masks[0] if s.masks else error_text("segment", "no mask") for s in segs)
             except Exception as e:
                 if len(chunk) == 1:
