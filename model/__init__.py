@@ -17,7 +17,7 @@ _EXPORTS = {
     "CheckpointError": ".checkpoint", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint",
     "SeemConfig": ".config",
     "Draws": ".predictor", "PromptError": ".predictor", "SeemPredictor": ".predictor",
-    **{name: ".types" for name in ("Box", "ImageFeatures", "MaskPrompt", "MaskResult", "PanopticResult", "Point",
+    **{name: ".types" for name in ("Box", "ImageFeatures", "MaskPrompt", "MaskResult", "PanopticResult", "PanopticSegment", "Point",
                                     "Polygon", "Prompts", "ReferringRegion", "Scribble", "Segmentation", "Vocabulary")},
 }
 __all__ = sorted([*_EXPORTS, "build_predictor"])

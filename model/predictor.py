@@ -35,7 +35,8 @@ from .postprocess import (grounding_scores, instance_inference, negated_pieces, 
 from .seem import Seem
 from .transforms import (PreparedImage, PromptError, PromptRasterizer, mask_to_memory, padded_size, prepare_image,
                          resized_size)
-from .types import (ImageFeatures, MaskResult, PanopticResult, Prompts, ReferringRegion, Segmentation, Vocabulary)
+from .types import (ImageFeatures, MaskResult, PanopticResult, PanopticSegment, Prompts, ReferringRegion, Segmentation,
+                    Vocabulary)
 from .visual_sampler import SpatialTokens
 
 __all__ = ["SeemPredictor", "Draws", "PromptError", "PreparedImage"]
@@ -531,16 +532,12 @@ class SeemPredictor:
         idx, scores, labels = panoptic_keep(logits, threshold)
         masks = to_original(obj.masks[0, idx], features.padded_size, features.input_size, features.original_size)
         is_thing = [vocab.is_thing(k) for k in range(len(vocab.names))]
-        seg_map, segments = panoptic_merge(scores, labels, masks, is_thing, inf.overlap_threshold)
+        seg_map, merged = panoptic_merge(scores, labels, masks, is_thing, inf.overlap_threshold)
         seg_np = seg_map.cpu().numpy()
-        results = []
-        for seg in segments:
-            seg["label"] = vocab.names[seg["category_id"]]
-            mask = seg_np == seg["id"]
-            seg["area"] = int(mask.sum())
-            results.append(MaskResult(mask, seg["score"], seg["label"], seg["score"], seg["category_id"]))
-        timings = {"decode": (time.perf_counter() - started) * 1000}
-        result = PanopticResult(seg_np, segments, results, timings)
+        segments = [PanopticSegment(mask=seg_np == seg["id"], score=seg["score"], label=vocab.names[seg["category_id"]],
+                                    label_score=seg["score"], category_id=seg["category_id"], id=seg["id"],
+                                    isthing=seg["isthing"]) for seg in merged]
+        result = PanopticResult(seg_np, segments, {"decode": (time.perf_counter() - started) * 1000})
         if semantic:
             all_masks = to_original(obj.masks[0], features.padded_size, features.input_size, features.original_size)
             result.semantic = semantic_inference(logits, all_masks).cpu().numpy()

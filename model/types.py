@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Literal, Sequence, Union
+from typing import Iterable, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -221,14 +221,37 @@ class Segmentation:
 
 
 @dataclass(eq=False)
+class PanopticSegment(MaskResult):
+    """One panoptic segment: a thing instance, or all of one stuff class.
+
+    A `MaskResult` (mask, score, label, category_id; area and bbox as properties) plus its
+    id in the segment map and whether it is a thing. `label_score` is its class confidence,
+    the same as `score`.
+    """
+
+    id: int = 0
+    isthing: bool = True
+
+    def rle(self) -> dict:
+        """The mask as COCO RLE (`model.rle.encode_mask`)."""
+        from .rle import encode_mask
+
+        return encode_mask(self.mask)
+
+
+@dataclass(eq=False)
 class PanopticResult:
     """Panoptic segmentation: `segment_map` (H x W int32, 0 = void, ids from 1) + segments."""
 
     segment_map: np.ndarray
-    segments: list[dict]
-    masks: list[MaskResult]
+    segments: list[PanopticSegment]
     timings_ms: dict[str, float] = field(default_factory=dict)
     semantic: np.ndarray | None = None  # K x H x W soft semantic map, when asked for
+
+    @property
+    def masks(self) -> list[MaskResult]:
+        """The segments as masks (each segment is a `MaskResult`)."""
+        return list(self.segments)
 
 
 @dataclass(frozen=True)
@@ -250,6 +273,18 @@ class Vocabulary:
         if len(set(names)) != len(names):
             raise ValueError("vocabulary has duplicate names")
         return cls(names=names, stuff=frozenset(n for n in names if n in default.stuff))
+
+    @classmethod
+    def resolve(cls, names: "Sequence[str] | None", stuff: "Iterable[str] | None", default: "Vocabulary") -> "Vocabulary":
+        """The one rule for which names are stuff: `stuff` when given, else the names that
+        `default` (the model's vocabulary) knows as stuff. No names: the default's."""
+        vocab = cls.of(None if names is None else list(names), default)
+        return vocab if stuff is None else cls(names=vocab.names, stuff=frozenset(stuff))
+
+    @property
+    def stuff_names(self) -> tuple[str, ...]:
+        """The stuff names, in vocabulary order."""
+        return tuple(n for n in self.names if n in self.stuff)
 
     def is_thing(self, index: int) -> bool:
         return self.names[index] not in self.stuff

@@ -387,13 +387,10 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
 
     # What to segment into, decided once here so every worker uses the same ids.
     panoptic = seg.vocabulary is not None or not seg.texts
-    vocab_names = tuple(seg.vocabulary) if seg.vocabulary is not None else predictor.default_vocabulary.names
-    if seg.stuff is not None:
-        stuff = tuple(seg.stuff)
-    elif seg.vocabulary is None:
-        stuff = tuple(sorted(predictor.default_vocabulary.stuff))
-    else:
-        stuff = tuple(n for n in vocab_names if n in predictor.default_vocabulary.stuff)
+    from model.types import Vocabulary
+
+    vocab = Vocabulary.resolve(seg.vocabulary, seg.stuff, predictor.default_vocabulary)
+    vocab_names, stuff = vocab.names, tuple(seg.stuff) if seg.stuff is not None else vocab.stuff_names
     texts = tuple(dict.fromkeys(t.strip() for t in seg.texts if t.strip()))
     categories = exports.build_categories(vocab_names, stuff, texts, panoptic)
     spec = SegmentSpec(vocabulary=vocab_names, stuff=stuff, texts=texts, panoptic=panoptic,

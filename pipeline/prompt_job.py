@@ -83,9 +83,10 @@ def prompted_segment_job(src: str | Sequence[SourceItem], out: str, store: str, 
     fstore = FeatureStore(store, opts.endpoint_url)
     images = _image_rows(fstore.manifest(enc.model_id).read(), used)
     predictor = load_predictor(dataclasses.replace(opts.model, device="cpu"))
-    vocab = tuple(prompts.vocabulary) if prompts.vocabulary is not None else predictor.default_vocabulary.names
-    stuff = tuple(prompts.stuff) if prompts.stuff is not None else tuple(
-        n for n in vocab if n in predictor.default_vocabulary.stuff)
+    from model.types import Vocabulary
+
+    resolved = Vocabulary.resolve(prompts.vocabulary, prompts.stuff, predictor.default_vocabulary)
+    vocab, stuff = resolved.names, tuple(prompts.stuff) if prompts.stuff is not None else resolved.stuff_names
     out_store = open_store(out, endpoint_url=prompts.out_endpoint_url)
     spec = SegmentSpec(vocabulary=vocab, stuff=stuff, panoptic=False, overlays=prompts.overlays,
                        out_uri=out_store.root_uri if prompts.overlays else None,

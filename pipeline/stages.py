@@ -457,11 +457,7 @@ class SegmentSpec:
 def _vocabulary(predictor: Any, spec: SegmentSpec) -> Any:
     from model.types import Vocabulary
 
-    if spec.vocabulary is None:
-        return predictor.default_vocabulary
-    if spec.stuff is None:
-        return Vocabulary.of(list(spec.vocabulary), predictor.default_vocabulary)
-    return Vocabulary(names=tuple(spec.vocabulary), stuff=frozenset(spec.stuff))
+    return Vocabulary.resolve(spec.vocabulary, spec.stuff, predictor.default_vocabulary)
 
 
 def segment_features(predictor: Any, features: Any, spec: SegmentSpec) -> list[tuple[dict[str, Any], np.ndarray]]:

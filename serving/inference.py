@@ -104,18 +104,16 @@ def panoptic(predictor: SeemPredictor, features: ImageFeatures, request: Panopti
     started = time.perf_counter()
     result = predictor.panoptic(features, request.vocabulary)
     decoded = time.perf_counter()
-    segments = []
-    for seg, mask in zip(result.segments, result.masks):
-        segments.append({
-            "id": int(seg["id"]),
-            "label": str(seg["label"]),
-            "category_id": int(seg["category_id"]),
-            "isthing": bool(seg.get("isthing", True)),
-            "score": _finite(seg.get("score", mask.score)),
-            "area": int(mask.area),
-            "bbox": [int(v) for v in mask.bbox],
-            "rle": encode_mask(mask.mask),
-        })
+    segments = [{
+        "id": seg.id,
+        "label": seg.label,
+        "category_id": seg.category_id,
+        "isthing": seg.isthing,
+        "score": _finite(seg.score),
+        "area": seg.area,
+        "bbox": list(seg.bbox),
+        "rle": seg.rle(),
+    } for seg in result.segments]
     body: dict[str, Any] = {"segments": segments, "png": None}
     if request.png:
         body["png"] = _png_base64(result.segment_map)

@@ -132,7 +132,7 @@ def _gt_segments(scene: Scene) -> list[tuple[int, np.ndarray]]:
 
 def _panoptic_segments(pan) -> list[tuple[int, np.ndarray]]:  # noqa: ANN001 - a PanopticResult
     """(category, mask) per predicted segment."""
-    return [(seg["category_id"], pan.segment_map == seg["id"]) for seg in pan.segments]
+    return [(seg.category_id, seg.mask) for seg in pan.segments]
 
 
 def panoptic_threshold_sweep(predictor: SeemPredictor, thresholds: Sequence[float], *, split: str = "val",

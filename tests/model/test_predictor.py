@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.types import PanopticSegment
 from model import (Box, Draws, MaskPrompt, Point, Polygon, PromptError, Prompts, ReferringRegion, Scribble,
                    SeemPredictor, build_model)
 from model.checkpoint import load_checkpoint
@@ -94,7 +95,7 @@ def test_a_target_gets_the_same_mask_alone_or_in_a_multi_object_pass(tiny_predic
     f = tiny_predictor.encode([photo])[0]
     targets = [Prompts(spatial=(Point(10, 10),)), Prompts(spatial=(Box(100, 80, 160, 150),)),
                Prompts(spatial=(Point(120, 100), Point(20, 20, positive=False)))]
-    together = tiny_predictor.decode(f, targets, max_masks=2)
+    together = tiny_predictor.decode_many(f, targets, max_masks=2)
     for target, seg in zip(targets, together):
         alone = tiny_predictor.decode(f, target, max_masks=2)
         for a, b in zip(alone.masks, seg.masks):
@@ -145,8 +146,10 @@ def test_panoptic_and_instances_cover_the_image_consistently(tiny_predictor, pho
     pan = tiny_predictor.panoptic(f, ["circle", "square", "sky"], semantic=True)
     assert pan.segment_map.shape == photo.shape[:2]
     assert pan.semantic.shape == (3, *photo.shape[:2])
-    for seg, m in zip(pan.segments, pan.masks):
-        assert np.array_equal(m.mask, pan.segment_map == seg["id"]) and m.label == seg["label"]
+    for seg in pan.segments:
+        assert isinstance(seg, PanopticSegment) and seg.label in ("circle", "square", "sky")
+        assert np.array_equal(seg.mask, pan.segment_map == seg.id) and seg.area == int(seg.mask.sum())
+        assert seg.isthing == (seg.label != "sky") and seg.score == seg.label_score
     inst = tiny_predictor.instances(f, ["circle", "square"], top_k=5)
     assert len(inst) == 5 and all(i.mask.shape == photo.shape[:2] for i in inst)
 

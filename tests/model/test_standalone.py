@@ -25,7 +25,7 @@ above = ("ray", "training", "pipeline", "serving", "store", "boto3", "botocore")
 print(json.dumps({
     "loaded": sorted(m for m in sys.modules if m.split(".")[0] in above),
     "masks": [len(text.masks), len(click.masks)],
-    "labels": sorted({s["label"] for s in panoptic.segments}),
+    "labels": sorted({s.label for s in panoptic.segments}),
     "vocabulary": list(predictor.default_vocabulary.names),
 }))
 """
