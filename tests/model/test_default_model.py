@@ -94,7 +94,9 @@ def test_click_labels_name_the_shape_more_often_than_chance(shipped) -> None:
 # A box around a thing in one held-out scene, sent as a referring region to another scene
 # that has a thing of the same shape: the top mask should be one of those things. The goal
 # is 0.75; the floor is what seem-tiny reaches on these pairs less a margin (docs/training.md).
-REFERRING_GOAL, REFERRING_REACHED = 0.75, 0.65  # v3: 33 of 44 (v2: 23 of 44)
+# v3: 33 of 44 (v2: 23 of 44); the floor sits REFERRING_SLACK under the goal (one pair
+# flipping on another CPU's floating point must not fail the test).
+REFERRING_GOAL, REFERRING_SLACK = 0.75, 0.10
 
 
 def test_a_region_of_one_scene_finds_the_same_kind_of_object_in_another(shipped) -> None:
@@ -117,7 +119,7 @@ def test_a_region_of_one_scene_finds_the_same_kind_of_object_in_another(shipped)
             trials += 1
     print(f"referring regions: {hits}/{trials} found a thing of the same shape (IoU >= 0.5)")
     assert trials >= 30
-    assert hits / trials >= REFERRING_REACHED, f"{hits}/{trials}, goal {REFERRING_GOAL}"
+    assert hits / trials >= REFERRING_GOAL - REFERRING_SLACK, f"{hits}/{trials}, goal {REFERRING_GOAL}"
 
 
 def test_random_weights_do_not_pass_the_same_check() -> None:

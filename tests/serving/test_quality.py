@@ -6,7 +6,7 @@ finds the same kind of object in another.
 
 The goal is a mean IoU >= 0.8 for every prompt type and a referring hit rate >= 0.75; the
 shipped seem-tiny v3 (docs/training.md) meets both. The referring floor is a little under
-its goal (see REFERRING_REACHED), so that one trial flipping does not fail the test while a
+its goal (see REFERRING_SLACK), so that one trial flipping does not fail the test while a
 real regression does.
 """
 from __future__ import annotations
@@ -30,10 +30,12 @@ THINGS_PER_SCENE = 2
 IOU_GOAL = 0.8
 # v3 on these objects: point 0.918, box 0.888, stroke 0.907, scribble 0.920, polygon 0.909,
 # mask 0.917, text 0.894, text + point 0.920 (v2: text alone 0.777, v1 0.46).
-# Referring: v3 13 of 17 (v2 with the same matching 11, with the first token route 2). The
+# Referring: v3 13 of 17 (v2 with the same matching 11, with the first token route 2), counted
+# before the cap of REFERRING_TRIALS pairs was enforced (a `break` left only the inner loop). The
 # floor is a little under the goal: one trial flipping on another CPU's floating point
 # would take 13/17 under 0.75.
-REFERRING_GOAL, REFERRING_REACHED = 0.75, 0.7
+REFERRING_GOAL, REFERRING_SLACK = 0.75, 0.05  # the floor is REFERRING_GOAL - REFERRING_SLACK
+REFERRING_TRIALS = 16
 
 
 def _objects(serving: ServingEnv):
@@ -149,20 +151,17 @@ def test_referring_region_finds_the_same_kind_of_object_in_another_image(serving
         scene, image_id = serving.scene(seed)
         for thing in scene.things:
             by_category[thing.category].append((scene, image_id, thing))
+    # Pairs of one kind from two scenes, at most REFERRING_TRIALS of them in all.
+    pairs = [(category, src, dst) for category, items in sorted(by_category.items())
+             for src, dst in zip(items, items[1:]) if src[0].seed != dst[0].seed][:REFERRING_TRIALS]
     hits, trials = 0, 0
-    for category, items in sorted(by_category.items()):
-        sources = [(s, i, t) for s, i, t in items]
-        for (src, src_id, src_thing), (dst, dst_id, _) in zip(sources, sources[1:]):
-            if src.seed == dst.seed:
-                continue
-            region = _json(ps.sample_box(src.mask(src_thing.id), rng))
-            pred = _best_mask(serving, {"image_id": dst_id, "prompts": [
-                {"type": "referring", "image_id": src_id, "region": region}]})
-            same_kind = [t for t in dst.things if t.category == category]
-            trials += 1
-            hits += max(ps.iou(pred, dst.mask(t.id)) for t in same_kind) >= 0.5
-            if trials >= 16:
-                break
+    for category, (src, src_id, src_thing), (dst, dst_id, _) in pairs:
+        region = _json(ps.sample_box(src.mask(src_thing.id), rng))
+        pred = _best_mask(serving, {"image_id": dst_id, "prompts": [
+            {"type": "referring", "image_id": src_id, "region": region}]})
+        same_kind = [t for t in dst.things if t.category == category]
+        trials += 1
+        hits += max(ps.iou(pred, dst.mask(t.id)) for t in same_kind) >= 0.5
     assert trials >= 8
     print(f"referring: {hits}/{trials} found an object of the same kind (IoU >= 0.5)")
-    assert hits / trials >= REFERRING_REACHED, f"goal {REFERRING_GOAL}"
+    assert hits / trials >= REFERRING_GOAL - REFERRING_SLACK, f"{hits}/{trials}; the goal is {REFERRING_GOAL}"

@@ -94,10 +94,13 @@ def test_immutable(fstore):
 
 
 def test_same_bytes_two_uris_stored_once(tmp_path):
-    fstore = FeatureStore(str(tmp_path))
-    image = b"\x89PNG same bytes in two folders"
-    for _uri in ("/data/a/cat.png", "/data/b/copy-of-cat.png"):
-        fstore.put(make_features(), content_sha256(image))
+    fstore = FeatureStore(str(tmp_path / "store"))
+    keys = []
+    for path in (tmp_path / "a" / "cat.png", tmp_path / "b" / "copy-of-cat.png"):
+        path.parent.mkdir()
+        path.write_bytes(b"\x89PNG same bytes in two folders")
+        keys.append(fstore.put(make_features(), content_sha256(path.read_bytes())))
+    assert keys[0] == keys[1]  # filed by the bytes, not by the name
     assert len(list(fstore.backend.list(f"{MODEL}/features/"))) == 1
 
 
