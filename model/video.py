@@ -252,14 +252,17 @@ class VideoSession:
             return self._missed(track, predicted)
         click = self._click(expected, similarity)
         candidates = self._decode(features, Prompts(spatial=(click,)), expected, max_masks=self.config.candidates)
-        mask, score, label = self._choose(candidates, predicted, expected, similarity, track.threshold)
+        mask, label = self._choose(candidates, predicted, expected, similarity, track.threshold)
         overlap = (mask & expected).sum() / max(mask.sum(), 1)
         if not mask.any() or overlap < self.config.min_overlap:
             return self._missed(track, predicted)
         self._update_shape(track, mask, predicted)
         track.mask = mask
         track.missed = 0
-        return self._answer(track, mask, score * min(1.0, overlap / 0.5), label)
+        # The candidates' own probabilities only rank them against each other; how well the
+        # answer sits where the object was expected says how sure the track is.
+        agreement = (mask & predicted).sum() / max((mask | predicted).sum(), 1)
+        return self._answer(track, mask, float(agreement), label)
 
     def _update_shape(self, track: _Track, mask: np.ndarray, predicted: np.ndarray) -> None:
         """A mask about as large as the object's last whole view, and of the same outline,
@@ -297,7 +300,7 @@ class VideoSession:
         return _shift(track.shape, int(dx), int(dy))
 
     def _choose(self, candidates: list[MaskResult], predicted: np.ndarray, expected: np.ndarray,
-                similarity: np.ndarray, threshold: float) -> tuple[np.ndarray, float, str | None]:
+                similarity: np.ndarray, threshold: float) -> tuple[np.ndarray, str | None]:
         """The candidate agreeing best with the expected region, cut to the prediction's
         neighbourhood, to the pieces that touch the expected region (a look-alike merged into
         the answer stays out) and that look like the object."""
@@ -313,7 +316,7 @@ class VideoSession:
             iou = (m & expected).sum() / max((m | expected).sum(), 1)
             if iou > best_iou:
                 best, best_iou, best_mask = c, iou, m
-        return best_mask, best.score, best.label
+        return best_mask, best.label
 
     # ------------------------------------------------------------------ appearance
     def _similarity(self, image: np.ndarray, track: _Track) -> np.ndarray:
