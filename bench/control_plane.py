@@ -184,8 +184,9 @@ def bench_listing(args: argparse.Namespace) -> list[dict]:
 def bench_s3_listing(args: argparse.Namespace) -> list[dict]:
     import concurrent.futures
 
-    import boto3
     from moto.server import ThreadedMotoServer
+
+    import storage
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -194,7 +195,7 @@ def bench_s3_listing(args: argparse.Namespace) -> list[dict]:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        client = boto3.session.Session().client("s3", endpoint_url=endpoint)
+        client = storage.s3_client(endpoint)  # boto3 through the storage layer, its only importer
         for n in args.sizes:
             bucket = f"listing-{n}"
             client.create_bucket(Bucket=bucket)

@@ -158,7 +158,8 @@ class App:
 def latency(app: App, args: argparse.Namespace) -> dict:
     import torch
 
-    from serving.inference import load_predictor, segment, warm_up
+    from model.loading import ModelSpec, load_predictor
+    from serving.inference import segment, warm_up
     from serving.schemas import SegmentRequest
     from store import FeatureStore
 
@@ -191,7 +192,7 @@ def latency(app: App, args: argparse.Namespace) -> dict:
 
     # In process: the same work on the same cached features with the replica's thread count.
     torch.set_num_threads(replica["torch_threads"])
-    predictor = load_predictor("seem-tiny", "default")
+    predictor = load_predictor(ModelSpec("seem-tiny", "default"))
     warm_up(predictor)
     assert predictor.model_id == replica["model_id"], "bench and replica must run the same model"
     features = FeatureStore(app.store).get(predictor.model_id, image_id, dtype=None)  # as the decoder caches it

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -125,13 +124,11 @@ def open_source(src: str, *, endpoint_url: str | None = None, fps: float | None 
     if not src.startswith("s3://"):
         yield open_frames(src, fps=fps)
         return
-    from store.backends import s3_client, split_s3_uri
+    import storage
 
-    bucket, key = split_s3_uri(src)
-    suffix = os.path.splitext(key)[1]
+    suffix = os.path.splitext(storage.split_s3_uri(src)[1])[1]
     with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
-        body = s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"]
-        shutil.copyfileobj(body, tmp, 1 << 20)
+        storage.download(src, tmp, endpoint_url=endpoint_url)
         tmp.flush()
         yield open_frames(tmp.name, name=src, fps=fps)
 

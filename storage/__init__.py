@@ -3,7 +3,7 @@
 Imports nothing of ours; every other package that touches files or buckets goes through
 it, and it is the only package that imports boto3/botocore.
 
-- whole objects by URI: `read_bytes`, `open_uri`, `write_bytes` (atomic), `stat`,
+- whole objects by URI: `read_bytes`, `download` (into a file), `open_uri`, `write_bytes` (atomic), `stat`,
   `exists`, `delete`, `list_objects` (storage.api)
 - stores of keys under a root: `open_store` -> `LocalStore` / `S3Store` (storage.objects)
 - one error family: `StorageError` > `NotFound`, `BucketNotFound`, `AccessDenied`,
@@ -17,7 +17,7 @@ boto3 is imported only when an s3:// object is first touched.
 """
 from __future__ import annotations
 
-from .api import delete, exists, list_objects, open_uri, read_bytes, stat, write_bytes
+from .api import delete, download, exists, list_objects, open_uri, read_bytes, stat, write_bytes
 from .errors import (AccessDenied, BucketNotFound, CorruptObject, InvalidURI, NotFound, StorageError, Throttled,
                      TooLarge, Transient)
 from .local import TEMP_PREFIX
@@ -28,7 +28,7 @@ from .uris import is_s3, local_path, resolve_endpoint_url, split_s3_uri
 __all__ = [
     "AccessDenied", "BucketNotFound", "CorruptObject", "InvalidURI", "NotFound", "StorageError", "Throttled",
     "Transient", "TooLarge",
-    "read_bytes", "open_uri", "write_bytes", "stat", "exists", "delete", "list_objects",
+    "read_bytes", "download", "open_uri", "write_bytes", "stat", "exists", "delete", "list_objects",
     "ObjectInfo", "ObjectStore", "LocalStore", "S3Store", "open_store", "check_key", "TEMP_PREFIX",
     "RetryPolicy", "with_retries", "retry_counts", "reset_retry_counts", "set_retry_policy",
     "is_s3", "local_path", "split_s3_uri", "resolve_endpoint_url", "s3_client",

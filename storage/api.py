@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from typing import BinaryIO, Iterator
 
 from .errors import InvalidURI, NotFound, StorageError, TooLarge
@@ -17,7 +18,7 @@ from .objects import ObjectInfo
 from .retry import RetryPolicy
 from .uris import is_s3, local_path, split_s3_uri
 
-__all__ = ["read_bytes", "open_uri", "write_bytes", "stat", "exists", "delete", "list_objects"]
+__all__ = ["read_bytes", "download", "open_uri", "write_bytes", "stat", "exists", "delete", "list_objects"]
 
 
 def _bucket_and_key(uri: str, endpoint_url: str | None, retry: RetryPolicy | None):
@@ -50,6 +51,19 @@ def read_bytes(uri: str, *, endpoint_url: str | None = None, max_bytes: int | No
 def _check_size(uri: str, size: int, max_bytes: int) -> None:
     if size > max_bytes:
         raise TooLarge(uri, size, max_bytes)
+
+
+def download(uri: str, fileobj: BinaryIO, *, endpoint_url: str | None = None,
+             retry: RetryPolicy | None = None) -> None:
+    """Copy one object into a seekable binary file without holding it in memory."""
+    if is_s3(uri):
+        bucket, key = _bucket_and_key(uri, endpoint_url, retry)
+        bucket.download(key, fileobj)
+        return
+    with open_uri(uri) as src:
+        fileobj.seek(0)
+        fileobj.truncate()
+        shutil.copyfileobj(src, fileobj, 1 << 20)
 
 
 def open_uri(uri: str, *, endpoint_url: str | None = None) -> BinaryIO:

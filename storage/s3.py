@@ -10,8 +10,9 @@ Credentials are never handled here: boto3 resolves them through the standard AWS
 from __future__ import annotations
 
 import os
+import shutil
 import threading
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 from .errors import AccessDenied, BucketNotFound, NotFound, StorageError, Throttled, Transient
 from .retry import RetryPolicy, with_retries
@@ -143,6 +144,16 @@ class S3Bucket:
         # Reading the body is inside the retried call: a stream cut short is retried whole.
         return self.call("get", self.uri(key),
                          lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def download(self, key: str, fileobj: BinaryIO) -> None:
+        """Stream the object into a seekable binary file (rewound and refilled on a retry),
+        for objects that need not fit in memory."""
+        def copy() -> None:
+            fileobj.seek(0)
+            fileobj.truncate()
+            shutil.copyfileobj(self.client.get_object(Bucket=self.bucket, Key=key)["Body"], fileobj, 1 << 20)
+
+        self.call("get", self.uri(key), copy)
 
     def head(self, key: str) -> tuple[int, str]:
         """(size, ETag without quotes)."""

@@ -7,6 +7,7 @@ HTTP exactly as to AWS.
 from __future__ import annotations
 
 import http.server
+import os
 import random
 import threading
 import time
@@ -186,3 +187,13 @@ def test_retry_budget_in_minutes_ends_the_retries(monkeypatch):
         storage.with_retries(failing, policy=policy)
     assert 0.4 <= calls[-1] - calls[0] <= 0.5 + 0.3 and len(calls) > 10  # many more than botocore's 5
     assert storage.retry_counts()["gave_up"] == before["gave_up"] + 1
+
+
+def test_download_streams_into_a_file(root, tmp_path):
+    uri = f"{root}/big.bin"
+    body = os.urandom(3 << 20)
+    storage.write_bytes(uri, body)
+    with open(tmp_path / "copy.bin", "w+b") as f:
+        f.write(b"stale bytes from an earlier attempt")
+        storage.download(uri, f)
+    assert (tmp_path / "copy.bin").read_bytes() == body
