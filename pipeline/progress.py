@@ -117,12 +117,14 @@ class SegmentSummary:
         d["images_per_s"] = self.images_per_s
         return d
 
+    def result_line(self) -> str:
+        return (f"segment: {self.segmented} images, {self.masks} masks | failed {self.failed} "
+                f"(any stage) | {self.seconds:.1f} s | {self.images_per_s:.2f} images/s")
+
     def lines(self) -> list[str]:
-        return self.encode.lines() + [
-            f"segment: {self.segmented} images, {self.masks} masks | failed {self.failed} "
-            f"(any stage) | {self.seconds:.1f} s | {self.images_per_s:.2f} images/s"
-            + (f" | {self.reencoded} re-encoded (features missing or damaged)" if self.reencoded else ""),
-        ] + [f"  {name:<17} {path}" for name, path in self.files.items()]
+        reencoded = f" | {self.reencoded} re-encoded (features missing or damaged)" if self.reencoded else ""
+        return self.encode.lines() + [self.result_line() + reencoded] + [
+            f"  {name:<17} {path}" for name, path in self.files.items()]
 
 
 @dataclass
@@ -143,10 +145,7 @@ class PromptSummary(SegmentSummary):
         d["masks_per_s"] = self.masks_per_s
         return d
 
-    def lines(self) -> list[str]:
-        return self.encode.lines() + [
-            f"prompts: {self.entries} entries on {self.segmented} images | {self.masks} masks | failed {self.failed} | "
-            f"decoded {self.decoded}, from earlier runs {self.cached} | {self.seconds:.1f} s | "
-            f"{self.masks_per_s:.1f} decoded/s"
-            + (f" | {self.reencoded} re-encoded (features missing or damaged)" if self.reencoded else ""),
-        ] + [f"  {name:<17} {path}" for name, path in self.files.items()]
+    def result_line(self) -> str:
+        return (f"prompts: {self.entries} entries on {self.segmented} images | {self.masks} masks | "
+                f"failed {self.failed} | decoded {self.decoded}, from earlier runs {self.cached} | "
+                f"{self.seconds:.1f} s | {self.masks_per_s:.1f} decoded/s")

@@ -57,11 +57,18 @@ def write_lines(path: Path, lines: list) -> Path:
     return path
 
 
-def mean_iou_by_prompt_id(dataset: dict, out: Path) -> tuple[float, int]:
+def file_name(dataset: dict, image_id: int) -> str:
+    return next(i["file_name"] for i in dataset["gt"]["images"] if i["id"] == image_id)
+
+
+def check_mean_iou(dataset: dict, lines: list[dict], summary: object, out: Path, what: str) -> None:
+    """Every line segmented, and the masks (read back with pycocotools) near the truth."""
+    assert summary.masks == len(lines) and summary.failed == 0
     pred = COCO(str(out / "annotations.json"))
     ious = [iou(pred.annToMask(a).astype(bool), dataset["masks"][int(a["prompt_id"])])
             for a in pred.loadAnns(pred.getAnnIds())]
-    return float(np.mean(ious)), len(ious)
+    print(f"JSON lines {what} -> masks: mean IoU {np.mean(ious):.3f} over {len(ious)} {what}")
+    assert len(ious) == len(lines) and np.mean(ious) >= IOU_FLOOR
 
 
 # --------------------------------------------------------------------------- COCO boxes
@@ -96,8 +103,7 @@ def _click_lines(dataset: dict) -> list[dict]:
     for ann in dataset["gt"]["annotations"]:
         mask = dataset["masks"][ann["id"]]
         y, x = np.unravel_index(int(np.argmax(inner_distance(mask))), mask.shape)
-        name = next(i["file_name"] for i in dataset["gt"]["images"] if i["id"] == ann["image_id"])
-        lines.append({"image": name, "id": str(ann["id"]), "object_id": ann["id"],
+        lines.append({"image": file_name(dataset, ann["image_id"]), "id": str(ann["id"]), "object_id": ann["id"],
                       "prompts": [{"type": "point", "xy": [int(x), int(y)]}]})
     return lines
 
@@ -105,11 +111,7 @@ def _click_lines(dataset: dict) -> list[dict]:
 def test_json_lines_of_clicks_and_a_changed_line_decodes_alone(ray_address, dataset, tmp_path) -> None:
     lines = _click_lines(dataset)
     out = tmp_path / "out"
-    first = run(dataset, write_lines(tmp_path / "clicks.jsonl", lines), out)
-    assert first.masks == len(lines) and first.failed == 0
-    mean, count = mean_iou_by_prompt_id(dataset, out)
-    print(f"JSON lines clicks -> masks: mean IoU {mean:.3f} over {count} clicks")
-    assert count == len(lines) and mean >= IOU_FLOOR
+    check_mean_iou(dataset, lines, run(dataset, write_lines(tmp_path / "clicks.jsonl", lines), out), out, "clicks")
     masks = {m["prompt_id"]: m for m in pq.read_table(out / "masks.parquet").to_pylist()}
     assert all(masks[line["id"]]["object_id"] == str(line["object_id"]) for line in lines)
 
@@ -123,18 +125,11 @@ def test_json_lines_of_clicks_and_a_changed_line_decodes_alone(ray_address, data
 
 
 def test_json_lines_of_phrases(ray_address, dataset, tmp_path) -> None:
-    lines = []
-    for ann in dataset["gt"]["annotations"]:
-        if ann["phrases"]:
-            name = next(i["file_name"] for i in dataset["gt"]["images"] if i["id"] == ann["image_id"])
-            lines.append({"image": str(dataset["images"] / name), "id": str(ann["id"]),  # by full path this time
-                          "prompts": [{"type": "text", "text": ann["phrases"][0]}]})
+    lines = [{"image": str(dataset["images"] / file_name(dataset, ann["image_id"])),  # by full path this time
+              "id": str(ann["id"]), "prompts": [{"type": "text", "text": ann["phrases"][0]}]}
+             for ann in dataset["gt"]["annotations"] if ann["phrases"]]
     out = tmp_path / "out"
-    summary = run(dataset, write_lines(tmp_path / "phrases.jsonl", lines), out)
-    assert summary.masks == len(lines) and summary.failed == 0
-    mean, count = mean_iou_by_prompt_id(dataset, out)
-    print(f"JSON lines phrases -> masks: mean IoU {mean:.3f} over {count} phrases")
-    assert count == len(lines) and mean >= IOU_FLOOR
+    check_mean_iou(dataset, lines, run(dataset, write_lines(tmp_path / "phrases.jsonl", lines), out), out, "phrases")
 
 
 # --------------------------------------------------------------------------- broken entries
