@@ -166,7 +166,7 @@ def open_frames(source: str | bytes | BinaryIO, *, name: str | None = None, fps:
 
 # --------------------------------------------------------------------------- writing
 class OverlayWriter:
-    """Frames -> an H.264 (yuv420p, +faststart) MP4 that browsers play, at the source's
+    """Frames -> an H.264 (yuv420p, +faststart for paths) MP4 that browsers play, at the source's
     frame rate. yuv420p needs even sides: an odd side gets one edge row/column repeated
     (the picture is never scaled)."""
 
@@ -174,7 +174,10 @@ class OverlayWriter:
         import av
 
         self.size = size
-        self._container = av.open(target, mode="w", format="mp4", options={"movflags": "+faststart"})
+        # +faststart (index first: playback starts before the download ends) rewrites the file
+        # by name at the end, so only a path gets it, not a file object.
+        options = {"movflags": "+faststart"} if isinstance(target, str) else {}
+        self._container = av.open(target, mode="w", format="mp4", options=options)
         rate = Fraction(fps).limit_denominator(1001)
         self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.height = size[0] + size[0] % 2
