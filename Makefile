@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 
-.PHONY: setup demo test browser clean
+.PHONY: setup demo test browser speech-tools clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ demo: setup
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser
+# The audio-prompt tests speak with Debian's espeak-ng and resample with sox.
+speech-tools:
+	@command -v espeak-ng >/dev/null 2>&1 && command -v sox >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq espeak-ng sox >/dev/null; }
+
+test: setup browser speech-tools
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -101,6 +101,7 @@ class SeemPredictor:
         self.autocast_bf16 = (self.device.type == "cuda") if autocast_bf16 is None else autocast_bf16
         self.model_id = model_id or self._model_id()
         self.default_vocabulary = Vocabulary(self.cfg.default_vocabulary, frozenset(self.cfg.default_stuff))
+        self.asr = "pocketsphinx"  # the speech recogniser for audio prompts (speech.load_recognizer spec)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, weights: str | Path | None = "default",
@@ -258,6 +259,8 @@ class SeemPredictor:
         visual targets without text one multi-object pass; composed targets (phrase + visual
         prompts) run alone. `previous_masks`: one per target, or None."""
         targets = list(targets)
+        heard = [self._heard(t, vocabulary) if isinstance(t, Prompts) else None for t in targets]
+        targets = [t if h is None else h[0] for t, h in zip(targets, heard)]
         if any(not isinstance(t, Prompts) or t.is_empty for t in targets):
             raise PromptError("a target without any prompt (text, visual or referring)")
         memories = [None] * len(targets) if previous_masks is None else list(previous_masks)
@@ -288,9 +291,19 @@ class SeemPredictor:
             for i, seg in zip(group, segs):
                 results[i] = seg
         elapsed = (time.perf_counter() - started) * 1000
-        for seg in results:
+        for seg, h in zip(results, heard):
             seg.timings_ms.setdefault("decode", elapsed)
+            if h is not None:
+                seg.transcript = h[1]
         return results  # type: ignore[return-value]
+
+    def _heard(self, prompts: Prompts, vocabulary: Vocabulary | Sequence[str] | None) -> tuple[Prompts, str] | None:
+        """(prompts with the audio's transcript as text, the transcript), or None without audio."""
+        if prompts.audio is None:
+            return None
+        from .audio_prompt import transcribe_prompts
+
+        return transcribe_prompts(prompts, self.vocabulary(vocabulary), self.asr)
 
     def _decode_call(self, features: ImageFeatures, vocabulary: Vocabulary | Sequence[str] | None,
                      max_masks: int = 1, draws: Draws | None = None) -> _DecodeCall:

@@ -7,19 +7,21 @@ is wrong; serving turns it into a 422 `invalid_prompt`, the pipeline into an err
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .prompt_schema import (RLE, BoxPrompt, MaskPromptModel, PointPrompt, PolygonPrompt, ReferringPrompt,
+from .prompt_schema import (RLE, AudioPrompt, BoxPrompt, MaskPromptModel, PointPrompt, PolygonPrompt, ReferringPrompt,
                             ScribblePrompt, TextPrompt)
 from .rle import decode_mask
 from .transforms import PromptError
 from .types import (Box, ImageFeatures, MaskPrompt, Point, Polygon, Prompts, ReferringRegion, Scribble,
                     SpatialPrompt)
 
-__all__ = ["PromptJsonError", "to_prompts", "to_spatial", "decode_rle"]
+__all__ = ["PromptJsonError", "audio_bytes", "to_prompts", "to_spatial", "decode_rle"]
 
 
 class PromptJsonError(PromptError):
@@ -84,13 +86,16 @@ def to_prompts(prompts: Sequence[object], size: tuple[int, int], referring: Mapp
     (as written) to that image's features, whose own size bounds its region.
     """
     text: str | None = None
+    audio: AudioPrompt | None = None
     spatial: list[SpatialPrompt] = []
     regions: list[ReferringRegion] = []
     for i, prompt in enumerate(prompts):
         what = f"prompts[{i}] ({prompt.type})"
-        if isinstance(prompt, TextPrompt):
-            if text is not None:
-                raise PromptJsonError(f"{what}: at most one text prompt per request")
+        if isinstance(prompt, (TextPrompt, AudioPrompt)) and (text is not None or audio is not None):
+            raise PromptJsonError(f"{what}: at most one text or audio prompt per request")
+        if isinstance(prompt, AudioPrompt):
+            audio = prompt
+        elif isinstance(prompt, TextPrompt):
             if not prompt.text.strip():
                 raise PromptJsonError(f"{what}: the text is blank")
             text = prompt.text
@@ -102,9 +107,19 @@ def to_prompts(prompts: Sequence[object], size: tuple[int, int], referring: Mapp
             regions.append(ReferringRegion(features, (region,)))
         else:
             spatial.append(to_spatial(prompt, size, what))
-    if spatial and not any(p.positive for p in spatial) and text is None and not regions and previous_mask is None:
+    if (spatial and not any(p.positive for p in spatial) and text is None and audio is None and not regions
+            and previous_mask is None):
         # Nothing says what the object is: a first round needs something positive.
         raise PromptJsonError("only negative prompts and no previous_mask: add a positive click, box, "
                               "scribble, text or region")
     previous = None if previous_mask is None else decode_rle(previous_mask, size, "previous_mask")
-    return Prompts(text=text, spatial=tuple(spatial), referring=tuple(regions)), previous
+    heard = {} if audio is None else {"audio": audio_bytes(audio.data), "language": audio.language}
+    return Prompts(text=text, spatial=tuple(spatial), referring=tuple(regions), **heard), previous
+
+
+def audio_bytes(data: str) -> bytes:
+    """An audio prompt's base64 `data` -> bytes (PromptJsonError for bad base64)."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise PromptJsonError("audio prompt: data is not valid base64") from None

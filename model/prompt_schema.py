@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 
 __all__ = [
     "RLE", "TextPrompt", "PointPrompt", "BoxPrompt", "ScribblePrompt", "PolygonPrompt", "MaskPromptModel",
-    "ReferringPrompt", "SpatialRegion", "Prompt", "ImageId", "PromptSchemaError", "validation_message",
+    "ReferringPrompt", "AudioPrompt", "SpatialRegion", "Prompt", "ImageId", "PromptSchemaError", "validation_message",
     "parse_prompt_list",
 ]
 
@@ -102,8 +102,19 @@ class ReferringPrompt(StrictModel):
     region: SpatialRegion = Field(description="a spatial prompt in that image's own pixels")
 
 
+class AudioPrompt(StrictModel):
+    """A spoken phrase: an audio file (WAV, FLAC, OGG, WebM, MP3, ...) as base64. It is
+    transcribed and then counts as the request's text prompt (at most one of the two)."""
+
+    type: Literal["audio"]
+    data: Annotated[str, Field(min_length=1, description="base64 of the audio file's bytes")]
+    language: Annotated[str, Field(min_length=2, max_length=16)] | None = Field(
+        None, description="ISO language code of the speech, e.g. \"en\" (default: the recogniser's)")
+
+
 Prompt = Annotated[
-    Union[TextPrompt, PointPrompt, BoxPrompt, ScribblePrompt, PolygonPrompt, MaskPromptModel, ReferringPrompt],
+    Union[TextPrompt, PointPrompt, BoxPrompt, ScribblePrompt, PolygonPrompt, MaskPromptModel, ReferringPrompt,
+          AudioPrompt],
     Field(discriminator="type"),
 ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Sequence, Union
 
@@ -91,6 +92,8 @@ class Prompts:
     - `text`: a referring phrase ("the red circle").
     - `spatial`: clicks, boxes, scribbles, polygons, masks on this image, positive or negative.
     - `referring`: regions of other images.
+    - `audio`: a spoken phrase (an audio file's bytes or its path; `language` e.g. "en"),
+      transcribed by the predictor's recogniser and then used as `text` (not both).
     Text alone runs the grounding path; any spatial part runs the spatial path (with the
     phrase's tokens visible to the spatial queries when text is given too); referring
     regions alone rank the object queries, and with text or spatial parts re-rank those.
@@ -99,16 +102,22 @@ class Prompts:
     text: str | None = None
     spatial: tuple[SpatialPrompt, ...] = ()
     referring: tuple[ReferringRegion, ...] = ()
+    audio: "bytes | str | os.PathLike[str] | None" = None
+    language: str | None = None
 
     def __post_init__(self) -> None:
         self.spatial = tuple(self.spatial)
         self.referring = tuple(self.referring)
         if self.text is not None and not self.text.strip():
             raise ValueError("text prompt is empty")
+        if self.audio is not None and self.text is not None:
+            raise ValueError("give text or audio, not both: the audio's transcript is the text prompt")
+        if isinstance(self.audio, (bytes, bytearray)) and not self.audio:
+            raise ValueError("audio prompt is empty")
 
     @property
     def is_empty(self) -> bool:
-        return self.text is None and not self.spatial and not self.referring
+        return self.text is None and self.audio is None and not self.spatial and not self.referring
 
     @property
     def has_visual(self) -> bool:
@@ -218,6 +227,7 @@ class Segmentation:
     masks: list[MaskResult]
     memory: torch.Tensor | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    transcript: str | None = None  # what was heard, for an audio prompt
 
 
 @dataclass(eq=False)

@@ -416,6 +416,9 @@ class Ingress:
             raise RuntimeError(f"seem-ray ingress refuses to start: {refusal}")
         self.decoder = decoder
         self.metrics = IngressMetrics()
+        from .audio import Transcriber
+
+        self.transcriber = Transcriber(self.config)  # loads the recogniser in the background
 
     def __serve_build_asgi_app__(self) -> Any:
         from .api import create_api
@@ -456,11 +459,21 @@ class Ingress:
         return await self._call(lambda: self._decoder_for(image_id).ingest.remote(image_id, data), "ingest")
 
     async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any]:
-        """Backend of POST /v1/segment."""
+        """Backend of POST /v1/segment (audio prompts are transcribed here first: serving.audio)."""
+        from .audio import has_audio
+
+        transcripts = None
+        if has_audio(request):
+            started = time.perf_counter()
+            request, transcripts = await self.transcriber.resolve(request)
+            transcribe_ms = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
         body = await self._call(lambda: self._decoder_for(image_id).segment.remote(image_id, data, request),
                                 "segment")
         body["timings_ms"]["decoder_call"] = (time.perf_counter() - started) * 1000  # the decoder as seen from here
+        if transcripts is not None:
+            body["transcripts"] = transcripts
+            body["timings_ms"]["transcribe"] = transcribe_ms
         return body
 
     async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any]:

@@ -55,6 +55,8 @@ class Limits(_Strict):
     # decoder replica, in front of every request queued there, so its total is bounded.
     max_vocabulary_chars: int = Field(8192, gt=0, description="characters of all vocabulary names together (422)")
     max_rle_chars: int = Field(1 << 20, gt=0, description="characters (or runs) of one RLE mask's counts (422)")
+    max_audio_bytes: int = Field(4 << 20, gt=0, description="bytes of one audio prompt's file, decoded base64 (422)")
+    max_audio_seconds: float = Field(30.0, gt=0, description="seconds of one audio prompt (422)")
     requests_per_s: float | None = Field(None, gt=0, description="per-client rate (429); None: no rate limit")
     burst: int = Field(20, gt=0, description="requests a client may send at once before the rate applies")
 
@@ -117,6 +119,8 @@ class ServeConfig(_Strict):
     ingress: IngressOptions = IngressOptions()
     route_by_image: bool = Field(True, description="send requests for one image to the replica holding it")
     request_timeout_s: float = Field(60.0, gt=0)
+    asr: str = Field("pocketsphinx", description="speech recogniser of audio prompts, run by the ingress: "
+                                                 "'pocketsphinx' (offline, bundled) or 'whisper:PATH' (local or s3://)")
     seed: int = Field(0, description="seed of random weights (weights 'random' or None): equal in every replica")
     insecure: bool = Field(False, description="serve without API keys although the HTTP proxy listens beyond "
                                               "loopback (otherwise the ingress refuses to start)")

@@ -22,7 +22,10 @@ Status codes and error codes (docs/api.md):
 422    validation_error           JSON that does not fit the schema (names the field)
 422    invalid_prompt             a prompt that does not fit the image (coordinates, RLE)
 422    invalid_image              an image whose data is corrupt or truncated
-422    limit_exceeded             too many prompts / points / names / masks
+422    limit_exceeded             too many prompts / points / names / masks; audio too long or large
+422    invalid_audio              an audio prompt that is not audio, truncated, or bad base64
+422    no_speech                  an audio prompt in which nothing was recognised (body has
+                                  "transcripts" with the empty transcript)
 429    rate_limited               over limits.requests_per_s
 503    overloaded / timeout /     queue full, request over its time, store unreachable
        unavailable
@@ -51,6 +54,8 @@ ERROR_CODES: dict[str, int] = {
     "invalid_prompt": 422,
     "invalid_image": 422,
     "limit_exceeded": 422,
+    "invalid_audio": 422,
+    "no_speech": 422,
     "rate_limited": 429,
     "overloaded": 503,
     "timeout": 503,
@@ -66,8 +71,9 @@ class ApiError(Exception):
     """
 
     def __init__(self, code: str, message: str, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__(code, message, status, headers)
+        self.extra = dict(extra or {})  # more top-level fields of the body (e.g. "transcripts")
         if code not in ERROR_CODES and status is None:
             raise ValueError(f"unknown error code {code!r} without a status")
         self.code = code
@@ -79,11 +85,11 @@ class ApiError(Exception):
         return f"{self.status} {self.code}: {self.message}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ApiError, (self.code, self.message, self.status, self.headers))
+        return (ApiError, (self.code, self.message, self.status, self.headers, self.extra))
 
     def body(self) -> dict[str, Any]:
         """The JSON response body."""
-        return error_body(self.code, self.message)
+        return {**self.extra, **error_body(self.code, self.message)}
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def as_api_error(exc: BaseException) -> ApiError | None:
         if isinstance(cause, ApiError):
             return cause
         if isinstance(exc, ApiError):  # Ray's dual class without a readable cause
-            return ApiError(exc.code, exc.message, exc.status, exc.headers)
+            return ApiError(exc.code, exc.message, exc.status, exc.headers, getattr(exc, "extra", None))
         exc = exc.__cause__ or cause  # type: ignore[assignment]
         seen += 1
     return None

@@ -15,12 +15,12 @@ from pydantic import BaseModel, Field, StrictBool, model_validator
 
 # The prompt models are shared with bulk prompt files (seem segment --prompts); re-exported here
 # because they are part of this API's contract.
-from model.prompt_schema import (RLE, BoxPrompt, ImageId, MaskPromptModel, PointPrompt, PolygonPrompt, Prompt,
+from model.prompt_schema import (RLE, AudioPrompt, BoxPrompt, ImageId, MaskPromptModel, PointPrompt, PolygonPrompt, Prompt,
                                  ReferringPrompt, ScribblePrompt, SpatialRegion, StrictModel, TextPrompt)
 
 __all__ = [
     "RLE", "TextPrompt", "PointPrompt", "BoxPrompt", "ScribblePrompt", "PolygonPrompt", "MaskPromptModel",
-    "ReferringPrompt", "SpatialRegion", "Prompt", "ImageUriRequest", "SegmentRequest", "PanopticRequest",
+    "ReferringPrompt", "AudioPrompt", "SpatialRegion", "Prompt", "ImageUriRequest", "SegmentRequest", "PanopticRequest",
     "ImageResponse", "RLEOut", "MaskOut", "SegmentResponse", "PanopticSegment", "PanopticResponse",
     "HealthResponse", "ErrorDetail", "ErrorResponse",
 ]
@@ -101,6 +101,7 @@ class SegmentResponse(BaseModel):
     """Masks for the prompted object; send `masks[0].rle` back as the next round's previous_mask."""
 
     masks: list[MaskOut] = Field(description="best first")
+    transcripts: list[str] | None = Field(None, description="what was heard in each audio prompt, in order")
     timings_ms: dict[str, float]
 
 

@@ -15,8 +15,8 @@ Backends (`load_recognizer(spec)`):
 """
 from __future__ import annotations
 
-from .audio import AudioError, AudioLimits, decode_audio, resample
+from .audio import AudioError, AudioLimits, UnsupportedLanguage, decode_audio, resample
 from .recognizer import DEFAULT_ASR, Recognizer, load_recognizer, transcribe_bytes
 
-__all__ = ["AudioError", "AudioLimits", "decode_audio", "resample", "Recognizer", "load_recognizer",
+__all__ = ["AudioError", "UnsupportedLanguage", "AudioLimits", "decode_audio", "resample", "Recognizer", "load_recognizer",
            "transcribe_bytes", "DEFAULT_ASR"]

@@ -11,6 +11,8 @@ const state = {
   image: null,        // HTMLImageElement of the upload
   prompts: [],        // spatial prompts of the current object, in order
   text: "",           // phrase of the current object ("" = none)
+  audio: null,        // base64 of a recording not yet sent (its transcript becomes `text`)
+  transcript: null,   // what the server heard in the last recording
   lastMask: null,     // RLE of the last answer (sent as previous_mask)
   lastResult: null,   // {label, score, label_score, area, bbox}
   round: 0,
@@ -210,7 +212,9 @@ async function upload(file) {
 }
 
 function requestBody() {
-  const prompts = (state.text ? [{ type: "text", text: state.text }] : []).concat(state.prompts);
+  const phrase = state.audio ? [{ type: "audio", data: state.audio }]
+    : (state.text ? [{ type: "text", text: state.text }] : []);
+  const prompts = phrase.concat(state.prompts);
   const body = { image_id: state.imageId, prompts, max_masks: 1 };
   if (state.lastMask) body.previous_mask = state.lastMask;
   return body;
@@ -218,7 +222,7 @@ function requestBody() {
 
 async function segment() {
   if (!state.imageId) { setStatus("Choose an image first.", true); return; }
-  if (!state.text && state.prompts.length === 0) { redraw(); return; }
+  if (!state.text && !state.audio && state.prompts.length === 0) { redraw(); return; }
   if (state.busy) { state.pending = true; return; }
   state.busy = true;
   try {
@@ -231,8 +235,14 @@ async function segment() {
         headers: headers({ "Content-Type": "application/json" }),
         body: JSON.stringify(requestBody()),
       });
-      if (!response.ok) { setStatus(await apiError(response), true); break; }
+      if (!response.ok) {
+        const failed = response.clone();
+        setStatus(await apiError(response), true);
+        if (state.audio) await heard(failed);
+        break;
+      }
       const answer = await response.json();
+      if (state.audio) heardText((answer.transcripts || [""])[0]);
       const best = answer.masks[0];
       state.round += 1;
       state.lastMask = best ? best.rle : null;
@@ -257,8 +267,9 @@ function addPrompt(p) {
 }
 
 function reset() {
-  Object.assign(state, { prompts: [], text: "", lastMask: null, lastResult: null, round: 0, drag: null });
+  Object.assign(state, { prompts: [], text: "", audio: null, transcript: null, lastMask: null, lastResult: null, round: 0, drag: null });
   $("text").value = "";
+  $("transcript").textContent = "";
   renderPromptList();
   showResult();
   redraw();
@@ -336,3 +347,63 @@ $("undo").addEventListener("click", () => {
 });
 
 $("reset").addEventListener("click", reset);
+
+// ------------------------------------------------------------------ microphone
+// Record a spoken phrase (MediaRecorder), send it as an audio prompt; the transcript the
+// server returns is shown and becomes the phrase of the following rounds.
+const RECORD_MS = 3000;  // a prompt is a short phrase; a second click stops earlier
+let recorder = null;
+
+function heardText(text) {
+  state.audio = null;
+  state.transcript = text;
+  $("transcript").textContent = text ? `Heard: “${text}”` : "Heard nothing.";
+  if (text) { state.text = text; $("text").value = text; renderPromptList(); }
+}
+
+async function heard(failedResponse) {
+  let text = "";
+  try { text = ((await failedResponse.json()).transcripts || [""])[0]; } catch (e) { /* not JSON */ }
+  heardText(text);
+}
+
+function blobToBase64(blob) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+async function startRecording() {
+  if (!state.imageId) { setStatus("Choose an image first.", true); return; }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (e) {
+    setStatus(`No microphone: ${e.message || e}`, true);
+    return;
+  }
+  const chunks = [];
+  recorder = new MediaRecorder(stream);
+  recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
+  recorder.onstop = async () => {
+    stream.getTracks().forEach((t) => t.stop());
+    recorder = null;
+    $("mic").textContent = "🎤 Speak";
+    $("mic").setAttribute("aria-pressed", "false");
+    state.audio = await blobToBase64(new Blob(chunks, { type: chunks.length ? chunks[0].type : "audio/webm" }));
+    segment();
+  };
+  recorder.start();
+  $("mic").textContent = "■ Stop";
+  $("mic").setAttribute("aria-pressed", "true");
+  setStatus("Listening…");
+  setTimeout(() => { if (recorder && recorder.state === "recording") recorder.stop(); }, RECORD_MS);
+}
+
+$("mic").addEventListener("click", () => {
+  if (recorder && recorder.state === "recording") recorder.stop();
+  else startRecording();
+});

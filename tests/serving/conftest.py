@@ -32,6 +32,8 @@ LIMITS = {
     "max_vocabulary": 32,
     "max_masks": 5,
     "max_text_chars": 100,
+    "max_audio_bytes": 256 << 10,
+    "max_audio_seconds": 8.0,
 }
 
 
