@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("storage", "model", "store", "pipeline", "serving", "training")
+PACKAGES = ("storage", "speech", "model", "store", "pipeline", "serving", "training")
 
 
 def _imports(path: Path) -> set[str]:
@@ -42,10 +42,11 @@ def test_storage_is_the_bottom_package():
 #: What each package may import of ours (docs/architecture.md, "Packages").
 ALLOWED = {
     "storage": set(),
-    "model": {"storage"},
+    "speech": {"storage"},  # lazily, for whisper weights on s3://
+    "model": {"storage", "speech"},
     "store": {"storage", "model"},
-    "pipeline": {"storage", "model", "store"},
-    "serving": {"storage", "model", "store"},
+    "pipeline": {"storage", "speech", "model", "store"},
+    "serving": {"storage", "speech", "model", "store"},
     "training": {"storage", "model"},
 }
 
