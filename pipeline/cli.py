@@ -164,12 +164,37 @@ def _segment_options(args: argparse.Namespace) -> Any:
     return SegmentOptions(
         vocabulary=args.vocabulary,
         stuff=args.stuff,
-        texts=tuple(args.text or ()),
+        texts=tuple(args.text or ()) + _heard(args),
         overlays=args.overlays,
         out_endpoint_url=args.endpoint_url,
         batch_size=args.segment_batch_size,
         pool=args.decoder_pool,
     )
+
+
+def _heard(args: argparse.Namespace) -> tuple[str, ...]:
+    """The transcript of each --audio file (transcribed once, here, constrained by the
+    vocabulary the masks are labelled from); a file that cannot be used stops the command."""
+    if not getattr(args, "audio", None):
+        return ()
+    from model.audio_prompt import read_audio
+    from model.build import get_config
+    from speech import AudioError, load_recognizer, transcribe_bytes
+
+    cfg = get_config(args.model)
+    names = tuple(args.vocabulary) if args.vocabulary else tuple(cfg.default_vocabulary)
+    stuff = tuple(args.stuff) if args.stuff else tuple(cfg.default_stuff)
+    heard = []
+    for path in args.audio:
+        try:
+            text = transcribe_bytes(load_recognizer(args.asr), read_audio(path), words=names, stuff=stuff)
+        except (AudioError, ValueError) as e:
+            raise SystemExit(f"seem segment: --audio {path}: {e}") from None
+        if not text:
+            raise SystemExit(f"seem segment: --audio {path}: no speech was recognised")
+        print(f"--audio {path}: heard {text!r}")
+        heard.append(text)
+    return tuple(heard)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -180,8 +205,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.prompts:
         from pipeline.prompt_job import PromptOptions, prompted_segment_job
 
-        if args.text:
-            raise SystemExit("seem segment: --text and --prompts do not go together (put phrases in the prompts file)")
+        if args.text or args.audio:
+            raise SystemExit("seem segment: --text/--audio and --prompts do not go together "
+                             "(put phrases or audio prompts in the prompts file)")
         prompt_options = PromptOptions(prompts=args.prompts, with_category_text=args.with_category_text,
                                        vocabulary=args.vocabulary, stuff=args.stuff, overlays=args.overlays,
                                        out_endpoint_url=args.endpoint_url, batch_size=args.segment_batch_size,
@@ -225,6 +251,10 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text", action="append",
                    help="a text prompt; its best mask in every image (repeatable). Text alone skips panoptic "
                         "segmentation unless --vocabulary is given too")
+    g.add_argument("--audio", action="append", metavar="FILE",
+                   help="a spoken text prompt (any audio file), transcribed once and used as --text (repeatable)")
+    g.add_argument("--asr", default="pocketsphinx",
+                   help="speech recogniser for --audio: pocketsphinx (default, offline) or whisper:PATH")
     g.add_argument("--segment-batch-size", type=int, default=4, help="images per decoder call (default: 4)")
     g.add_argument("--decoder-pool", type=_pair, help="decoder actors N or MIN,MAX (default: as --pool)")
 

@@ -141,3 +141,20 @@ def test_whisper_backend_plumbing(tmp_path: Path, speech_corpus) -> None:  # noq
     with pytest.raises(UnsupportedLanguage):
         transcribe_bytes(recognizer, data, language="fr")
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "whisper"
+
+
+def test_seem_segment_audio_flag_becomes_a_text_prompt(speech_corpus, tmp_path: Path) -> None:  # noqa: ANN001
+    """`seem segment --audio FILE` (the argument parsing and transcription; the job itself
+    takes the transcript as --text, which tests/pipeline covers)."""
+    import seem_cli
+    from pipeline.cli import _heard
+
+    spoken = speech_corpus[1]
+    args = seem_cli.build_parser().parse_args(["segment", str(tmp_path), "--out", str(tmp_path / "out"),
+                                               "--audio", str(spoken.path)])
+    assert _heard(args) == (spoken.phrase,)
+    silent = tmp_path / "silent.wav"
+    silent.write_bytes(_encoded(np.zeros(8000, np.float32), 16_000, "WAV"))
+    args.audio = [str(silent)]
+    with pytest.raises(SystemExit, match="no speech"):
+        _heard(args)
