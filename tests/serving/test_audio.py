@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 
 import numpy as np
 import pytest
 import soundfile
 
-from tests.serving.conftest import API_KEY, LIMITS, ServingEnv, needs_weights, png_bytes
-from tests.serving.test_browser import ARTIFACTS, FLAGS, chromium  # noqa: F401 (chromium is a fixture)
+from tests.serving.conftest import LIMITS, ServingEnv, needs_weights, png_bytes
+from tests.serving.test_browser import ARTIFACTS, chromium, open_context, watched_page  # noqa: F401 (a fixture)
 
 pytestmark = needs_weights
 SCENE = 7
@@ -132,21 +131,15 @@ def test_web_page_microphone(serving: ServingEnv, chromium: str, tmp_path) -> No
     said = speak("the red circle", tmp_path / "said.wav", 48_000)
     capture = tmp_path / "capture.wav"
     subprocess.run(["sox", str(said), "-b", "16", str(capture), "pad", "0.3", "3"], check=True, timeout=30)
-    flags = FLAGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                     f"--use-file-for-fake-audio-capture={capture}"]
+    flags = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+             f"--use-file-for-fake-audio-capture={capture}")
     sent: list[dict] = []
     errors: list[str] = []
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium, headless=True, args=flags,
-            http_credentials={"username": "tester", "password": API_KEY}, viewport={"width": 1200, "height": 800})
+        context = open_context(p, chromium, tmp_path / "profile", flags)
         try:
             context.grant_permissions(["microphone"], origin=serving.base_url)
-            page = context.new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: sent.append(json.loads(r.post_data))
-                    if r.url.endswith("/v1/segment") and r.post_data else None)
-            page.goto(serving.url("/"))
+            page = watched_page(context, serving, sent, errors)
             page.set_input_files("#file", str(image_path))
             page.wait_for_function("document.getElementById('status').textContent.includes('ready')", timeout=60_000)
             page.click("#mic")

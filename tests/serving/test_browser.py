@@ -33,6 +33,24 @@ def chromium() -> str:
     return CHROMIUM
 
 
+def open_context(playwright, chromium: str, profile: Path, extra_flags: tuple[str, ...] = ()):  # noqa: ANN001, ANN201
+    """A headless Chromium context on the page's server. Basic auth with the API key as
+    password: how a person opens the page on a server with keys."""
+    return playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=chromium, headless=True, args=FLAGS + list(extra_flags),
+        http_credentials={"username": "tester", "password": API_KEY}, viewport={"width": 1200, "height": 800})
+
+
+def watched_page(context, serving: ServingEnv, sent: list[dict], errors: list[str]):  # noqa: ANN001, ANN201
+    """A new page at the web page's URL; segment requests go to `sent`, page errors to `errors`."""
+    page = context.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: sent.append(json.loads(r.post_data))
+            if r.url.endswith("/v1/segment") and r.post_data else None)
+    page.goto(serving.url("/"))
+    return page
+
+
 def test_web_page_round_after_round(serving: ServingEnv, chromium: str, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -49,17 +67,10 @@ def test_web_page_round_after_round(serving: ServingEnv, chromium: str, tmp_path
     sent: list[dict] = []
     errors: list[str] = []
     with sync_playwright() as p:
-        # Basic auth with the API key as password: how a person opens the page on a server with keys.
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium, headless=True, args=FLAGS,
-            http_credentials={"username": "tester", "password": API_KEY}, viewport={"width": 1200, "height": 800})
+        context = open_context(p, chromium, tmp_path / "profile")
         try:
-            page = context.new_page()
+            page = watched_page(context, serving, sent, errors)
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: sent.append(json.loads(r.post_data))
-                    if r.url.endswith("/v1/segment") and r.post_data else None)
-            page.goto(serving.url("/"))
             page.set_input_files("#file", str(image_path))
             page.wait_for_function("document.getElementById('status').textContent.includes('ready')", timeout=60_000)
 
