@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = ["register", "SAMPLES_DIR"]
 
@@ -173,25 +173,31 @@ def _segment_options(args: argparse.Namespace) -> Any:
 
 
 def _heard(args: argparse.Namespace) -> tuple[str, ...]:
-    """The transcript of each --audio file (transcribed once, here, constrained by the
-    vocabulary the masks are labelled from); a file that cannot be used stops the command."""
+    """The transcript of each --audio file of `seem segment` (see `transcribe_files`)."""
     if not getattr(args, "audio", None):
         return ()
+    return transcribe_files(args.audio, args.asr, args.model, args.vocabulary, args.stuff, "seem segment")
+
+
+def transcribe_files(paths: Sequence[str], asr: str, model: str, vocabulary: Sequence[str] | None = None,
+                     stuff: Sequence[str] | None = None, command: str = "seem") -> tuple[str, ...]:
+    """Each audio file transcribed once, here, constrained by the vocabulary the masks are
+    labelled from (default: the model's); a file that cannot be used stops the command."""
     from model.audio_prompt import read_audio
     from model.build import get_config
     from speech import AudioError, load_recognizer, transcribe_bytes
 
-    cfg = get_config(args.model)
-    names = tuple(args.vocabulary) if args.vocabulary else tuple(cfg.default_vocabulary)
-    stuff = tuple(args.stuff) if args.stuff else tuple(cfg.default_stuff)
+    cfg = get_config(model)
+    names = tuple(vocabulary) if vocabulary else tuple(cfg.default_vocabulary)
+    stuff = tuple(stuff) if stuff else tuple(cfg.default_stuff)
     heard = []
-    for path in args.audio:
+    for path in paths:
         try:
-            text = transcribe_bytes(load_recognizer(args.asr), read_audio(path), words=names, stuff=stuff)
+            text = transcribe_bytes(load_recognizer(asr), read_audio(path), words=names, stuff=stuff)
         except (AudioError, ValueError) as e:
-            raise SystemExit(f"seem segment: --audio {path}: {e}") from None
+            raise SystemExit(f"{command}: --audio {path}: {e}") from None
         if not text:
-            raise SystemExit(f"seem segment: --audio {path}: no speech was recognised")
+            raise SystemExit(f"{command}: --audio {path}: no speech was recognised")
         print(f"--audio {path}: heard {text!r}")
         heard.append(text)
     return tuple(heard)

@@ -40,6 +40,13 @@ def _point(text: str) -> list[float]:
 
 def _flag_prompts(args: argparse.Namespace) -> list[dict[str, Any]]:
     prompts: list[dict[str, Any]] = []
+    if args.text and args.audio:
+        raise SystemExit("seem video: give --text or --audio, not both")
+    if args.audio:  # the spoken phrase, transcribed once, is the object's text prompt
+        from pipeline.cli import transcribe_files
+
+        prompts.append({"type": "text", "text": transcribe_files([args.audio], args.asr, args.model,
+                                                                 command="seem video")[0]})
     if args.text:
         prompts.append({"type": "text", "text": args.text})
     if args.box:
@@ -154,6 +161,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--point", type=_point, action="append", help="X,Y positive click (repeatable)")
     g.add_argument("--negative-point", type=_point, action="append", help="X,Y negative click (repeatable)")
     g.add_argument("--text", help="a referring phrase")
+    g.add_argument("--audio", metavar="FILE", help="a spoken referring phrase (any audio file), used as --text")
+    g.add_argument("--asr", default="pocketsphinx", help="speech recogniser for --audio (or whisper:PATH)")
     g.add_argument("--mask", help="a mask PNG of the frame's size (white = object)")
     g.add_argument("--frame", type=int, default=0, help="the prompted frame (default 0)")
     g.add_argument("--object-id", type=int, default=1, help="the object's id (default 1)")

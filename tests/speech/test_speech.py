@@ -144,8 +144,8 @@ def test_whisper_backend_plumbing(tmp_path: Path, speech_corpus) -> None:  # noq
 
 
 def test_seem_segment_audio_flag_becomes_a_text_prompt(speech_corpus, tmp_path: Path) -> None:  # noqa: ANN001
-    """`seem segment --audio FILE` (the argument parsing and transcription; the job itself
-    takes the transcript as --text, which tests/pipeline covers)."""
+    """`seem segment --audio FILE` and `seem video --audio FILE` (argument parsing and
+    transcription; the jobs take the transcript as --text, which tests/pipeline covers)."""
     import seem_cli
     from pipeline.cli import _heard
 
@@ -153,6 +153,10 @@ def test_seem_segment_audio_flag_becomes_a_text_prompt(speech_corpus, tmp_path: 
     args = seem_cli.build_parser().parse_args(["segment", str(tmp_path), "--out", str(tmp_path / "out"),
                                                "--audio", str(spoken.path)])
     assert _heard(args) == (spoken.phrase,)
+    from pipeline.video_cli import _flag_prompts
+
+    video = seem_cli.build_parser().parse_args(["video", "clip.mp4", "--out", str(tmp_path), "--audio", str(spoken.path)])
+    assert _flag_prompts(video) == [{"type": "text", "text": spoken.phrase}]
     silent = tmp_path / "silent.wav"
     silent.write_bytes(_encoded(np.zeros(8000, np.float32), 16_000, "WAV"))
     args.audio = [str(silent)]
