@@ -155,9 +155,14 @@ def grounding_scores(class_emb: torch.Tensor, phrase_emb: torch.Tensor, logit_sc
 def spatial_selection_logits(mask_emb: torch.Tensor, pos_embed: torch.Tensor, queries_per_prompt: int) -> torch.Tensor:
     """(ns*q) x ns: mask embedding . positive-point embedding, -inf outside the query's prompt."""
     ns = pos_embed.shape[0]
-    # Equal rows (queries drawn from the same object query) get bitwise-equal logits, so an
-    # argmax over them picks the first, as the reference does.
-    rows, inverse = torch.unique(mask_emb, dim=0, return_inverse=True)
-    logits = (rows @ pos_embed.t())[inverse]
+    if mask_emb.requires_grad:
+        # Training: every query keeps its own gradient (torch.unique has no derivative), and
+        # ties between twin queries do not matter to a loss.
+        logits = mask_emb @ pos_embed.t()
+    else:
+        # Equal rows (queries drawn from the same object query) get bitwise-equal logits, so
+        # an argmax over them picks the first, as the reference does.
+        rows, inverse = torch.unique(mask_emb, dim=0, return_inverse=True)
+        logits = (rows @ pos_embed.t())[inverse]
     own = torch.eye(ns, dtype=torch.bool, device=mask_emb.device).repeat_interleave(queries_per_prompt, dim=0)
     return logits.masked_fill(~own, float("-inf"))
