@@ -35,6 +35,8 @@ function headers(extra) {
   const h = Object.assign({}, extra || {});
   const key = $("apikey").value.trim();
   if (key) h["Authorization"] = "Bearer " + key;
+  // Serve's proxy routes by this header to the replica holding the image (docs/api.md).
+  if (state.imageId) h["Serve-Multiplexed-Model-Id"] = state.imageId;
   return h;
 }
 
