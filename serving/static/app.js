@@ -47,8 +47,6 @@ function headers(extra) {
   const h = Object.assign({}, extra || {});
   const key = $("apikey").value.trim();
   if (key) h["Authorization"] = "Bearer " + key;
-  // Serve's proxy routes by this header to the replica holding the image (docs/api.md).
-  if (state.imageId) h["Serve-Multiplexed-Model-Id"] = state.imageId;
   return h;
 }
 
@@ -69,9 +67,13 @@ async function apiError(response) {
 async function postJson(path, body) {
   // Keys starting with "_" are the page's own drawing data (a brush stroke's path): the
   // API refuses unknown fields.
+  const h = headers({ "Content-Type": "application/json" });
+  // Serve's proxy routes by this header to the replica holding the image (docs/api.md): the
+  // body's image_id, never the main image's on an upload of another one.
+  if (body.image_id) h["Serve-Multiplexed-Model-Id"] = body.image_id;
   return fetch(path, {
     method: "POST",
-    headers: headers({ "Content-Type": "application/json" }),
+    headers: h,
     body: JSON.stringify(body, (k, v) => (k.startsWith("_") ? undefined : v)),
   });
 }

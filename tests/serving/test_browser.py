@@ -326,6 +326,9 @@ def test_web_page_tools(serving: ServingEnv, chromium: str, tmp_path: Path) -> N
         try:
             page = watched_page(context, serving, sent, errors)
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            routed: list[str | None] = []  # the routing header of each segment request (docs/api.md)
+            page.on("request", lambda r: routed.append(r.headers.get("serve-multiplexed-model-id"))
+                    if r.url.endswith("/v1/segment") else None)
             page.click(".sample[data-src$='sample-1.png']")
             page.wait_for_function("document.getElementById('status').textContent.includes('ready')", timeout=60_000)
             d = Driver(page, sample_scene(1), sent)
@@ -338,6 +341,7 @@ def test_web_page_tools(serving: ServingEnv, chromium: str, tmp_path: Path) -> N
             latencies = d.items("#latency")
             assert len(latencies) == min(rounds, 8) and all(" ms" in t for t in latencies), latencies
             page.screenshot(path=str(ARTIFACTS / "webpage-tools.png"), full_page=True)
+            assert set(routed) == {page.evaluate("window.seem.imageId")}, routed
             segment_everything(d)
             page.screenshot(path=str(ARTIFACTS / "webpage-everything.png"), full_page=True)
         finally:
