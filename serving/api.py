@@ -71,6 +71,10 @@ class Backend(Protocol):
         """Prometheus text of the app's and Serve's metrics."""
         ...
 
+    async def video_segment(self, data: bytes, request: Any) -> dict[str, Any]:
+        """A VideoSegmentResponse body (serving.video_api)."""
+        ...
+
 
 # --------------------------------------------------------------------------- guard
 class _TokenBuckets:
@@ -316,6 +320,9 @@ def create_api(config: ServeConfig, backend: Backend, *,
     app.include_router(_ops_routes(backend))
     app.include_router(_image_routes(reader, backend))
     app.include_router(_inference_routes(reader, backend))
+    from .video_api import video_routes  # imports this module
+
+    app.include_router(video_routes(reader, backend))
     _add_web_page(app)
     return app
 

@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from .config import ServeConfig
 from .errors import ApiError, as_api_error
 from .schemas import PanopticRequest, SegmentRequest
+from .video_api import video_deployment
 
 __all__ = ["build_app", "Ingress", "Decoder", "Encoder", "APP_NAME"]
 
@@ -407,7 +408,7 @@ def _proxy_host() -> str | None:
 class Ingress:
     """HTTP in (serving.api); each request forwarded to a decoder replica by image id."""
 
-    def __init__(self, config: dict[str, Any], decoder: DeploymentHandle) -> None:
+    def __init__(self, config: dict[str, Any], decoder: DeploymentHandle, video: DeploymentHandle | None = None) -> None:
         from .metrics import IngressMetrics
 
         self.config = ServeConfig.model_validate(config)
@@ -415,6 +416,7 @@ class Ingress:
         if refusal:
             raise RuntimeError(f"seem-ray ingress refuses to start: {refusal}")
         self.decoder = decoder
+        self.video = video
         self.metrics = IngressMetrics()
         from .audio import Transcriber
 
@@ -481,6 +483,12 @@ class Ingress:
         return await self._call(lambda: self._decoder_for(image_id).panoptic.remote(image_id, data, request),
                                 "panoptic")
 
+    async def video_segment(self, data: bytes, request: Any) -> dict[str, Any]:
+        """Backend of POST /v1/video/segment (serving.video_api)."""
+        from .video_api import call_video
+
+        return await call_video(self.video, data, request)
+
     async def metrics_text(self) -> str:
         """Backend of GET /metrics (503 when no node's metrics endpoint answers)."""
         from .metrics import gather_metrics_text
@@ -527,4 +535,4 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         num_replicas=ing.num_replicas,
         max_ongoing_requests=ing.max_ongoing_requests,
         ray_actor_options={"num_cpus": ing.num_cpus},
-    ).bind(plain, decoder)
+    ).bind(plain, decoder, video_deployment(config, _encoder_gpus(enc.num_gpus)).bind(plain))

@@ -26,6 +26,7 @@ Status codes and error codes (docs/api.md):
 422    invalid_audio              an audio prompt that is not audio, truncated, or bad base64
 422    no_speech                  an audio prompt in which nothing was recognised (body has
                                   "transcripts" with the empty transcript)
+422    invalid_video              a video that is not one, corrupt or truncated, or bad base64
 429    rate_limited               over limits.requests_per_s
 503    overloaded / timeout /     queue full, request over its time, store unreachable
        unavailable
@@ -56,6 +57,7 @@ ERROR_CODES: dict[str, int] = {
     "limit_exceeded": 422,
     "invalid_audio": 422,
     "no_speech": 422,
+    "invalid_video": 422,
     "rate_limited": 429,
     "overloaded": 503,
     "timeout": 503,
