@@ -14,7 +14,7 @@ from .conftest import REPO, read_yaml
 def test_serve_yaml_passes_schema_and_builds():
     report = check.check_serve_config(REPO / "infra" / "serve.yaml", build=True)
     assert report.ok, report.errors
-    assert any("['Encoder', 'Decoder', 'Ingress']" in n for n in report.notes), report.notes
+    assert any("['Encoder', 'Decoder', 'Video', 'Ingress']" in n for n in report.notes), report.notes
 
 
 def test_import_path_is_the_serving_app_builder():

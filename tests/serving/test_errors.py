@@ -31,7 +31,7 @@ def post(serving: ServingEnv, path: str, data, content_type: str | None = "appli
 # --------------------------------------------------------------------------- auth
 @pytest.mark.parametrize("path, method", [
     ("/v1/images", "post"), ("/v1/segment", "post"), ("/v1/panoptic", "post"), ("/metrics", "get"),
-    ("/docs", "get"), ("/openapi.json", "get"), ("/", "get"), ("/static/app.js", "get"),
+    ("/docs", "get"), ("/openapi.json", "get"), ("/", "get"), ("/static/app.js", "get"), ("/v1/video/segment", "post"),
 ])
 def test_every_route_but_healthz_needs_the_key(serving: ServingEnv, path: str, method: str) -> None:
     r = getattr(serving.session, method)(serving.url(path), timeout=10)
