@@ -133,7 +133,7 @@ class _DecoderRun:
     memory_prompt: torch.Tensor | None = None  # num_layers x M
     memory_masks: list[torch.Tensor] | None = None  # per level, B x ns x h*w
     resamplers: dict[tuple[int, int], LevelResampler] = field(default_factory=dict)  # per level size
-    self_masks: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    self_masks: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)  # (mask, rows)
     output: DecoderOutput = field(default_factory=DecoderOutput)
 
 
@@ -321,19 +321,39 @@ class SeemDecoder(nn.Module):
             content[STOKENS] = spatial.tokens[level]
             qpos[STOKENS] = spatial.tokens[level].detach()
         names = [n for n in (OBJECT, GROUNDING, SPATIAL, GTOKENS, STOKENS, MEMORY) if n in content]
+        # Spatial tokens are keys and values only: their own outputs are dropped after the
+        # layer, so their rows skip the attention output and the FFN.
+        kept = [n for n in names if n != STOKENS]
         layer_memory = None if run.memory_prompt is None else run.memory_prompt[i]
         # The pattern depends on the level (its spatial tokens) and the layer's memory draw only.
         mask_key = (level, None if layer_memory is None else tuple(layer_memory.tolist()))
         if mask_key not in run.self_masks:
-            run.self_masks[mask_key] = self._self_attention_mask(
-                names, content, run.grounding, spatial, run.spatial_prompt, layer_memory, level)
+            mask = self._self_attention_mask(names, content, run.grounding, spatial, run.spatial_prompt,
+                                             layer_memory, level)
+            rows = self._kept_rows(names, kept, content, mask.device)
+            run.self_masks[mask_key] = (mask if rows is None else mask[:, rows], rows)
+        mask, rows = run.self_masks[mask_key]
         x = torch.cat([content[n] for n in names], dim=1)
         pos = torch.cat([qpos[n] for n in names], dim=1)
-        x = self.transformer_self_attention_layers[i](x, pos, run.self_masks[mask_key][:, None])
+        x = self.transformer_self_attention_layers[i](x, pos, mask[:, None], rows)
         x = self.transformer_ffn_layers[i](x)
-        content.update(zip(names, x.split([content[n].shape[1] for n in names], dim=1)))
+        content.update(zip(kept, x.split([content[n].shape[1] for n in kept], dim=1)))
         content.pop(STOKENS, None)  # spatial tokens are re-inserted fresh at the next layer
         qpos.pop(STOKENS, None)
+
+    @staticmethod
+    def _kept_rows(names: list[str], kept: list[str], content: dict[str, torch.Tensor],
+                   device: torch.device) -> torch.Tensor | None:
+        """Indices of the rows of groups `kept` in the concatenation of `names` (None: all)."""
+        if kept == names:
+            return None
+        rows, start = [], 0
+        for n in names:
+            size = content[n].shape[1]
+            if n in kept:
+                rows.append(torch.arange(start, start + size, device=device))
+            start += size
+        return torch.cat(rows)
 
     # ------------------------------------------------------------------ self-attention pattern
     def _self_attention_mask(self, names: list[str], content: dict[str, torch.Tensor],

@@ -9,7 +9,8 @@ checkpoints load unchanged, and adds the two behaviours SEEM needs:
   computed in the memory's input space instead of projecting every key and value:
   q.(W_k x + b_k) = (W_k^T q).x + q.b_k, and the q.b_k term is constant along a row so
   the softmax drops it; likewise sum_j p_j (W_v x_j + b_v) = W_v (sum_j p_j x_j) + b_v * sum_j p_j.
-  Same mathematics, a fraction of the work when heads * queries < width + queries.
+  Same mathematics, a fraction of the work when heads * queries is well below the width
+  (a click's few queries against an image level, or against a box's 512 spatial tokens).
 """
 from __future__ import annotations
 
@@ -90,11 +91,12 @@ class MultiheadAttention(nn.Module):
         b_q, b_k, b_v = self.in_proj_bias.split(e)
         nq, nk = query.shape[1], key.shape[1]
         q = self._split(F.linear(query, w_q, b_q)) * (self.head_dim ** -0.5)
-        use_input_space = (
-            not torch.is_grad_enabled()
-            and self.num_heads * nq < e + nq
-            and nk > 4 * e  # only worth it against a long memory
-        )
+        # Multiply-adds of each way: projecting keys and values (2 nk e^2) and attending in
+        # head space (2 nq nk e), or moving the queries into the input space and back
+        # (2 nq e^2) and attending there per head (2 heads nq nk e).
+        projected = 2 * nk * e * e + 2 * nq * nk * e
+        input_space = 2 * nq * e * e + 2 * self.num_heads * nq * nk * e
+        use_input_space = not torch.is_grad_enabled() and input_space < projected
         if use_input_space:
             # Scores and values in the memory's input space (see the module docstring).
             b, h = query.shape[0], self.num_heads
@@ -133,13 +135,18 @@ class SelfAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.pre_norm = pre_norm
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None, attn_mask: torch.Tensor | None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x, pos: B x N x C. rows: the rows whose outputs are wanted (all when None; the
+        others only serve as keys and values), with `attn_mask` already cut to those rows."""
         if self.pre_norm:
             y = self.norm(x)
             qk = y if pos is None else y + pos
-            return x + self.self_attn(qk, qk, y, attn_mask)
+            x_out, q = (x, qk) if rows is None else (x[:, rows], qk[:, rows])
+            return x_out + self.self_attn(q, qk, y, attn_mask)
         qk = x if pos is None else x + pos
-        return self.norm(x + self.self_attn(qk, qk, x, attn_mask))
+        x_out, q = (x, qk) if rows is None else (x[:, rows], qk[:, rows])
+        return self.norm(x_out + self.self_attn(q, qk, x, attn_mask))
 
 
 class CrossAttentionLayer(nn.Module):
