@@ -178,7 +178,8 @@ class FocalBackbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg, 3, cfg.embed_dim, is_stem=True)
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        # On CPU explicitly: the rates are Python floats, also when the module is built on "meta".
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         start = 0
         for i, depth in enumerate(cfg.depths):

@@ -39,6 +39,12 @@ SEEM_FOCALL_V1 = SeemConfig(
     **_COCO,
 )
 
+# The v0 models: the same configs (configs/seem/focal{t,l}_unicl_lang_v0.yaml differ from v1's in
+# the model and decoder names only) with the seem_v0 decoder (model/decoder_v0.py).
+_V0_DECODER = DecoderConfig(variant="v0", queries_per_prompt=DecoderConfig().num_queries)
+SEEM_FOCALT_V0 = SEEM_FOCALT_V1.replace(name="seem-focalt-v0", decoder=_V0_DECODER)
+SEEM_FOCALL_V0 = SEEM_FOCALL_V1.replace(name="seem-focall-v0", decoder=_V0_DECODER)
+
 # SAM ViT-B v1 (configs/seem/samvitb_unicl_lang_v1.yaml): the ViT-B image encoder and the
 # deformable pixel decoder in front of the same decoder. Its absolute positions fit one
 # 1024 x 1024 input, so every image is padded to that square (SIZE_DIVISIBILITY 1024), after
@@ -81,6 +87,8 @@ MODEL_REGISTRY = {
     "seem-focalt-v1": lambda: SEEM_FOCALT_V1,
     "seem-focall-v1": lambda: SEEM_FOCALL_V1,
     "seem-samvitb-v1": lambda: SEEM_SAMVITB_V1,
+    "seem-focalt-v0": lambda: SEEM_FOCALT_V0,
+    "seem-focall-v0": lambda: SEEM_FOCALL_V0,
     "seem-tiny": seem_tiny_config,
 }
 DEFAULT_MODEL = "seem-tiny"

@@ -149,7 +149,11 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """The SEEM v1 decoder (`seem_v1`)."""
+    """The SEEM decoder: `seem_v1` (variant "v1") or `seem_v0` (variant "v0", model/decoder_v0.py).
+
+    v0 turns every object query into a spatial query of its one prompt, so there
+    `queries_per_prompt` is `num_queries` (the reference's QUERY_NUMBER is unused by v0).
+    """
 
     hidden_dim: int = 512
     num_queries: int = 101
@@ -163,8 +167,14 @@ class DecoderConfig:
     queries_per_prompt: int = 3
     max_spatial_len: tuple[int, ...] = (512, 512, 512, 512)
     num_feature_levels: int = 3
+    variant: str = "v1"
 
     def __post_init__(self) -> None:
+        if self.variant not in ("v1", "v0"):
+            raise ValueError(f"decoder variant must be 'v1' or 'v0', not {self.variant!r}")
+        if self.variant == "v0" and self.queries_per_prompt != self.num_queries:
+            raise ValueError(f"the v0 decoder's queries_per_prompt is num_queries ({self.num_queries}), "
+                             f"not {self.queries_per_prompt}")
         if self.dim_proj != self.hidden_dim:
             # Grounding tokens (projected text space) are concatenated with the queries.
             raise ValueError(f"dim_proj ({self.dim_proj}) must equal hidden_dim ({self.hidden_dim})")
@@ -250,7 +260,11 @@ class SeemConfig:
 
     def fingerprint(self) -> str:
         """Stable hash of everything that changes what the model computes."""
-        payload = json.dumps(self.to_dict(), sort_keys=True, default=list).encode()
+        data = self.to_dict()
+        if data["decoder"]["variant"] == "v1":
+            # The field came after v1 model ids were stored: v1 configs hash as before.
+            del data["decoder"]["variant"]
+        payload = json.dumps(data, sort_keys=True, default=list).encode()
         return hashlib.sha256(payload).hexdigest()
 
 
@@ -266,6 +280,9 @@ def from_reference_yaml(data: dict[str, Any], name: str = "custom") -> SeemConfi
     if model.get("NAME") not in ("seem_model_v1", "seem_model_v0", "seem_model_demo"):
         raise ValueError(f"unsupported model {model.get('NAME')!r}: only SEEM v1 (and v0/demo weights) are supported")
     dec = model["DECODER"]
+    # seem_v0 has its own decoder semantics; the demo decoder (seem_demo) is read as v1.
+    v0 = dec.get("NAME") == "seem_v0"
+    num_queries = int(dec["NUM_OBJECT_QUERIES"])
     text = model["TEXT"]
     arch = data.get("ATTENTION_ARCH", {})
     test = dec.get("TEST", {})
@@ -284,7 +301,7 @@ def from_reference_yaml(data: dict[str, Any], name: str = "custom") -> SeemConfi
         ),
         decoder=DecoderConfig(
             hidden_dim=int(dec["HIDDEN_DIM"]),
-            num_queries=int(dec["NUM_OBJECT_QUERIES"]),
+            num_queries=num_queries,
             nheads=int(dec["NHEADS"]),
             dim_feedforward=int(dec["DIM_FEEDFORWARD"]),
             num_layers=int(dec["DEC_LAYERS"]) - 1,
@@ -292,8 +309,9 @@ def from_reference_yaml(data: dict[str, Any], name: str = "custom") -> SeemConfi
             mask_dim=int(model["ENCODER"]["MASK_DIM"]),
             dim_proj=int(model["DIM_PROJ"]),
             spatial_memories=int(arch.get("SPATIAL_MEMORIES", 32)),
-            queries_per_prompt=int(arch.get("QUERY_NUMBER", 3)),
+            queries_per_prompt=num_queries if v0 else int(arch.get("QUERY_NUMBER", 3)),
             max_spatial_len=tuple(dec.get("MAX_SPATIAL_LEN", (512, 512, 512, 512))),
+            variant="v0" if v0 else "v1",
         ),
         inference=InferenceConfig(
             pixel_mean=tuple(inp.get("PIXEL_MEAN", (123.675, 116.28, 103.53))),

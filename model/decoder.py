@@ -30,6 +30,7 @@ from torch import nn
 from .config import DecoderConfig
 from .heads import HeadOutput, LevelResampler, PredictionHeads
 from .transformer import CrossAttentionLayer, FFNLayer, PositionEmbeddingSine, SelfAttentionLayer
+from .visual_sampler import draw_prompt_points
 
 OBJECT, GROUNDING, SPATIAL, MEMORY = "object", "grounding", "spatial", "memory"
 GTOKENS, STOKENS = "grounding_tokens", "spatial_tokens"
@@ -138,6 +139,9 @@ class _DecoderRun:
 
 
 class SeemDecoder(nn.Module):
+    # How prompt pixels are drawn (decoder_v0.py has v0's draw).
+    draw_prompt_points = staticmethod(draw_prompt_points)
+
     # Up to this many queries, intermediate rounds compute stride-4 masks and resize them;
     # beyond it they compute masks only where the next level's bilinear taps read.
     STRIDE4_QUERY_LIMIT = 16

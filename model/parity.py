@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint
 from .config import load_config_file
 from .decoder import OBJECT, GROUNDING, SPATIAL
+from .parity_v0 import V0_INPUT_KEYS, run_spatial_v0
 from .postprocess import (grounding_scores, panoptic_keep, panoptic_merge, semantic_inference,
                           spatial_selection_logits, to_original)
 from .seem import Seem
 from .visual_sampler import draw_prompt_points
 
 # Inputs stored in case files: not outputs to compare.
-INPUT_KEYS = {"text", "pos_mask", "neg_mask", "spatial_query_source_idx", "memory_indices", "prev_mask_in"}
+INPUT_KEYS = {"text", "pos_mask", "neg_mask", "spatial_query_source_idx", "memory_indices", "prev_mask_in"} | V0_INPUT_KEYS
 
 
 @dataclass
@@ -179,6 +180,8 @@ class FixtureRunner:
 
     def run_spatial(self, case: str, d: dict) -> None:
         m = self.model
+        if m.cfg.decoder.variant == "v0":
+            return run_spatial_v0(self, case, d)
         qpp = m.cfg.decoder.queries_per_prompt
         pos = _pad_masks(d["pos_mask"], self.padded_size)
         neg = _pad_masks(d["neg_mask"], self.padded_size)

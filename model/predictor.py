@@ -271,13 +271,18 @@ class SeemPredictor:
         started = time.perf_counter()
         call = self._decode_call(features, vocabulary, max_masks, draws)
         results: list[Segmentation | None] = [None] * len(targets)
-        # A referring region becomes a class embedding first (see `_reference_embedding`).
-        references = [self._reference_embedding(t.referring, call.vocab_emb) if t.referring else None
-                      for t in targets]
-        grounded = [i for i, t in enumerate(targets) if t.text is not None and not t.spatial]
-        referred = [i for i, t in enumerate(targets) if t.text is None and not t.spatial]
-        visual = [i for i, t in enumerate(targets) if t.spatial and t.text is None]
-        composed = [i for i, t in enumerate(targets) if t.spatial and t.text is not None]
+        # A referring region: with the v1 models a class embedding first (`_reference_embedding`);
+        # with v0 its point features enter the decoder as visual prompts (`_visual_tokens`).
+        tokens_route = self.referring_route == "tokens"
+        references = [self._reference_embedding(t.referring, call.vocab_emb) if t.referring and not tokens_route
+                      else None for t in targets]
+        visual_prompts = [bool(t.spatial) or (tokens_route and bool(t.referring)) for t in targets]
+        grounded = [i for i, t in enumerate(targets) if t.text is not None and not visual_prompts[i]]
+        referred = [i for i, t in enumerate(targets) if t.text is None and not visual_prompts[i]]
+        visual = [i for i, t in enumerate(targets) if visual_prompts[i] and t.text is None]
+        composed = [i for i, t in enumerate(targets) if visual_prompts[i] and t.text is not None]
+        # v0 decodes one prompt per pass (the reference batches objects as separate images).
+        visual_groups = ([[i] for i in visual] if tokens_route else [visual]) if visual else []
         if grounded:
             segs = self._grounding(call, [targets[i].text for i in grounded], [references[i] for i in grounded])
             for i, seg in zip(grounded, segs):
@@ -285,7 +290,7 @@ class SeemPredictor:
         if referred:
             for i, seg in zip(referred, self._referred(call, [references[i] for i in referred])):
                 results[i] = seg
-        for group in ([visual] if visual else []) + [[i] for i in composed]:
+        for group in visual_groups + [[i] for i in composed]:
             segs, _ = self._spatial(call, [targets[i] for i in group], [memories[i] for i in group],
                                     [references[i] for i in group])
             for i, seg in zip(group, segs):
@@ -346,15 +351,41 @@ class SeemPredictor:
                  for j, q in enumerate(order.tolist())]
         return Segmentation(masks, memory=mask_logits[order[0]][None, None].cpu())
 
+    @property
+    def referring_route(self) -> str:
+        """How a referring region reaches the decoder: "tokens" (v0: the region's point features,
+        the reference's route) or "class_embedding" (v1 and seem-tiny: a match by class embedding)."""
+        return "tokens" if self.cfg.decoder.variant == "v0" else "class_embedding"
+
     def _visual_tokens(self, call: _DecodeCall, target: Prompts, generator: torch.Generator) -> SpatialTokens:
+        """The target's visual prompts as decoder tokens: its own prompts on this image and, on
+        the token route, its referring regions' prompts on their own images."""
+        def tokens(pos: torch.Tensor, neg: torch.Tensor, mask_features: torch.Tensor,
+                   ms: list[torch.Tensor]) -> SpatialTokens:
+            return self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), mask_features[0],
+                                             [x[0] for x in ms], generator)
+
         parts = []
         if target.spatial:
             f = call.features
             raster = PromptRasterizer(f.original_size, f.input_size)
-            pos, neg = raster.prompt_masks(target.spatial, f.padded_size)
-            parts.append(self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), call.mask_features[0],
-                                                   [x[0] for x in call.ms], generator))
+            parts.append(tokens(*raster.prompt_masks(target.spatial, f.padded_size), call.mask_features, call.ms))
+        if self.referring_route == "tokens":
+            parts += [tokens(*self._referring_masks(ref), *self._maps(ref.features)) for ref in target.referring]
         return SpatialTokens.concat(parts)
+
+    def _referring_masks(self, ref: ReferringRegion) -> tuple[torch.Tensor, torch.Tensor]:
+        """A referring region's prompt masks on its own image (positive, negative; ns x Hp x Wp)."""
+        if not ref.region:
+            raise PromptError("referring prompt: the region is empty")
+        f = ref.features
+        if f.model_id != self.model_id:
+            raise PromptError(f"referring image features are from model {f.model_id}, this predictor is {self.model_id}")
+        raster = PromptRasterizer(f.original_size, f.input_size)
+        pos, neg = raster.prompt_masks(tuple(ref.region), f.padded_size)
+        if not pos.any():
+            raise PromptError("referring prompt: the region needs a positive part")
+        return pos, neg
 
     def _similarity(self, class_emb: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """Q: scaled cosine of each query's class embedding with a reference embedding."""
@@ -374,7 +405,9 @@ class SeemPredictor:
         return _ObjectQueries(obj.class_emb[0], obj.masks[0], log_object)
 
     def _reference_embedding(self, regions: Sequence[ReferringRegion], vocab_emb: torch.Tensor | None) -> torch.Tensor:
-        """What referring regions show, as one unit vector in the joint vision-language space.
+        """What referring regions show, as one unit vector in the joint vision-language space
+        (the "class_embedding" route of the v1 models and seem-tiny; v0 takes the reference's
+        route, `_visual_tokens`).
 
         Why not the reference's route (the region's point features fed to the target image's
         decoder as if they were its own clicks): its v1 code crashes on it, and a decoder only
@@ -386,15 +419,8 @@ class SeemPredictor:
         """
         embeddings = []
         for ref in regions:
-            if not ref.region:
-                raise PromptError("referring prompt: the region is empty")
+            self._referring_masks(ref)  # checks the region
             f = ref.features
-            if f.model_id != self.model_id:
-                raise PromptError(f"referring image features are from model {f.model_id}, this predictor is {self.model_id}")
-            raster = PromptRasterizer(f.original_size, f.input_size)
-            pos, _ = raster.prompt_masks(tuple(ref.region), f.padded_size)
-            if not pos.any():
-                raise PromptError("referring prompt: the region needs a positive part")
             mf, ms = self._maps(f)
             call = _DecodeCall(f, mf, ms, vocab=None, vocab_emb=vocab_emb)
             # One pass segments the region and runs the object queries (which never see it).

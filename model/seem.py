@@ -12,6 +12,7 @@ from torch import nn
 from .backbone import FocalBackbone
 from .config import DeformPixelDecoderConfig, SeemConfig, ViTConfig
 from .decoder import GroundingInput, SeemDecoder, SpatialInput
+from .decoder_v0 import SeemDecoderV0
 from .deform_pixel_decoder import DeformPixelDecoder
 from .pixel_decoder import PixelDecoder
 from .text_encoder import LanguageEncoder
@@ -33,6 +34,14 @@ def build_pixel_decoder(cfg: SeemConfig, in_channels: tuple[int, ...]) -> nn.Mod
     return PixelDecoder(cfg.pixel_decoder, in_channels)
 
 
+DECODERS: dict[str, type[SeemDecoder]] = {"v1": SeemDecoder, "v0": SeemDecoderV0}
+
+
+def build_decoder(cfg: SeemConfig) -> SeemDecoder:
+    """The decoder of `cfg.decoder.variant` (v1: seem_v1; v0: seem_v0)."""
+    return DECODERS[cfg.decoder.variant](cfg.decoder)
+
+
 class Seem(nn.Module):
     def __init__(self, cfg: SeemConfig) -> None:
         super().__init__()
@@ -40,7 +49,7 @@ class Seem(nn.Module):
         self.backbone = build_backbone(cfg)
         self.pixel_decoder = build_pixel_decoder(cfg, self.backbone.out_channels)
         self.text_encoder = LanguageEncoder(cfg.text, cfg.decoder.dim_proj)
-        self.decoder = SeemDecoder(cfg.decoder)
+        self.decoder = build_decoder(cfg)
         inf = cfg.inference
         self.register_buffer("pixel_mean", torch.tensor(inf.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(inf.pixel_std).view(3, 1, 1), persistent=False)
@@ -79,7 +88,8 @@ class Seem(nn.Module):
         sources = dec.level_sources([m[None] for m in multi_scale])
         return encode_visual_prompts(
             pos_masks.bool(), neg_masks.bool(), mask_features, [s[0] for s in sources],
-            list(dec.mask_sptial_embed), dec.pn_indicator.weight, dec.cfg.max_spatial_len, generator)
+            list(dec.mask_sptial_embed), dec.pn_indicator.weight, dec.cfg.max_spatial_len, generator,
+            dec.draw_prompt_points)
 
     def spatial_input(self, per_image: list[SpatialTokens], query_source: torch.Tensor,
                       prev_mask: torch.Tensor | None = None, memory_prompt: torch.Tensor | None = None,

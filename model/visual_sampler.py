@@ -16,6 +16,7 @@ Sampling before projecting is the same linear map as projecting the whole level 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,13 +72,14 @@ def sample_at(feature_map: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return out[0, :, :, 0].transpose(0, 1)
 
 
-def prompt_means(point_features: torch.Tensor, prompt: torch.Tensor, num_prompts: int) -> torch.Tensor:
-    """Mean feature per prompt (num_prompts x C); -1 everywhere for a prompt without points."""
+def prompt_means(point_features: torch.Tensor, prompt: torch.Tensor, num_prompts: int,
+                 empty_value: float = -1.0) -> torch.Tensor:
+    """Mean feature per prompt (num_prompts x C); `empty_value` everywhere for a prompt without points."""
     c = point_features.shape[1]
     sums = point_features.new_zeros((num_prompts, c)).index_add_(0, prompt, point_features)
     counts = torch.bincount(prompt, minlength=num_prompts).to(point_features.dtype)[:, None]
     means = sums / counts.clamp(min=1)
-    return torch.where(counts > 0, means, torch.full_like(means, -1.0))
+    return torch.where(counts > 0, means, torch.full_like(means, empty_value))
 
 
 @dataclass
@@ -128,6 +130,11 @@ class PromptDraws:
     neg: PromptPoints
     level_pos: list[PromptPoints]  # per decoder level
     level_neg: list[PromptPoints]
+    num_prompts: int
+    empty_value: float = -1.0  # the embedding of a prompt side without points
+
+
+PromptDrawer = Callable[[torch.Tensor, torch.Tensor, tuple[int, ...], int, "torch.Generator | None"], PromptDraws]
 
 
 def draw_prompt_points(pos_masks: torch.Tensor, neg_masks: torch.Tensor, max_spatial_len: tuple[int, ...],
@@ -139,7 +146,7 @@ def draw_prompt_points(pos_masks: torch.Tensor, neg_masks: torch.Tensor, max_spa
     for level in range(num_levels):
         level_pos.append(pos_pixels.sample(max_spatial_len[level], generator))
         level_neg.append(neg_pixels.sample(max_spatial_len[level], generator))
-    return PromptDraws(pos, neg, level_pos, level_neg)
+    return PromptDraws(pos, neg, level_pos, level_neg, num_prompts=int(pos_masks.shape[0]))
 
 
 def encode_visual_prompts(
@@ -151,17 +158,19 @@ def encode_visual_prompts(
     pn_indicator: torch.Tensor,
     max_spatial_len: tuple[int, ...],
     generator: torch.Generator | None = None,
+    draw: PromptDrawer = draw_prompt_points,
 ) -> SpatialTokens:
     """Prompt masks of one image (ns x Hp x Wp, bool) -> `SpatialTokens`.
 
     `mask_features`: C x H/4 x W/4 of the image the prompts were drawn on (possibly another
     image: a referring region); `level_sources[l]`: C x h_l x w_l decoder inputs of level l
     of that image (`input_proj(ms_l) + level_embed[l]`); `spatial_embeds[l]`: C x C.
+    `draw`: how prompt pixels are drawn (v1's per-prompt draw; v0 has its own, decoder_v0.py).
     """
-    ns = pos_masks.shape[0]
-    draws = draw_prompt_points(pos_masks, neg_masks, max_spatial_len, len(level_sources), generator)
-    pos_embed = prompt_means(sample_at(mask_features, draws.pos.coords), draws.pos.prompt, ns)
-    neg_embed = prompt_means(sample_at(mask_features, draws.neg.coords), draws.neg.prompt, ns)
+    draws = draw(pos_masks, neg_masks, max_spatial_len, len(level_sources), generator)
+    ns = draws.num_prompts
+    pos_embed = prompt_means(sample_at(mask_features, draws.pos.coords), draws.pos.prompt, ns, draws.empty_value)
+    neg_embed = prompt_means(sample_at(mask_features, draws.neg.coords), draws.neg.prompt, ns, draws.empty_value)
     tokens, token_prompt = [], []
     for source, proj, lp, ln in zip(level_sources, spatial_embeds, draws.level_pos, draws.level_neg):
         coords = torch.cat([lp.coords, ln.coords])
