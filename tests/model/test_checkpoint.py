@@ -14,6 +14,7 @@ import torch
 from model import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from model.build import get_config
 from model.checkpoint import KNOWN_UNUSED, load_state, ours_to_reference
+from model.decoder_v0 import SeemDecoderV0
 from model.seem import Seem
 
 from .conftest import REFERENCE
@@ -62,34 +63,44 @@ def test_official_layout_loads_every_tensor(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference key listings (shared/seem-reference) not present")
-def test_samvitb_official_layout_loads_every_tensor() -> None:
-    """seem-samvitb-v1 (SAM ViT-B backbone, deformable pixel decoder) takes seem_samvitb_v1.pt.
+@pytest.mark.parametrize("model_name,listing,missing", [
+    ("seem-samvitb-v1", "samvitb", "backbone.blocks.5.attn.rel_pos_h"),
+    # The v0 checkpoints have the v1 key lists (shared/seem-reference/NOTES.md, section 1).
+    ("seem-focalt-v0", "focalt", "sem_seg_head.predictor.query_feat.weight"),
+    ("seem-focall-v0", "focall", "backbone.layers.2.blocks.17.modulation.h.weight"),
+])
+def test_official_layout_loads_strictly_in_memory(model_name: str, listing: str, missing: str) -> None:
+    """seem-samvitb-v1 (SAM ViT-B backbone, deformable pixel decoder) takes seem_samvitb_v1.pt;
+    seem-focalt-v0 / seem-focall-v0 (the seem_v0 decoder) take seem_focalt_v0.pt / seem_focall_v0.pt.
 
     Built on the meta device and then given uninitialised storage, and the state handed to
-    the loader in memory: a random initialisation of 215 M parameters and three 860 MB file
-    round trips cost minutes on CI's cores, and reading files is covered by the tests above."""
-    layout = reference_layout("samvitb")
+    the loader in memory: a random initialisation of 215-341 M parameters and 0.9-1.4 GB file
+    round trips cost minutes on CI's cores, and reading files is covered by the test above."""
+    layout = reference_layout(listing)
     with torch.device("meta"):
-        model = Seem(get_config("seem-samvitb-v1"))
+        model = Seem(get_config(model_name))
     ours = {ours_to_reference(k): tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == {k: v for k, v in layout.items() if not k.startswith(KNOWN_UNUSED)}
+    assert isinstance(model.decoder, SeemDecoderV0) == model_name.endswith("-v0")
     model = model.to_empty(device="cpu")
 
-    # Every tensor of the listing (training buffers included), each filled with its own index.
-    state = {k: torch.full(shape, float(i)) for i, (k, shape) in enumerate(layout.items())}
+    # Every tensor of the listing (training buffers included), each filled with its own index
+    # (an expanded scalar: no gigabytes of values to allocate and compare).
+    state = {k: torch.tensor(float(i)).expand(shape) for i, (k, shape) in enumerate(layout.items())}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every tensor is used or a known training buffer
-        load_state(model, state, name="seem_samvitb_v1.pt")
+        load_state(model, state, name=f"{model_name.replace('-', '_')}.pt")
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[ours_to_reference(key)]), key  # every parameter filled
 
-    # A missing key and a wrong shape each fail, naming the key.
-    missing = "backbone.blocks.5.attn.rel_pos_h"
+    # A missing key fails, naming it.
+    assert missing in layout
     with pytest.raises(CheckpointError, match=missing.replace(".", r"\.")):
         load_state(model, {k: v for k, v in state.items() if k != missing})
-    wrong = "sem_seg_head.pixel_decoder.transformer.encoder.layers.2.self_attn.sampling_offsets.weight"
-    with pytest.raises(CheckpointError, match=wrong.replace(".", r"\.") + r": checkpoint \(96, 512\)"):
-        load_state(model, {**state, wrong: torch.zeros(96, 512)})
+    if listing == "samvitb":  # a wrong shape fails too, naming the key and both shapes
+        wrong = "sem_seg_head.pixel_decoder.transformer.encoder.layers.2.self_attn.sampling_offsets.weight"
+        with pytest.raises(CheckpointError, match=wrong.replace(".", r"\.") + r": checkpoint \(96, 512\)"):
+            load_state(model, {**state, wrong: torch.zeros(96, 512)})
 
 
 def test_wrapped_checkpoint_and_safetensors_round_trip(tiny_model, tmp_path: Path) -> None:
