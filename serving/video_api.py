@@ -14,13 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from ray import serve
 
 from model.prompt_schema import AudioPrompt, Prompt, ReferringPrompt, StrictModel
@@ -44,11 +45,25 @@ VIDEO_TIMEOUT_S = 600.0
 
 # --------------------------------------------------------------------------- schema
 class VideoObject(StrictModel):
-    """One object: its id and the prompts that define it on `frame`."""
+    """One object: its id and the prompts that define it on `frame` (or the frame shown at
+    `time_s` seconds, as a browser's video.currentTime says; default frame 0)."""
 
     object_id: Annotated[int, Field(strict=True, ge=1)]
-    frame: Annotated[int, Field(strict=True, ge=0)] = 0
+    frame: Annotated[int, Field(strict=True, ge=0)] | None = None
+    time_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     prompts: Annotated[list[Prompt], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _one_position(self) -> "VideoObject":
+        if self.frame is not None and self.time_s is not None:
+            raise ValueError("give at most one of frame and time_s")
+        return self
+
+    def frame_index(self, fps: float) -> int:
+        """The prompted frame: frame k is shown from k / fps seconds on."""
+        if self.time_s is None:
+            return self.frame or 0
+        return int(math.floor(self.time_s * fps + 1e-6))
 
 
 class VideoSegmentRequest(StrictModel):
@@ -149,11 +164,12 @@ def _session(predictor: Any, source: Any, request: VideoSegmentRequest) -> Any:
 
     session = VideoPredictor(predictor).init_session(_bounded(source), vocabulary=request.vocabulary)
     for i, obj in enumerate(request.objects):
-        if source.num_frames is not None and obj.frame >= source.num_frames:
-            raise ApiError("invalid_prompt", f"objects[{i}].frame is {obj.frame}; the video has {source.num_frames} frames")
+        frame = obj.frame_index(source.fps)
+        if source.num_frames is not None and frame >= source.num_frames:
+            raise ApiError("invalid_prompt", f"objects[{i}] is on frame {frame}; the video has {source.num_frames} frames")
         try:
             prompts, _ = to_prompts(obj.prompts, source.size, {}, None)
-            session.add_prompts(obj.frame, obj.object_id, prompts)
+            session.add_prompts(frame, obj.object_id, prompts)
         except (PromptJsonError, PromptError) as e:
             raise ApiError("invalid_prompt", f"objects[{i}]: {e}") from None
     return session

@@ -205,36 +205,37 @@ function currentColor() { return PALETTE[state.colors % PALETTE.length]; }
 function area(mask) { let n = 0; for (const v of mask) n += v; return n; }
 
 // ------------------------------------------------------------------ drawing
-function drawPrompt(p) {
+// On the image's overlay unless another context (the video's) and its image width are given.
+function drawPrompt(p, ctx = octx, width = state.width) {
   const color = p.positive === false ? "#e53935" : "#2e7d32";
-  octx.lineWidth = Math.max(1.5, state.width / 300);
-  octx.strokeStyle = color;
-  octx.fillStyle = color;
-  const r = Math.max(3, state.width / 120);
+  ctx.lineWidth = Math.max(1.5, width / 300);
+  ctx.strokeStyle = color;
+  ctx.fillStyle = color;
+  const r = Math.max(3, width / 120);
   if (p.type === "point") {
-    octx.beginPath();
-    octx.arc(p.xy[0], p.xy[1], r, 0, 2 * Math.PI);
-    octx.fill();
-    octx.strokeStyle = "#fff";
-    octx.stroke();
+    ctx.beginPath();
+    ctx.arc(p.xy[0], p.xy[1], r, 0, 2 * Math.PI);
+    ctx.fill();
+    ctx.strokeStyle = "#fff";
+    ctx.stroke();
   } else if (p.type === "box") {
     const [x0, y0, x1, y1] = p.xyxy;
-    octx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
   } else if (p.type === "scribble" || p.type === "polygon") {
     const path = p.path || p.points;
-    octx.beginPath();
-    path.forEach(([x, y], i) => (i ? octx.lineTo(x, y) : octx.moveTo(x, y)));
-    if (p.type === "polygon" && p !== state.poly) octx.closePath();
-    octx.stroke();
-    if (p === state.poly) path.forEach(([x, y]) => octx.fillRect(x - r / 2, y - r / 2, r, r));
+    ctx.beginPath();
+    path.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    if (p.type === "polygon" && p !== state.poly) ctx.closePath();
+    ctx.stroke();
+    if (p === state.poly) path.forEach(([x, y]) => ctx.fillRect(x - r / 2, y - r / 2, r, r));
   } else if (p.type === "mask" && p._path) {
-    octx.globalAlpha = 0.45;
-    octx.lineWidth = p._brush; octx.lineCap = octx.lineJoin = "round";
-    octx.beginPath();
-    p._path.forEach(([x, y], i) => (i ? octx.lineTo(x, y) : octx.moveTo(x, y)));
-    if (p._path.length === 1) octx.lineTo(p._path[0][0] + 0.1, p._path[0][1]);
-    octx.stroke();
-    octx.globalAlpha = 1; octx.lineCap = octx.lineJoin = "butt";
+    ctx.globalAlpha = 0.45;
+    ctx.lineWidth = p._brush; ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+    p._path.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    if (p._path.length === 1) ctx.lineTo(p._path[0][0] + 0.1, p._path[0][1]);
+    ctx.stroke();
+    ctx.globalAlpha = 1; ctx.lineCap = ctx.lineJoin = "butt";
   }
 }
 
@@ -262,7 +263,7 @@ function redraw() {
     layers.push({ mask: current, fill: MASK_RGBA, edge: EDGE_RGBA });
   }
   if (layers.length && state.width) octx.putImageData(paintLayers(layers, state.width, state.height), 0, 0);
-  state.prompts.forEach(drawPrompt);
+  state.prompts.forEach((p) => drawPrompt(p));
   if (state.drag) drawPrompt(state.drag.prompt);
   if (state.poly) drawPrompt(state.poly);
   state.objects.forEach(drawLabel);

@@ -347,3 +347,63 @@ def test_web_page_tools(serving: ServingEnv, chromium: str, tmp_path: Path) -> N
         finally:
             context.close()
     assert not errors, errors
+
+
+def test_web_page_video(serving: ServingEnv, chromium: str, tmp_path: Path) -> None:
+    """Load a video, step to frame 2, click the object, propagate, step through and play:
+    the masks drawn over the frames are the ones the server sent, and they follow the object."""
+    from playwright.sync_api import sync_playwright
+
+    from model.rle import decode_mask
+
+    from .test_video_api import FRAMES, sequence_mp4
+
+    seq, data = sequence_mp4()
+    path = tmp_path / "moving.mp4"
+    path.write_bytes(data)
+    h, w = seq.frames.shape[1:3]
+    prompted = 2
+    sent: list[dict] = []
+    errors: list[str] = []
+    with sync_playwright() as p:
+        context = open_context(p, chromium, tmp_path / "profile")
+        try:
+            page = context.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: sent.append(json.loads(r.post_data))
+                    if r.url.endswith("/v1/video/segment") and r.post_data else None)
+            page.goto(serving.url("/"))
+            page.set_input_files("#video-file", str(path))
+            page.wait_for_function("window.seem.video.ready", timeout=30_000)
+            d = Driver(page, None, [])
+            for _ in range(prompted):
+                page.click("#video-next")
+            page.wait_for_function(f"document.getElementById('video-overlay').dataset.frame === '{prompted}'")
+            click = seq.click(prompted)
+            xy = d.at([click.x, click.y], "#video-overlay", (h, w))
+            page.mouse.click(xy["x"], xy["y"])
+            assert d.items("#video-prompts") and "on frame 3" in d.items("#video-prompts")[0]
+            page.click("#video-propagate")
+            page.wait_for_function("window.seem.video.answer && !window.seem.video.busy", timeout=120_000)
+            (obj,) = sent[-1]["objects"]
+            assert obj["prompts"][0]["type"] == "point" and int(obj["time_s"] * 8 + 1e-6) == prompted
+            answer = page.evaluate("window.seem.video.answer")
+            assert len(answer["frames"]) == FRAMES and answer["frames"][0]["objects"] == [], "nothing before the prompt"
+            # Step to the last frame: the mask drawn there is the server's, on the moved object.
+            for _ in range(FRAMES - 1 - prompted):
+                page.click("#video-next")
+            page.wait_for_function(f"document.getElementById('video-overlay').dataset.frame === '{FRAMES - 1}'")
+            last = decode_mask(answer["frames"][-1]["objects"][0]["rle"], [h, w])
+            assert int(page.get_attribute("#video-overlay", "data-mask-area")) == int(last.sum()) > 0
+            iou = (last & seq.target[-1]).sum() / (last | seq.target[-1]).sum()
+            assert iou > 0.5, iou
+            page.screenshot(path=str(ARTIFACTS / "webpage-video.png"), full_page=True)
+            # Play from the start: frames are drawn with their masks as they are presented.
+            page.evaluate("window.seem.video.drawn.clear(); document.getElementById('video').currentTime = 0")
+            page.click("#video-play")
+            page.wait_for_function("document.getElementById('video').ended", timeout=30_000)
+            drawn = page.evaluate("[...window.seem.video.drawn]")
+            assert len(drawn) >= 3, drawn
+        finally:
+            context.close()
+    assert not errors, errors
