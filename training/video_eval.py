@@ -98,17 +98,21 @@ def _score_sequence(predictor: SeemPredictor, seq: Sequence, runs: dict[tuple[st
 
 def evaluate_video(predictor: SeemPredictor, *, sequences: int = 20, split: str = "test", start: int = 0,
                    frames: int = DEFAULT_FRAMES, prompt_kinds: Seq[str] = PROMPT_KINDS, methods: Seq[str] = METHODS,
-                   progress: bool = True) -> dict:
+                   kinds: Seq[str] = KINDS, progress: bool = True) -> dict:
     """{method: {prompt kind: {J, F, JF, sequences, crossing, switch_rate, by_kind}}}.
 
-    Sequence i of the split gets kind KINDS[i % 5], so every 5 sequences hold one of each."""
+    Sequence i of the split gets kind kinds[i % len(kinds)]: with every kind (the default)
+    every 5 sequences hold one of each; `kinds=("crossing",)` scores identity on crossings only."""
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"unknown sequence kinds {bad} (one of {', '.join(KINDS)})")
     from tqdm import tqdm
 
     started = time.time()
     per: dict[tuple[str, str], list[tuple[str, float, float, bool]]] = {(m, k): [] for m in methods for k in prompt_kinds}
     seeds = video_seeds(split, sequences, start)  # type: ignore[arg-type]
     for i, seed in enumerate(tqdm(seeds, desc="video eval", disable=not progress, unit="seq")):
-        seq = generate_sequence(seed, KINDS[(start + i) % len(KINDS)], frames=frames)
+        seq = generate_sequence(seed, kinds[(start + i) % len(kinds)], frames=frames)
         runs = {}
         for kind in prompt_kinds:
             prompts = sequence_prompt(seq, kind)

@@ -27,6 +27,17 @@ def test_quality_floors_on_held_out_sequences(predictor: SeemPredictor) -> None:
     assert r["box"]["crossing"] == 1 and r["box"]["switch_rate"] == 0.0 and r["click"]["switch_rate"] == 0.0
 
 
+def test_crossing_only_evaluation_keeps_the_instance(predictor: SeemPredictor) -> None:
+    # `seem eval --video --kinds crossing`: every sequence a crossing (docs/video.md has the
+    # 20-sequence table); one short one here, a sequence the mixed set above does not hold.
+    r = evaluate_video(predictor, sequences=1, start=5, split="test", frames=8, prompt_kinds=("box",),
+                       methods=("track",), kinds=("crossing",), progress=False)
+    assert [row[2] for row in r["rows"]] == ["crossing"]
+    assert r["track"]["box"]["crossing"] == 1 and r["track"]["box"]["switch_rate"] == 0.0
+    with pytest.raises(ValueError, match="unknown sequence kinds"):
+        evaluate_video(predictor, sequences=1, kinds=("crossings",), progress=False)
+
+
 def test_a_target_that_leaves_is_reported_gone(predictor: SeemPredictor) -> None:
     seq = generate_sequence(video_seeds("test", 1, start=7)[0], "exit", frames=12)
     session = VideoPredictor(predictor).init_session(seq.frames)
