@@ -60,7 +60,7 @@ from store.feature_store import (  # noqa: E402
     serialize_features,
 )
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "int8")  # int8: per-channel quantisation (format 2)
 # How repeated timings are summarised (--stat): the median, or the minimum, which is the
 # better estimate on a machine shared with other jobs (interference only adds time).
 _STAT = statistics.median

@@ -79,7 +79,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="also retry items whose last attempt failed to decode (they are skipped when unchanged)")
     f = p.add_argument_group("stored features (see docs/benchmarks.md, 'Feature store format')")
     f.add_argument("--feature-stage", choices=("pixel_decoder", "backbone"), default=defaults.FEATURE_STAGE)
-    f.add_argument("--feature-dtype", choices=("float16", "bfloat16", "float32"), default=defaults.FEATURE_DTYPE)
+    f.add_argument("--feature-dtype", choices=("float16", "bfloat16", "float32", "int8"), default=defaults.FEATURE_DTYPE)
     f.add_argument("--feature-codec", default=defaults.FEATURE_CODEC,
                    help=f"none, zlib, zstd, shuffle+zlib, shuffle+zstd (default: {defaults.FEATURE_CODEC})")
     o = p.add_argument_group("output")

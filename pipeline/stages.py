@@ -73,7 +73,8 @@ class FeatureFormat:
     measurement, docs/benchmarks.md).
 
     stage: "pixel_decoder" (what the decoder consumes) or "backbone" (smaller; the pixel
-    decoder runs again on every read). dtype: float16 / bfloat16 / float32. codec: a
+    decoder runs again on every read). dtype: float16 / bfloat16 / float32 / int8 (per-channel
+quantisation, store format version 2). codec: a
     `store.feature_store.CODECS` name.
     """
 
@@ -82,12 +83,12 @@ class FeatureFormat:
     codec: str = "none"
 
     def __post_init__(self) -> None:
-        from store.feature_store import CODECS
+        from store.feature_store import CODECS, STORE_DTYPES
 
         if self.stage not in ("pixel_decoder", "backbone"):
             raise ValueError(f"feature stage must be 'pixel_decoder' or 'backbone', got {self.stage!r}")
-        if self.dtype not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"feature dtype must be float16, bfloat16 or float32, got {self.dtype!r}")
+        if self.dtype not in STORE_DTYPES:
+            raise ValueError(f"feature dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
         if self.codec not in CODECS:
             raise ValueError(f"feature codec must be one of {CODECS}, got {self.codec!r}")
         if self.codec.endswith("zstd"):

@@ -12,11 +12,21 @@ Object format: a plain safetensors file (readable by any safetensors reader; loa
 never executes code, unlike pickle). Its string metadata holds `ImageFeatures.metadata()`
 plus `store.*` keys:
 
-- `store.format`      "seem-ray-features/1"
+- `store.format`      "seem-ray-features/1" (float tensors) or "seem-ray-features/2"
+                      (version 1 + quantised tensors); readers take both, so objects
+                      written before version 2 keep loading
 - `store.image_sha256` the image hash the object is filed under (checked on read)
 - `store.codec`       "none", "zlib", "zstd", "shuffle+zlib" or "shuffle+zstd"
 - `store.tensors`     JSON {name: {"dtype", "shape"}} of the *logical* tensors
 - `store.checksum`    "sha256:<hex>" over the other metadata and every stored tensor's bytes
+- `store.quant`       (version 2 only) JSON {name: "int8-per-channel"}: tensor `name` is
+                      stored as int8 (C x ...) with a float32 scale per channel in tensor
+                      `name.scale` (both listed in `store.tensors`); value = int8 * scale.
+
+Quantisation (`dtype="int8"`): every floating C x H x W map is rounded to 255 levels per
+channel, symmetric around 0 (scale = the channel's max |value| / 127). Bytes per value
+drop from 2 (float16) to 1 before compression; bench/store_formats.py measures what that
+does to masks (docs/benchmarks.md, "Feature store format").
 
 Uncompressed, each feature map is stored as itself (dtype float16/bfloat16/float32).
 Compressed, each one is stored as a 1-D uint8 tensor holding the codec's output for the
@@ -56,9 +66,13 @@ __all__ = [
     "feature_key",
     "CODECS",
     "OBJECT_FORMAT",
+    "STORE_DTYPES",
 ]
 
-OBJECT_FORMAT = "seem-ray-features/1"
+FORMAT_V1 = "seem-ray-features/1"
+FORMAT_V2 = "seem-ray-features/2"
+OBJECT_FORMAT = FORMAT_V2  # the newest; float-only objects are still written as version 1
+QUANT_INT8 = "int8-per-channel"
 CODECS = ("none", "zlib", "zstd", "shuffle+zlib", "shuffle+zstd")
 
 
@@ -77,12 +91,13 @@ def _zstd_available() -> bool:
 #: real features and record in docs/benchmarks.md.
 DEFAULT_CODEC = "shuffle+zstd" if _zstd_available() else "shuffle+zlib"
 
-StoreDType = Literal["float16", "bfloat16", "float32"]
+StoreDType = Literal["float16", "bfloat16", "float32", "int8"]
 _STORE_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "float32": torch.float32,
 }
+STORE_DTYPES = (*_STORE_DTYPES, "int8")  # int8: per-channel quantisation (format version 2)
 # safetensors header dtype names <-> torch dtypes (only what the store writes/reads).
 _ST_DTYPES: dict[str, torch.dtype] = {
     "F32": torch.float32,
@@ -174,6 +189,25 @@ def _decode_blob(blob: memoryview | bytes, nbytes: int, itemsize: int, codec: st
     return arr.copy()  # frombuffer(bytes) is read-only; torch wants writable memory
 
 
+def _delta_rows(raw: np.ndarray, width: int) -> np.ndarray:
+    """1-byte values -> each one minus its left neighbour (mod 256), per row of `width`:
+    neighbouring feature values are alike, so the differences compress better (7% on
+    int8 Focal-T features, docs/benchmarks.md)."""
+    if raw.size == 0:
+        return raw
+    rows = raw.reshape(-1, width)
+    out = rows.copy()
+    out[:, 1:] -= rows[:, :-1]  # uint8 arithmetic wraps mod 256
+    return out.reshape(-1)
+
+
+def _undelta_rows(raw: np.ndarray, width: int) -> np.ndarray:
+    """Inverse of `_delta_rows` (a running sum mod 256 per row)."""
+    if raw.size == 0:
+        return raw
+    return np.cumsum(raw.reshape(-1, width), axis=1, dtype=np.uint8).reshape(-1)
+
+
 # --------------------------------------------------------------------------- checksum
 def _checksum(metadata: dict[str, str], chunks: list[tuple[str, Any]]) -> str:
     """sha256 over the metadata (minus the checksum itself) and every stored tensor.
@@ -191,6 +225,29 @@ def _checksum(metadata: dict[str, str], chunks: list[tuple[str, Any]]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+# --------------------------------------------------------------------------- quantisation
+def quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """C x ... float -> (int8 values, float32 scale per channel), symmetric per channel.
+
+    A channel of zeros gets scale 1 (its values quantise to 0 either way)."""
+    if t.dim() < 1 or t.shape[0] == 0:
+        raise ValueError(f"cannot quantise a tensor of shape {tuple(t.shape)} per channel")
+    flat = t.to(torch.float32).reshape(t.shape[0], -1)
+    peak = flat.abs().amax(1) if flat.shape[1] else torch.zeros(t.shape[0])
+    if not bool(torch.isfinite(peak).all()):
+        raise ValueError("cannot quantise features with inf or nan values")
+    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
+    q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(t.shape).contiguous(), scale.contiguous()
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of `quantize_int8` (up to the rounding): float32, the shape of `q`."""
+    if q.dtype != torch.int8 or scale.dtype != torch.float32 or tuple(scale.shape) != tuple(q.shape[:1]):
+        raise ValueError(f"int8 tensor {tuple(q.shape)} {q.dtype} with scale {tuple(scale.shape)} {scale.dtype}")
+    return q.to(torch.float32) * scale.view(-1, *([1] * (q.dim() - 1)))
+
+
 # --------------------------------------------------------------------------- (de)serialise
 def serialize_features(
     features: ImageFeatures,
@@ -202,40 +259,41 @@ def serialize_features(
 ) -> bytes:
     """The store object for `features`: safetensors bytes (see the module docstring).
 
-    Floating tensors are cast to `dtype`; other tensors keep theirs. `compress` is
-    False, True (the default codec) or a codec name from `CODECS`; `level` is the
-    codec's compression level (zlib 1, zstd 3 when None).
+    Floating tensors are cast to `dtype` ("int8": quantised per channel, format version
+    2); other tensors keep theirs. `compress` is False, True (the default codec) or a
+    codec name from `CODECS`; `level` is the codec's compression level (zlib 1, zstd 3
+    when None).
     """
     from safetensors.torch import save
 
     _check_sha256(image_sha256)
     check_model_id(features.model_id)
-    store_dtype = _STORE_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    quantize = isinstance(dtype, str) and dtype == "int8"
+    store_dtype = torch.float32 if quantize else _STORE_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
     if store_dtype not in _STORE_DTYPES.values():
-        raise ValueError(f"unsupported store dtype {dtype!r}; choose float16, bfloat16 or float32")
+        raise ValueError(f"unsupported store dtype {dtype!r}; choose one of {STORE_DTYPES}")
     codec = _resolve_codec(compress)
     if not features.tensors:
         raise ValueError("ImageFeatures has no tensors")
 
     logical: dict[str, torch.Tensor] = {}
+    quant: dict[str, str] = {}
     for name, t in features.tensors.items():
         t = t.detach().to("cpu")
+        if t.is_floating_point() and quantize:
+            logical[name], logical[f"{name}.scale"] = quantize_int8(t)
+            quant[name] = QUANT_INT8
+            continue
         if t.is_floating_point():
             t = t.to(store_dtype)
         logical[name] = t.contiguous()
 
-    cast = ImageFeatures(
-        model_id=features.model_id,
-        original_size=features.original_size,
-        input_size=features.input_size,
-        padded_size=features.padded_size,
-        tensors=logical,
-        stage=features.stage,
-    )
-    metadata = dict(cast.metadata())
+    metadata = dict(features.metadata())
+    first = next(iter(logical.values()))  # the first feature's stored dtype, as version 1 wrote it
+    metadata["dtype"] = "int8" if quant else str(first.dtype).replace("torch.", "")
     metadata.update(
         {
-            "store.format": OBJECT_FORMAT,
+            "store.format": FORMAT_V2 if quant else FORMAT_V1,
             "store.image_sha256": image_sha256,
             "store.codec": codec,
             "store.tensors": json.dumps(
@@ -244,6 +302,10 @@ def serialize_features(
             ),
         }
     )
+    delta = sorted(quant) if quant and codec != "none" else []
+    if quant:
+        metadata["store.quant"] = json.dumps(quant, sort_keys=True)
+        metadata["store.delta"] = json.dumps(delta)
 
     stored: dict[str, torch.Tensor] = {}
     chunks: list[tuple[str, Any]] = []
@@ -252,7 +314,8 @@ def serialize_features(
             stored[name] = t
             chunks.append((name, _raw_bytes(t)))
         else:
-            blob = _encode_blob(_raw_bytes(t), t.element_size(), codec, level)
+            raw = _delta_rows(_raw_bytes(t), t.shape[-1]) if name in delta else _raw_bytes(t)
+            blob = _encode_blob(raw, t.element_size(), codec, level)
             stored[name] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8)
             chunks.append((name, blob))
     metadata["store.checksum"] = _checksum(metadata, chunks)
@@ -314,13 +377,15 @@ def deserialize_features(
     expect_sha256: str | None = None,
     expect_model_id: str | None = None,
 ) -> ImageFeatures:
-    """Verify and decode a store object. Floating tensors are cast to `dtype` (None keeps
-    the stored dtype). Raises `CorruptObject` (naming `uri`) when verification fails."""
+    """Verify and decode a store object (format version 1 or 2). Floating tensors are cast
+    to `dtype` (None keeps the stored dtype; quantised ones then come back as float16,
+    whose rounding is far below the int8 step). Raises `CorruptObject` (naming `uri`)
+    when verification fails."""
     from safetensors.torch import load
 
     header = _parse_header(data, uri)
     meta = header.metadata
-    if meta.get("store.format") != OBJECT_FORMAT:
+    if meta.get("store.format") not in (FORMAT_V1, FORMAT_V2):
         raise CorruptObject(uri, f"not a seem-ray feature object (format {meta.get('store.format')!r})")
     view = memoryview(data)
     chunks = []
@@ -336,6 +401,7 @@ def deserialize_features(
 
     codec = meta.get("store.codec", "none")
     try:
+        delta = set(json.loads(meta.get("store.delta", "[]"))) if meta["store.format"] == FORMAT_V2 else set()
         logical = json.loads(meta["store.tensors"])
         if set(logical) != set(header.entries):
             raise ValueError("tensor list does not match the header")
@@ -352,15 +418,35 @@ def deserialize_features(
                 itemsize = torch.empty(0, dtype=want).element_size()
                 nbytes = itemsize * int(np.prod(shape, dtype=np.int64))
                 raw = _decode_blob(t.numpy().data, nbytes, itemsize, codec)
+                if name in delta:
+                    raw = _undelta_rows(raw, shape[-1])
                 t = torch.from_numpy(raw).view(want).reshape(shape)
-            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-                t = t.to(dtype)
             tensors[name] = t
+        tensors, quantized = _dequantized(tensors, meta)
+        for name, t in tensors.items():
+            want = torch.float16 if dtype is None and name in quantized else dtype
+            if want is not None and t.is_floating_point() and t.dtype != want:
+                tensors[name] = t.to(want)
         return ImageFeatures.from_parts(tensors, meta)
     except CorruptObject:
         raise
     except Exception as e:  # checksum passed, so this is a foreign/inconsistent object
         raise CorruptObject(uri, f"cannot decode: {type(e).__name__}: {e}") from e
+
+
+def _dequantized(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Logical tensors of an object -> (feature tensors, the names that were quantised);
+    version 2 turns int8 + scale into float32."""
+    if meta.get("store.format") == FORMAT_V1:
+        return tensors, set()
+    quant = json.loads(meta.get("store.quant", "{}"))
+    scales = {f"{q}.scale" for q in quant}
+    out = {n: t for n, t in tensors.items() if n not in scales}
+    for name, scheme in quant.items():
+        if scheme != QUANT_INT8:
+            raise ValueError(f"tensor {name!r}: unknown quantisation {scheme!r}")
+        out[name] = dequantize_int8(tensors[name], tensors[f"{name}.scale"])
+    return out, set(quant)
 
 
 # --------------------------------------------------------------------------- store

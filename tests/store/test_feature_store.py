@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,7 +162,7 @@ def test_validation():
     with pytest.raises(ValueError):
         serialize_features(make_features(), SHA, compress="lzma")
     with pytest.raises(ValueError):
-        serialize_features(make_features(), SHA, dtype="int8")
+        serialize_features(make_features(), SHA, dtype="int4")
     assert set(CODECS) >= {"none", "zlib"}
 
 
@@ -175,3 +176,54 @@ def test_store_pickles(fstore):
     fstore.put(make_features(), SHA)
     clone = pickle.loads(pickle.dumps(fstore))
     assert clone.has(MODEL, SHA)
+
+
+# ---------------------------------------------------------------- format versions
+V1_OBJECT = Path(__file__).resolve().parents[1] / "fixtures" / "store" / "v1-float16-shuffle+zstd.safetensors"
+
+
+def test_object_written_by_format_1_still_loads() -> None:
+    """An object the store wrote before format version 2 existed (float16, shuffle+zstd,
+    made from `make_features()` by the code of commit dcd52c1) reads back unchanged."""
+    data = V1_OBJECT.read_bytes()
+    got = deserialize_features(data, uri=str(V1_OBJECT), expect_sha256=SHA, expect_model_id=MODEL)
+    want = make_features()
+    assert got.original_size == want.original_size and got.padded_size == want.padded_size
+    for name, t in want.tensors.items():
+        assert torch.equal(got.tensors[name], t.half().float()), name
+    # Writing the same features as float16 still gives a version-1 object with the same
+    # header and tensor bytes (safetensors orders the header's keys freely: compare parsed).
+    again = serialize_features(want, SHA, dtype="float16", compress="shuffle+zstd")
+    assert _header(again) == _header(data) and again[-2000:] == data[-2000:]
+
+
+def _header(data: bytes) -> dict:
+    import json
+    import struct
+
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n])
+
+
+@pytest.mark.parametrize("compress", [False, "shuffle+zstd"])
+def test_int8_objects_are_format_2_and_round_trip(fstore, compress) -> None:
+    features = make_features()
+    features.tensors["ms0"] = torch.zeros(8, 1, 1)  # a channel of zeros must not divide by zero
+    key = fstore.put_info(features, SHA, dtype="int8", compress=compress).key
+    data = fstore.backend.get(key)
+    assert _header(data)["__metadata__"]["store.format"] == "seem-ray-features/2"
+    assert len(data) < len(serialize_features(features, SHA, dtype="float16", compress=compress))
+    got = fstore.get(MODEL, SHA)
+    for name, t in features.tensors.items():
+        step = t.flatten(1).abs().amax(1).clamp(min=1e-12) / 127  # one quantisation step per channel
+        err = (got.tensors[name] - t).abs().flatten(1).amax(1)
+        assert bool((err <= step / 2 + 1e-6).all()), name
+        assert got.tensors[name].dtype == torch.float32
+    assert fstore.get(MODEL, SHA, dtype=None).tensors["mask_features"].dtype == torch.float16
+
+
+def test_int8_object_damage_is_detected(tmp_path) -> None:
+    data = bytearray(serialize_features(make_features(), SHA, dtype="int8", compress="shuffle+zstd"))
+    data[-5] ^= 0x40
+    with pytest.raises(CorruptObject, match="checksum"):
+        deserialize_features(bytes(data))
