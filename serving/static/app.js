@@ -98,6 +98,13 @@ function vocabulary() {
   return [...new Set(names)];
 }
 
+// `body` with the page's vocabulary, when one is typed (else the model's own applies).
+function withVocabulary(body) {
+  const names = vocabulary();
+  if (names.length) body.vocabulary = names;
+  return body;
+}
+
 function logLatency(what, ms, timings) {
   const decodeMs = timings && typeof timings.decode === "number" ? timings.decode : null;
   state.latencies.push({ what, ms, decodeMs });
@@ -396,9 +403,7 @@ function requestBody() {
     : (state.text ? [{ type: "text", text: state.text }] : []);
   const body = { image_id: state.imageId, prompts: phrase.concat(state.prompts), max_masks: 1 };
   if (state.lastMask) body.previous_mask = state.lastMask;
-  const names = vocabulary();
-  if (names.length) body.vocabulary = names;
-  return body;
+  return withVocabulary(body);
 }
 
 async function segmentOnce() {
@@ -446,11 +451,8 @@ async function segmentEverything() {
   state.busy = true;
   try {
     setStatus("Segmenting everything…");
-    const body = { image_id: state.imageId };
-    const names = vocabulary();
-    if (names.length) body.vocabulary = names;
     const t0 = performance.now();
-    const response = await postJson("/v1/panoptic", body);
+    const response = await postJson("/v1/panoptic", withVocabulary({ image_id: state.imageId }));
     if (!response.ok) { setStatus(await apiError(response), true); return; }
     const answer = await response.json();
     clearObject();

@@ -228,25 +228,20 @@ function downloadCoco() {
 // ------------------------------------------------------------------ controls
 function fail(what) { return (err) => setStatus(`${what} failed: ${err.message || err}`, true); }
 
-$("file").addEventListener("change", (e) => {
-  const file = e.target.files[0];
-  if (file) openImage(file, file.name).catch(fail("Upload"));
-});
-
-for (const b of document.querySelectorAll(".sample")) {
-  b.addEventListener("click", () => fetchSample(b.dataset.src)
-    .then((blob) => openImage(blob, b.dataset.src.split("/").pop())).catch(fail("Sample")));
+// A file input and sample buttons that open an image with `open(blob, name)`.
+function wireImageInputs(fileInput, sampleSelector, open, what) {
+  fileInput.addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    if (file) open(file, file.name).catch(fail(what));
+  });
+  for (const b of document.querySelectorAll(sampleSelector)) {
+    b.addEventListener("click", () => fetchSample(b.dataset.src)
+      .then((blob) => open(blob, b.dataset.src.split("/").pop())).catch(fail(`${what} (sample)`)));
+  }
 }
 
-$("ref-file").addEventListener("change", (e) => {
-  const file = e.target.files[0];
-  if (file) openReference(file, file.name).catch(fail("Reference upload"));
-});
-
-for (const b of document.querySelectorAll(".ref-sample")) {
-  b.addEventListener("click", () => fetchSample(b.dataset.src)
-    .then((blob) => openReference(blob, b.dataset.src.split("/").pop())).catch(fail("Reference sample")));
-}
+wireImageInputs($("file"), ".sample", openImage, "Upload");
+wireImageInputs($("ref-file"), ".ref-sample", openReference, "Reference upload");
 
 $("text-form").addEventListener("submit", (e) => {
   e.preventDefault();

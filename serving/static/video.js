@@ -205,10 +205,8 @@ async function propagate() {
   $("video-propagate").disabled = true;
   try {
     videoStatus("Propagating through every frame…");
-    const body = { video: await blobToBase64(vstate.file),
-      objects: [{ object_id: VIDEO_OBJECT_ID, time_s: vstate.promptTime, prompts: vstate.prompts }] };
-    const names = vocabulary();
-    if (names.length) body.vocabulary = names;
+    const body = withVocabulary({ video: await blobToBase64(vstate.file),
+      objects: [{ object_id: VIDEO_OBJECT_ID, time_s: vstate.promptTime, prompts: vstate.prompts }] });
     const t0 = performance.now();
     const response = await postJson("/v1/video/segment", body);
     if (!response.ok) { videoStatus(await apiError(response), true); return; }

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -42,18 +44,37 @@ def open_context(playwright, chromium: str, profile: Path, extra_flags: tuple[st
 
 
 def watched_page(context, serving: ServingEnv, sent: list[dict], errors: list[str]):  # noqa: ANN001, ANN201
-    """A new page at the web page's URL; segment requests go to `sent`, page errors to `errors`."""
+    """A new page at the web page's URL; segment requests (image and video) go to `sent`,
+    page errors to `errors`."""
     page = context.new_page()
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("request", lambda r: sent.append(json.loads(r.post_data))
-            if r.url.endswith("/v1/segment") and r.post_data else None)
+            if r.url.endswith("/segment") and r.post_data else None)
     page.goto(serving.url("/"))
     return page
 
 
-def test_web_page_round_after_round(serving: ServingEnv, chromium: str, tmp_path: Path) -> None:
+@contextmanager
+def page_session(serving: ServingEnv, chromium: str, tmp_path: Path) -> Iterator[tuple[Any, list[dict], list[str]]]:
+    """(page, sent requests, errors) in a fresh headless Chromium; fails the test if the page
+    logged an error or threw."""
     from playwright.sync_api import sync_playwright
 
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sent: list[dict] = []
+    errors: list[str] = []
+    with sync_playwright() as p:
+        context = open_context(p, chromium, tmp_path / "profile")
+        try:
+            page = watched_page(context, serving, sent, errors)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            yield page, sent, errors
+        finally:
+            context.close()
+    assert not errors, errors
+
+
+def test_web_page_round_after_round(serving: ServingEnv, chromium: str, tmp_path: Path) -> None:
     from training.shapes_world import generate_scene
 
     scene = generate_scene(5)
@@ -62,82 +83,72 @@ def test_web_page_round_after_round(serving: ServingEnv, chromium: str, tmp_path
     target = scene.things[0]
     inside = point_in(scene.mask(target.id))
     outside = point_in(~scene.mask(target.id))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
-    sent: list[dict] = []
-    errors: list[str] = []
-    with sync_playwright() as p:
-        context = open_context(p, chromium, tmp_path / "profile")
-        try:
-            page = watched_page(context, serving, sent, errors)
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.set_input_files("#file", str(image_path))
-            page.wait_for_function("document.getElementById('status').textContent.includes('ready')", timeout=60_000)
+    with page_session(serving, chromium, tmp_path) as (page, sent, _):
+        page.set_input_files("#file", str(image_path))
+        page.wait_for_function("document.getElementById('status').textContent.includes('ready')", timeout=60_000)
 
-            def at(xy: list[float]) -> dict:
-                """Image pixel -> position on the (CSS-scaled) overlay canvas."""
-                box = page.locator("#overlay").bounding_box()
-                assert box is not None
-                return {"x": (xy[0] + 0.5) * box["width"] / scene.width,
-                        "y": (xy[1] + 0.5) * box["height"] / scene.height}
+        def at(xy: list[float]) -> dict:
+            """Image pixel -> position on the (CSS-scaled) overlay canvas."""
+            box = page.locator("#overlay").bounding_box()
+            assert box is not None
+            return {"x": (xy[0] + 0.5) * box["width"] / scene.width,
+                    "y": (xy[1] + 0.5) * box["height"] / scene.height}
 
-            def drag(start: dict, end: dict, steps: int) -> None:
-                """Press at `start`, move to `end`, release (positions as `at` gives them)."""
-                box = page.locator("#overlay").bounding_box()
-                page.mouse.move(box["x"] + start["x"], box["y"] + start["y"])
-                page.mouse.down()
-                page.mouse.move(box["x"] + end["x"], box["y"] + end["y"], steps=steps)
-                page.mouse.up()
+        def drag(start: dict, end: dict, steps: int) -> None:
+            """Press at `start`, move to `end`, release (positions as `at` gives them)."""
+            box = page.locator("#overlay").bounding_box()
+            page.mouse.move(box["x"] + start["x"], box["y"] + start["y"])
+            page.mouse.down()
+            page.mouse.move(box["x"] + end["x"], box["y"] + end["y"], steps=steps)
+            page.mouse.up()
 
-            def wait_round(n: int) -> None:
-                page.wait_for_function(f"window.seem.round === {n} && !window.seem.busy", timeout=60_000)
+        def wait_round(n: int) -> None:
+            page.wait_for_function(f"window.seem.round === {n} && !window.seem.busy", timeout=60_000)
 
-            # Round 1: a positive click -> a mask and its label appear.
-            page.locator("#overlay").click(position=at(inside))
-            wait_round(1)
-            assert int(page.locator("#overlay").get_attribute("data-mask-area")) > 0
-            label = page.locator("#result").inner_text()
-            assert label and "px" in label, label
-            page.screenshot(path=str(ARTIFACTS / "webpage-click.png"), full_page=True)
+        # Round 1: a positive click -> a mask and its label appear.
+        page.locator("#overlay").click(position=at(inside))
+        wait_round(1)
+        assert int(page.locator("#overlay").get_attribute("data-mask-area")) > 0
+        label = page.locator("#result").inner_text()
+        assert label and "px" in label, label
+        page.screenshot(path=str(ARTIFACTS / "webpage-click.png"), full_page=True)
 
-            # Round 2: a negative click (shift) sends both clicks and the last mask back.
-            page.locator("#overlay").click(position=at(outside), modifiers=["Shift"])
-            wait_round(2)
-            assert sent[-1]["image_id"] == page.evaluate("window.seem.imageId")
-            assert [q["positive"] for q in sent[-1]["prompts"]] == [True, False]
-            assert sent[-1]["previous_mask"]["size"] == [scene.height, scene.width]
+        # Round 2: a negative click (shift) sends both clicks and the last mask back.
+        page.locator("#overlay").click(position=at(outside), modifiers=["Shift"])
+        wait_round(2)
+        assert sent[-1]["image_id"] == page.evaluate("window.seem.imageId")
+        assert [q["positive"] for q in sent[-1]["prompts"]] == [True, False]
+        assert sent[-1]["previous_mask"]["size"] == [scene.height, scene.width]
 
-            # Round 3: drag a box.
-            page.check("input[name=tool][value=box]")
-            x, y, w, h = target.bbox
-            start, end = at([x, y]), at([x + w - 1, y + h - 1])
-            drag(start, end, steps=5)
-            wait_round(3)
-            assert sent[-1]["prompts"][-1]["type"] == "box"
+        # Round 3: drag a box.
+        page.check("input[name=tool][value=box]")
+        x, y, w, h = target.bbox
+        start, end = at([x, y]), at([x + w - 1, y + h - 1])
+        drag(start, end, steps=5)
+        wait_round(3)
+        assert sent[-1]["prompts"][-1]["type"] == "box"
 
-            # Round 4: a scribble across the object.
-            page.check("input[name=tool][value=scribble]")
-            a, b = at([x + w * 0.3, y + h * 0.5]), at([x + w * 0.7, y + h * 0.5])
-            drag(a, b, steps=8)
-            wait_round(4)
-            assert sent[-1]["prompts"][-1]["type"] == "scribble"
-            assert len(sent[-1]["prompts"][-1]["path"]) >= 2
+        # Round 4: a scribble across the object.
+        page.check("input[name=tool][value=scribble]")
+        a, b = at([x + w * 0.3, y + h * 0.5]), at([x + w * 0.7, y + h * 0.5])
+        drag(a, b, steps=8)
+        wait_round(4)
+        assert sent[-1]["prompts"][-1]["type"] == "scribble"
+        assert len(sent[-1]["prompts"][-1]["path"]) >= 2
 
-            # Round 5: a phrase joins the prompts.
-            page.fill("#text", target.category)
-            page.click("#text-go")
-            wait_round(5)
-            assert sent[-1]["prompts"][0] == {"type": "text", "text": target.category}
-            assert int(page.locator("#overlay").get_attribute("data-mask-area")) > 0
-            page.screenshot(path=str(ARTIFACTS / "webpage.png"), full_page=True)
+        # Round 5: a phrase joins the prompts.
+        page.fill("#text", target.category)
+        page.click("#text-go")
+        wait_round(5)
+        assert sent[-1]["prompts"][0] == {"type": "text", "text": target.category}
+        assert int(page.locator("#overlay").get_attribute("data-mask-area")) > 0
+        page.screenshot(path=str(ARTIFACTS / "webpage.png"), full_page=True)
 
-            page.click("#reset")
-            assert page.evaluate("window.seem.round") == 0
-            assert page.locator("#overlay").get_attribute("data-mask-area") == "0"
-            assert page.locator("#prompt-list li").count() == 0
-        finally:
-            context.close()
-    assert not errors, errors
+        page.click("#reset")
+        assert page.evaluate("window.seem.round") == 0
+        assert page.locator("#overlay").get_attribute("data-mask-area") == "0"
+        assert page.locator("#prompt-list li").count() == 0
     assert (ARTIFACTS / "webpage.png").stat().st_size > 10_000
 
 
@@ -317,43 +328,30 @@ def test_web_page_tools(serving: ServingEnv, chromium: str, tmp_path: Path) -> N
     """Every tool of the page in one session on a bundled sample: polygon, new object, mask
     brush, a phrase after a click, removing a prompt and an object, a referring region from a
     second image, downloads, segment everything; each round's latency is listed."""
-    from playwright.sync_api import sync_playwright
-
-    sent: list[dict] = []
-    errors: list[str] = []
-    with sync_playwright() as p:
-        context = open_context(p, chromium, tmp_path / "profile")
-        try:
-            page = watched_page(context, serving, sent, errors)
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            routed: list[str | None] = []  # the routing header of each segment request (docs/api.md)
-            page.on("request", lambda r: routed.append(r.headers.get("serve-multiplexed-model-id"))
-                    if r.url.endswith("/v1/segment") else None)
-            page.click(".sample[data-src$='sample-1.png']")
-            page.wait_for_function("document.getElementById('status').textContent.includes('ready')", timeout=60_000)
-            d = Driver(page, sample_scene(1), sent)
-            polygon_and_new_object(d)
-            brush_mask(d)
-            phrase_after_click_and_removal(d)
-            referring_region(d, sample_scene(2))
-            downloads(d, tmp_path)
-            rounds = len(sent)
-            latencies = d.items("#latency")
-            assert len(latencies) == min(rounds, 8) and all(" ms" in t for t in latencies), latencies
-            page.screenshot(path=str(ARTIFACTS / "webpage-tools.png"), full_page=True)
-            assert set(routed) == {page.evaluate("window.seem.imageId")}, routed
-            segment_everything(d)
-            page.screenshot(path=str(ARTIFACTS / "webpage-everything.png"), full_page=True)
-        finally:
-            context.close()
-    assert not errors, errors
+    with page_session(serving, chromium, tmp_path) as (page, sent, _):
+        routed: list[str | None] = []  # the routing header of each segment request (docs/api.md)
+        page.on("request", lambda r: routed.append(r.headers.get("serve-multiplexed-model-id"))
+                if r.url.endswith("/v1/segment") else None)
+        page.click(".sample[data-src$='sample-1.png']")
+        page.wait_for_function("document.getElementById('status').textContent.includes('ready')", timeout=60_000)
+        d = Driver(page, sample_scene(1), sent)
+        polygon_and_new_object(d)
+        brush_mask(d)
+        phrase_after_click_and_removal(d)
+        referring_region(d, sample_scene(2))
+        downloads(d, tmp_path)
+        rounds = len(sent)
+        latencies = d.items("#latency")
+        assert len(latencies) == min(rounds, 8) and all(" ms" in t for t in latencies), latencies
+        page.screenshot(path=str(ARTIFACTS / "webpage-tools.png"), full_page=True)
+        assert set(routed) == {page.evaluate("window.seem.imageId")}, routed
+        segment_everything(d)
+        page.screenshot(path=str(ARTIFACTS / "webpage-everything.png"), full_page=True)
 
 
 def test_web_page_video(serving: ServingEnv, chromium: str, tmp_path: Path) -> None:
     """Load a video, step to frame 2, click the object, propagate, step through and play:
     the masks drawn over the frames are the ones the server sent, and they follow the object."""
-    from playwright.sync_api import sync_playwright
-
     from model.rle import decode_mask
 
     from .test_video_api import FRAMES, sequence_mp4
@@ -363,47 +361,35 @@ def test_web_page_video(serving: ServingEnv, chromium: str, tmp_path: Path) -> N
     path.write_bytes(data)
     h, w = seq.frames.shape[1:3]
     prompted = 2
-    sent: list[dict] = []
-    errors: list[str] = []
-    with sync_playwright() as p:
-        context = open_context(p, chromium, tmp_path / "profile")
-        try:
-            page = context.new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: sent.append(json.loads(r.post_data))
-                    if r.url.endswith("/v1/video/segment") and r.post_data else None)
-            page.goto(serving.url("/"))
-            page.set_input_files("#video-file", str(path))
-            page.wait_for_function("window.seem.video.ready", timeout=30_000)
-            d = Driver(page, None, [])
-            for _ in range(prompted):
-                page.click("#video-next")
-            page.wait_for_function(f"document.getElementById('video-overlay').dataset.frame === '{prompted}'")
-            click = seq.click(prompted)
-            xy = d.at([click.x, click.y], "#video-overlay", (h, w))
-            page.mouse.click(xy["x"], xy["y"])
-            assert d.items("#video-prompts") and "on frame 3" in d.items("#video-prompts")[0]
-            page.click("#video-propagate")
-            page.wait_for_function("window.seem.video.answer && !window.seem.video.busy", timeout=120_000)
-            (obj,) = sent[-1]["objects"]
-            assert obj["prompts"][0]["type"] == "point" and int(obj["time_s"] * 8 + 1e-6) == prompted
-            answer = page.evaluate("window.seem.video.answer")
-            assert len(answer["frames"]) == FRAMES and answer["frames"][0]["objects"] == [], "nothing before the prompt"
-            # Step to the last frame: the mask drawn there is the server's, on the moved object.
-            for _ in range(FRAMES - 1 - prompted):
-                page.click("#video-next")
-            page.wait_for_function(f"document.getElementById('video-overlay').dataset.frame === '{FRAMES - 1}'")
-            last = decode_mask(answer["frames"][-1]["objects"][0]["rle"], [h, w])
-            assert int(page.get_attribute("#video-overlay", "data-mask-area")) == int(last.sum()) > 0
-            iou = (last & seq.target[-1]).sum() / (last | seq.target[-1]).sum()
-            assert iou > 0.5, iou
-            page.screenshot(path=str(ARTIFACTS / "webpage-video.png"), full_page=True)
-            # Play from the start: frames are drawn with their masks as they are presented.
-            page.evaluate("window.seem.video.drawn.clear(); document.getElementById('video').currentTime = 0")
-            page.click("#video-play")
-            page.wait_for_function("document.getElementById('video').ended", timeout=30_000)
-            drawn = page.evaluate("[...window.seem.video.drawn]")
-            assert len(drawn) >= 3, drawn
-        finally:
-            context.close()
-    assert not errors, errors
+    with page_session(serving, chromium, tmp_path) as (page, sent, _):
+        page.set_input_files("#video-file", str(path))
+        page.wait_for_function("window.seem.video.ready", timeout=30_000)
+        d = Driver(page, None, [])
+        for _ in range(prompted):
+            page.click("#video-next")
+        page.wait_for_function(f"document.getElementById('video-overlay').dataset.frame === '{prompted}'")
+        click = seq.click(prompted)
+        xy = d.at([click.x, click.y], "#video-overlay", (h, w))
+        page.mouse.click(xy["x"], xy["y"])
+        assert d.items("#video-prompts") and "on frame 3" in d.items("#video-prompts")[0]
+        page.click("#video-propagate")
+        page.wait_for_function("window.seem.video.answer && !window.seem.video.busy", timeout=120_000)
+        (obj,) = sent[-1]["objects"]
+        assert obj["prompts"][0]["type"] == "point" and int(obj["time_s"] * 8 + 1e-6) == prompted
+        answer = page.evaluate("window.seem.video.answer")
+        assert len(answer["frames"]) == FRAMES and answer["frames"][0]["objects"] == [], "nothing before the prompt"
+        # Step to the last frame: the mask drawn there is the server's, on the moved object.
+        for _ in range(FRAMES - 1 - prompted):
+            page.click("#video-next")
+        page.wait_for_function(f"document.getElementById('video-overlay').dataset.frame === '{FRAMES - 1}'")
+        last = decode_mask(answer["frames"][-1]["objects"][0]["rle"], [h, w])
+        assert int(page.get_attribute("#video-overlay", "data-mask-area")) == int(last.sum()) > 0
+        iou = (last & seq.target[-1]).sum() / (last | seq.target[-1]).sum()
+        assert iou > 0.5, iou
+        page.screenshot(path=str(ARTIFACTS / "webpage-video.png"), full_page=True)
+        # Play from the start: frames are drawn with their masks as they are presented.
+        page.evaluate("window.seem.video.drawn.clear(); document.getElementById('video').currentTime = 0")
+        page.click("#video-play")
+        page.wait_for_function("document.getElementById('video').ended", timeout=30_000)
+        drawn = page.evaluate("[...window.seem.video.drawn]")
+        assert len(drawn) >= 3, drawn
