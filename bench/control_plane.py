@@ -216,17 +216,22 @@ def _model_id() -> str:
     return load_predictor(ModelSpec(device="cpu")).model_id
 
 
-def bench_noop(args: argparse.Namespace) -> list[dict]:
+def fresh_synthetic_store(folder: Path, store: Path, model_id: str, part_rows: int) -> None:
+    """Replace `store` by a synthesised one that holds every image of `folder`."""
     import shutil
 
+    shutil.rmtree(store, ignore_errors=True)
+    synth_manifest(folder, store, model_id, part_rows)
+
+
+def bench_noop(args: argparse.Namespace) -> list[dict]:
     rows = []
     model_id = _model_id()
     for n in args.sizes:
         folder = tiny_folder(args.workdir, n)
         store = args.workdir / f"store-{n}"
         if not (store / ".synthesised").exists():  # a no-op run leaves the store as it was
-            shutil.rmtree(store, ignore_errors=True)
-            synth_manifest(folder, store, model_id, args.part_rows)
+            fresh_synthetic_store(folder, store, model_id, args.part_rows)
             (store / ".synthesised").touch()
         r = run_child("encode", str(folder), str(store))
         assert r["summary"]["skipped"] == n and r["summary"]["encoded"] == 0, r["summary"]
@@ -246,8 +251,7 @@ def bench_incremental(args: argparse.Namespace) -> list[dict]:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(base, folder)
         store = args.workdir / f"store-grown-{n}"
-        shutil.rmtree(store, ignore_errors=True)
-        synth_manifest(folder, store, model_id, args.part_rows)
+        fresh_synthetic_store(folder, store, model_id, args.part_rows)
         new = max(1, int(n * args.new_fraction))
         add_new_images(folder, new)
         r = run_child("encode", str(folder), str(store))

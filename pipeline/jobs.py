@@ -147,10 +147,10 @@ def init_ray(address: str | None = None) -> bool:
     settings = {k: v for k, v in os.environ.items() if k.startswith("SEEM_STORAGE_")}
     if settings:
         kwargs["runtime_env"] = {"env_vars": settings}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(**kwargs)
+    # A bare ray.init() would join any cluster this machine started with `ray start` (it
+    # reads /tmp/ray/ray_current_cluster); "start a local one" must mean a new one. An
+    # explicit RAY_ADDRESS (set by `ray job submit` for its entrypoint) is still honoured.
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **kwargs)
     return True
 
 

@@ -370,7 +370,9 @@ def run_training(cfg: TrainConfig, *, storage_path: str, name: str, num_workers:
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=progress)
+        # "local" rather than None: never join a cluster `ray start` left on this machine.
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=progress)
     storage_filesystem = None
     if storage_path.startswith("s3://"):
         import pyarrow.fs as pafs
