@@ -8,7 +8,8 @@ write browser-playable H.264. Frames are decoded one at a time: a long video nev
 in memory.
 
 Sources (`open_frames`): a video file (.mp4 .webm .mov .avi .mkv ...), or a folder of
-frame images read in name order (digits compared as numbers, so frame_2 < frame_10).
+frame images read in name order (digits compared as numbers, so frame_2 < frame_10): a local
+folder or an `s3://bucket/prefix/`, both listed and read through the `storage` package.
 Writers: `OverlayWriter` (H.264, yuv420p, the source's size and frame rate: what every
 browser plays) and `write_palette_png` (DAVIS-style indexed PNG, 0 = background).
 """
@@ -27,7 +28,7 @@ from PIL import Image
 from .image_io import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 
 __all__ = ["VideoDecodeError", "VIDEO_EXTENSIONS", "FrameSource", "open_frames", "is_video_name",
-           "OverlayWriter", "davis_palette", "write_palette_png", "frame_names"]
+           "OverlayWriter", "davis_palette", "write_palette_png", "frame_names", "frame_uris", "is_frame_folder"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".webm", ".mov", ".avi", ".mkv"})
 DEFAULT_FPS = 24.0  # a folder of frames has no rate of its own
@@ -49,6 +50,42 @@ def frame_names(folder: str) -> list[str]:
     """Image files of a folder in frame order (name order, numbers compared as numbers)."""
     names = [n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
     return sorted(names, key=_natural_key)
+
+
+def _s3_children(prefix: str, endpoint_url: str | None) -> list[str]:
+    """Names of the objects directly under an s3:// prefix (a "folder"; deeper keys are left out)."""
+    import storage
+
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    names = (info.key[len(prefix):] for info in storage.list_objects(prefix, endpoint_url=endpoint_url))
+    return [n for n in names if n and "/" not in n]
+
+
+def frame_uris(folder: str, endpoint_url: str | None = None) -> list[str]:
+    """The frame images of a local folder or an s3:// prefix, in frame order, as paths / URIs."""
+    import storage
+
+    if not storage.is_s3(folder):
+        return [os.path.join(folder, n) for n in frame_names(folder)]
+    names = [n for n in _s3_children(folder, endpoint_url) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    base = folder.rstrip("/") + "/"
+    return [base + n for n in sorted(names, key=_natural_key)]
+
+
+def is_frame_folder(src: str, endpoint_url: str | None = None) -> bool:
+    """A local folder or s3:// prefix holding frame images and no video: one video's frames."""
+    import storage
+
+    if storage.is_s3(src):
+        if is_video_name(src):
+            return False
+        names = _s3_children(src, endpoint_url)
+    elif os.path.isdir(src):
+        names = os.listdir(src)
+    else:
+        return False
+    exts = {os.path.splitext(n)[1].lower() for n in names}
+    return bool(exts & IMAGE_EXTENSIONS) and not exts & VIDEO_EXTENSIONS
 
 
 @dataclass
@@ -117,36 +154,40 @@ def _open_video(source: str | BinaryIO, name: str) -> FrameSource:
     return FrameSource(name, fps, size, expected, _decoded(container, name, expected))
 
 
-def _folder_frames(folder: str, names: list[str]) -> Iterator[np.ndarray]:
+def _read_frame(uri: str, endpoint_url: str | None) -> np.ndarray:
+    import storage
+
+    try:
+        return decode_image(storage.read_bytes(uri, endpoint_url=endpoint_url))
+    except ImageDecodeError as e:
+        raise VideoDecodeError(f"frame {uri}: {e}") from None
+    except storage.StorageError as e:
+        raise VideoDecodeError(f"frame {uri}: {e}") from None
+
+
+def _folder_frames(uris: list[str], endpoint_url: str | None) -> Iterator[np.ndarray]:
     size = None
-    for n in names:
-        path = os.path.join(folder, n)
-        with open(path, "rb") as f:
-            try:
-                frame = decode_image(f.read())
-            except ImageDecodeError as e:
-                raise VideoDecodeError(f"frame {path}: {e}") from None
+    for uri in uris:
+        frame = _read_frame(uri, endpoint_url)
         if size is not None and frame.shape[:2] != size:
-            raise VideoDecodeError(f"frame {path} is {frame.shape[1]}x{frame.shape[0]}, "
+            raise VideoDecodeError(f"frame {uri} is {frame.shape[1]}x{frame.shape[0]}, "
                                    f"earlier frames are {size[1]}x{size[0]}")
         size = frame.shape[:2]
         yield frame
 
 
-def _open_folder(folder: str, fps: float | None) -> FrameSource:
-    names = frame_names(folder)
-    if not names:
+def _open_folder(folder: str, fps: float | None, endpoint_url: str | None = None) -> FrameSource:
+    uris = frame_uris(folder, endpoint_url)
+    if not uris:
         raise VideoDecodeError(f"folder {folder} has no frame images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    with open(os.path.join(folder, names[0]), "rb") as f:
-        try:
-            first = decode_image(f.read())
-        except ImageDecodeError as e:
-            raise VideoDecodeError(f"frame {os.path.join(folder, names[0])}: {e}") from None
-    return FrameSource(folder, fps or DEFAULT_FPS, first.shape[:2], len(names), _folder_frames(folder, names))
+    first = _read_frame(uris[0], endpoint_url)
+    return FrameSource(folder, fps or DEFAULT_FPS, first.shape[:2], len(uris), _folder_frames(uris, endpoint_url))
 
 
-def open_frames(source: str | bytes | BinaryIO, *, name: str | None = None, fps: float | None = None) -> FrameSource:
-    """Frames of a video file, video bytes / a binary file object, or a folder of frames.
+def open_frames(source: str | bytes | BinaryIO, *, name: str | None = None, fps: float | None = None,
+                endpoint_url: str | None = None) -> FrameSource:
+    """Frames of a video file, video bytes / a binary file object, or a folder of frames (a
+    local folder or an s3:// prefix; `endpoint_url` for the latter).
 
     `fps` sets a folder's frame rate (default 24). Raises `VideoDecodeError` with the
     reason for anything that is not a readable video; errors in the middle of a stream
@@ -154,6 +195,8 @@ def open_frames(source: str | bytes | BinaryIO, *, name: str | None = None, fps:
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     if isinstance(source, str):
+        if source.startswith("s3://") and not is_video_name(source):
+            return _open_folder(source, fps, endpoint_url)
         if os.path.isdir(source):
             return _open_folder(source, fps)
         if not os.path.exists(source):

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from model.prompt_json import to_prompts
 from model.prompt_schema import MaskPromptModel, PromptSchemaError, parse_prompt_list
 from model.types import MaskPrompt, Prompts
-from model.video_io import FrameSource, OverlayWriter, VideoDecodeError, open_frames, write_palette_png
+from model.video_io import FrameSource, OverlayWriter, VideoDecodeError, is_video_name, open_frames, write_palette_png
 
 __all__ = ["VIDEO_MASKS_SCHEMA", "VideoObject", "VideoSummary", "parse_objects", "segment_video", "open_source",
            "VideoInputError"]
@@ -119,10 +119,11 @@ def mask_prompt_model(mask: np.ndarray) -> MaskPromptModel:
 # --------------------------------------------------------------------------- sources
 @contextmanager
 def open_source(src: str, *, endpoint_url: str | None = None, fps: float | None = None) -> Iterator[FrameSource]:
-    """Frames of a local video / folder of frames, or of an s3:// video (spooled to a
-    temporary file first: decoders seek, and the object need not fit in memory)."""
-    if not src.startswith("s3://"):
-        yield open_frames(src, fps=fps)
+    """Frames of a local video / folder of frames, of an s3:// folder of frames (read frame
+    by frame), or of an s3:// video (spooled to a temporary file first: decoders seek, and
+    the object need not fit in memory)."""
+    if not src.startswith("s3://") or not is_video_name(src):
+        yield open_frames(src, fps=fps, endpoint_url=endpoint_url)
         return
     import storage
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,15 +82,12 @@ def _objects(args: argparse.Namespace) -> list[Any]:
     return [obj]
 
 
-def _is_single(src: str) -> bool:
-    """One video (a video file or s3:// video object) or a folder of frames; else bulk."""
-    from model.video_io import frame_names, is_video_name
+def _is_single(src: str, endpoint_url: str | None = None) -> bool:
+    """One video (a video file or s3:// video object) or a folder of frames (local or an
+    s3:// prefix); else bulk."""
+    from model.video_io import is_frame_folder, is_video_name
 
-    if is_video_name(src):
-        return True
-    if os.path.isdir(src):
-        return not any(is_video_name(n) for n in os.listdir(src)) and bool(frame_names(src))
-    return False
+    return is_video_name(src) or is_frame_folder(src, endpoint_url)
 
 
 def cmd_video(args: argparse.Namespace) -> int:
@@ -99,7 +95,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     from pipeline.video import VideoInputError
 
     try:
-        if _is_single(args.src):
+        if _is_single(args.src, args.endpoint_url):
             return _single(args)
         return _bulk(args)
     except (VideoInputError, VideoDecodeError, FileNotFoundError) as e:

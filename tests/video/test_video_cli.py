@@ -73,6 +73,20 @@ def test_folder_of_frames_with_a_box(frames_dir: Path, sequence, tmp_path: Path)
     assert len(pngs) == FRAMES and set(np.unique(np.asarray(Image.open(pngs[-1])))) == {0, 1}
 
 
+def test_s3_folder_of_frames_with_a_box(frames_dir: Path, sequence, s3_bucket, tmp_path: Path) -> None:
+    """An s3:// prefix of frame images is one video, read frame by frame through storage/."""
+    client = s3_bucket.client()
+    for path in frames_dir.iterdir():
+        client.put_object(Bucket=s3_bucket.name, Key=f"clips/a/{path.name}", Body=path.read_bytes())
+    client.put_object(Bucket=s3_bucket.name, Key="clips/a/deeper/frame_0.png", Body=b"not a frame of this folder")
+    box = sequence.box(0)
+    rc = main(["video", s3_bucket.uri("clips/a/"), "--out", str(tmp_path), "--endpoint-url", s3_bucket.endpoint_url,
+               "--box", f"{box.x0},{box.y0},{box.x1},{box.y1}", "--fps", "8", "--no-progress"])
+    assert rc == 0
+    assert _jf(tmp_path, sequence) >= 0.8  # every frame once, in order, and the object followed
+    _check_overlay(tmp_path / "overlay.mp4", 8.0)
+
+
 def test_mp4_with_a_click_and_with_a_phrase(mp4: Path, sequence, tmp_path: Path) -> None:
     click = sequence.click(0)
     assert main(["video", str(mp4), "--out", str(tmp_path / "click"), "--point", f"{click.x},{click.y}",
