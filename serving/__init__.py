@@ -1,7 +1,8 @@
 """HTTP inference on Ray Serve (docs/architecture.md, "An HTTP request"; docs/api.md).
 
-    app.py        the deployments (Ingress -> Decoder -> Encoder) and build_app(args)
-    api.py        the FastAPI app of the ingress: routes, auth, limits, validation, errors
+    app.py        the deployments (Decoder, the HTTP ingress -> Encoder; Speech) and build_app(args)
+    api.py        the FastAPI app of each decoder replica: routes, auth, limits, validation, errors
+    proxy_guard.py  limits and retries inside Serve's HTTP proxy
     schemas.py    request/response models (the OpenAPI contract)
     limits.py     configurable request limits that need no image (no torch imported)
     prompts.py    JSON prompts -> model.types, checked against the image

@@ -1,8 +1,8 @@
 """The HTTP API (docs/api.md) as a FastAPI app over a `Backend`.
 
-The ingress deployment builds this app per replica with its configuration and passes
-itself as the backend (it forwards to the decoder replicas). What happens here, before
-any replica is asked: authentication, rate limits, content types, body size, JSON and
+The decoder deployment (the HTTP ingress) builds this app per replica with its
+configuration and passes itself as the backend (it decodes, or forwards a request to the
+replica holding its image). What happens here, before any decoding: authentication, rate limits, content types, body size, JSON and
 schema validation, request limits, image header checks and URI reads — in that order,
 so a request is refused by the first rule it breaks.
 
@@ -39,6 +39,7 @@ from model.prompt_schema import validation_message
 from .config import ServeConfig
 from .errors import ApiError, error_body
 from .limits import check_limits, normalize_image_id
+from .proxy_guard import BODY_SCOPE_KEY
 from .schemas import (ErrorResponse, HealthResponse, ImageResponse, ImageUriRequest, PanopticRequest, PanopticResponse,
                       ReferringPrompt, SegmentRequest, SegmentResponse)
 from .sources import read_uri
@@ -196,7 +197,13 @@ def _is_json(media_type: str) -> bool:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refusing more than `limit` bytes: by Content-Length up front, and by
-    counting while streaming (a client can lie about, or omit, Content-Length)."""
+    counting while streaming (a client can lie about, or omit, Content-Length). When
+    serving.proxy_guard runs in Serve's proxy, the whole body arrives in the scope."""
+    buffered = request.scope.get(BODY_SCOPE_KEY)
+    if isinstance(buffered, bytes):
+        if len(buffered) > limit:
+            raise ApiError("body_too_large", f"body of {len(buffered)} bytes is over the limit of {limit} bytes")
+        return buffered
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -482,12 +489,10 @@ def _add_web_page(app: FastAPI) -> None:
 
 
 async def with_timeout(awaitable: Awaitable[Any], timeout_s: float) -> Any:
-    """Await with a deadline; a request over its time is a 503 `timeout`."""
+    """Await with a deadline; a request over its time is a 503 `timeout`. (`asyncio.timeout`
+    runs the awaitable in this task; `wait_for` would start a task per request.)"""
     try:
-        return await asyncio.wait_for(_await(awaitable), timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout_s):
+            return await awaitable
+    except TimeoutError:
         raise ApiError("timeout", f"the request took longer than {timeout_s:g} s") from None
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable

@@ -1,13 +1,18 @@
-"""The Ray Serve application (docs/architecture.md, "An HTTP request"): Ingress -> Decoder (autoscaled) -> Encoder.
+"""The Ray Serve application (docs/architecture.md, "An HTTP request"): Decoder (HTTP) -> Encoder.
 
-    Ingress   FastAPI (serving.api): auth, limits, validation, the web page; forwards to
-              the decoder with `multiplexed_model_id=image_id`, so requests for one image
-              go to the replica that already holds its features.
-    Decoder   autoscaled; an LRU of ImageFeatures that *is* Serve's model multiplexing
-              (the "model" is one image's features, the LRU size max_num_models_per_replica);
-              @serve.batch across requests; on a miss: the feature store, then the encoder.
+    Decoder   the HTTP ingress itself (FastAPI, serving.api: auth, limits, validation, the
+              web page) and the model: an LRU of ImageFeatures per replica that *is* Serve's
+              model multiplexing (the "model" is one image's features, the LRU size
+              max_num_models_per_replica). Clients send `Serve-Multiplexed-Model-Id:
+              <image_id>`, so Serve's proxy sends a request straight to the replica holding
+              that image: one hop, proxy -> replica. Without the header, serving.proxy_guard
+              (in the proxy) derives it from the body. Autoscaled; no batching on this
+              interactive path.
     Encoder   decodes image bytes, encodes them (batched; one GPU per replica when the
-              cluster has GPUs) and writes the features to the store.
+              cluster has GPUs) and writes the features to the store. Uploads only.
+    Speech    transcribes audio prompts (serving.audio), so no decoder replica loads a
+              recogniser or spends its cores on one.
+    Video     video sessions (serving.video_api), behind POST /v1/video/segment.
 
 `build_app(args)` is the import path of infra/serve.yaml and KubeRay (`serving.app:build_app`);
 `args` keys are the fields of `serving.config.ServeConfig`.
@@ -28,11 +33,13 @@ from .errors import ApiError, as_api_error
 from .schemas import PanopticRequest, SegmentRequest
 from .video_api import video_deployment
 
-__all__ = ["build_app", "Ingress", "Decoder", "Encoder", "APP_NAME"]
+__all__ = ["build_app", "Decoder", "Encoder", "Speech", "APP_NAME", "DECODER"]
 
 log = logging.getLogger("seem.serving")
 
 APP_NAME = "seem"
+#: The HTTP ingress deployment (holds the image features).
+DECODER = "Decoder"
 #: Freshly encoded features waiting for the loader; more than this means requests were
 #: cancelled between encode and load, and the oldest entries are dropped (they are in the store).
 _MAX_INCOMING = 64
@@ -157,29 +164,73 @@ class Encoder:
         return out
 
 
-# --------------------------------------------------------------------------- decoder
-@serve.deployment(name="Decoder")
-class Decoder:
-    """Prompts -> masks on cached features. One replica holds an LRU of images; the
-    ingress routes each request to a replica holding its image (model multiplexing)."""
+# --------------------------------------------------------------------------- speech
+@serve.deployment(name="Speech")
+class Speech:
+    """Audio prompts -> their transcripts (serving.audio), for the decoder replicas."""
 
-    def __init__(self, config: dict[str, Any], encoder: DeploymentHandle) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
+        from .audio import Transcriber
+
+        self.transcriber = Transcriber(ServeConfig.model_validate(config))  # loads in the background
+
+    async def resolve(self, request: SegmentRequest) -> tuple[SegmentRequest, list[str]] | ApiError:
+        """The request with its audio prompts replaced by text, and what was heard (or the
+        ApiError, returned: see Encoder.encode)."""
+        try:
+            return await self.transcriber.resolve(request)
+        except Exception as e:
+            return _internal(e, "transcribe")
+
+
+# --------------------------------------------------------------------------- decoder
+def _proxy_host() -> str | None:
+    """The address Serve's HTTP proxies listen on, or None when it cannot be told."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:  # noqa: BLE001 - not knowing must not stop a loopback service
+        log.warning("could not read Serve's HTTP options; the bind-address check is skipped", exc_info=True)
+        return None
+
+
+def _routed_id() -> str:
+    """The `Serve-Multiplexed-Model-Id` this request came with ('' for none)."""
+    try:
+        return serve.get_multiplexed_model_id()
+    except Exception:  # noqa: BLE001 - outside a request: no routing information
+        return ""
+
+
+@serve.deployment(name=DECODER)
+@serve.ingress()
+class Decoder:
+    """HTTP in (serving.api) and prompts -> masks on cached features. Each replica holds an
+    LRU of images; Serve's proxy routes a request by its multiplexed-model-id header to the
+    replica holding its image (module doc)."""
+
+    def __init__(self, config: dict[str, Any], encoder: DeploymentHandle, speech: DeploymentHandle,
+                 video: DeploymentHandle | None = None) -> None:
         from store import FeatureStore
 
         from model.loading import load_predictor
 
         from .inference import warm_up
-        from .metrics import DecoderMetrics
+        from .metrics import DecoderMetrics, IngressMetrics
 
         self.config = ServeConfig.model_validate(config)
-        opts = self.config.decoder
+        refusal = self.config.open_to_network_refusal(_proxy_host())
+        if refusal:
+            raise RuntimeError(f"seem-ray refuses to start: {refusal}")
         self.predictor = load_predictor(self.config.model_spec(_device()))
         warm_up(self.predictor)
         self.model_id_ = self.predictor.model_id
         self.store = FeatureStore(self.config.store, self.config.endpoint_url)
-        self.encoder = encoder
-        self.metrics = DecoderMetrics()
+        self.encoder, self.speech, self.video = encoder, speech, video
+        self.metrics, self.http_metrics = DecoderMetrics(), IngressMetrics()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        self._misrouted = 0  # requests whose routing header named another image than their body
         # Freshly encoded features waiting for the loader (saves reading back what was just written).
         self._incoming: dict[str, Any] = {}
         # One encoder call per image even when several requests for a new image arrive together.
@@ -190,10 +241,13 @@ class Decoder:
 
         self._load_fn = load_features
         # Multiplexing wired at init so the LRU size comes from the config (Serve supports this form).
-        self._get_features = serve.multiplexed(max_num_models_per_replica=opts.cache_size)(load_features)
-        self._segment_batch.set_max_batch_size(opts.max_batch_size)
-        self._batch_wait_s = opts.batch_wait_timeout_s
-        self._inflight = 0  # segment requests inside this replica (see `segment`)
+        self._get_features = serve.multiplexed(max_num_models_per_replica=self.config.decoder.cache_size)(
+            load_features)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from .api import create_api
+
+        return create_api(self.config, self, observe=self.http_metrics.observe)
 
     # ---------------------------------------------------------------- features
     def _lru(self) -> Any:
@@ -292,22 +346,111 @@ class Decoder:
             self.metrics.cache_hits.inc()
         return features, not encoded
 
-    # ---------------------------------------------------------------- methods
+    # ---------------------------------------------------------------- routing
+    async def _route(self, method: str, *args: Any) -> Any:
+        """`method(*args)` (one of the `local_*` methods) within the request timeout.
+
+        Always on this replica: Serve's proxy chose it by the request's routing header,
+        which the client sent or serving.proxy_guard derived from the body (the image id,
+        or the sha256 of an upload). Passing a request on to another replica instead
+        would hold this replica's slot while waiting for one: with every slot taken that
+        deadlocks. A request that arrived without any routing (no header, no guard) is
+        answered here all the same, from this replica's LRU or the store.
+        """
+        from .api import with_timeout
+
+        if _routed_id() not in ("", args[0]):
+            self._misrouted += 1  # for info(): routing that did not match the body's image
+        result = await with_timeout(getattr(self, method)(*args), self.config.request_timeout_s)
+        if isinstance(result, ApiError):
+            raise result
+        return result
+
+    async def _forward(self, call: Callable[[], Any], where: str) -> Any:
+        """A call to another deployment (Speech) within the request timeout, once more when
+        the replica that had it died (transcription is idempotent)."""
+        from .api import with_timeout
+
+        for attempt in (1, 2):
+            response = call()
+            try:
+                return await with_timeout(response, self.config.request_timeout_s)
+            except ApiError as e:
+                if e.code == "timeout":
+                    response.cancel()
+                raise
+            except Exception as e:
+                if attempt == 1 and _replica_lost(e):
+                    log.warning("%s: replica lost (%s); retrying once", where, type(e).__name__)
+                    continue
+                raise _internal(e, where) from None
+        raise AssertionError("unreachable")
+
+    # ---------------------------------------------------------------- the API's backend (serving.api.Backend)
+    async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any]:
+        """Backend of POST /v1/images: on the replica that will serve this image."""
+        return await self._route("local_ingest", image_id, data)
+
+    async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any]:
+        """Backend of POST /v1/segment (audio prompts are transcribed by Speech first)."""
+        from .audio import has_audio
+
+        transcripts = None
+        if has_audio(request):
+            started = time.perf_counter()
+            request, transcripts = await self._transcribe(request)
+            transcribe_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        body = await self._route("local_segment", image_id, data, request)
+        body["timings_ms"]["decoder_call"] = (time.perf_counter() - started) * 1000
+        if transcripts is not None:
+            body["transcripts"] = transcripts
+            body["timings_ms"]["transcribe"] = transcribe_ms
+        return body
+
+    async def _transcribe(self, request: SegmentRequest) -> tuple[SegmentRequest, list[str]]:
+        result = await self._forward(lambda: self.speech.resolve.remote(request), "transcribe")
+        if isinstance(result, ApiError):
+            raise result
+        return result
+
+    async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any]:
+        """Backend of POST /v1/panoptic."""
+        return await self._route("local_panoptic", image_id, data, request)
+
+    async def video_segment(self, data: bytes, request: Any) -> dict[str, Any]:
+        """Backend of POST /v1/video/segment (serving.video_api): a hop to the Video deployment."""
+        from .video_api import call_video
+
+        return await call_video(self.video, data, request)
+
+    async def metrics_text(self) -> str:
+        """Backend of GET /metrics (503 when no node's metrics endpoint answers)."""
+        from .metrics import gather_metrics_text
+
+        try:
+            return await gather_metrics_text()
+        except Exception as e:
+            raise ApiError("unavailable", f"metrics are unavailable: {e}") from None
+
+    # ---------------------------------------------------------------- on this replica
     async def model_id(self) -> str:
         """The feature store's model id of this decoder (equal to the encoder's)."""
         return self.model_id_
 
     async def info(self) -> dict[str, Any]:
         """What this replica runs on (for benchmarks and debugging)."""
+        import ray
         import torch
 
         models = self._lru()
-        return {"model_id": self.model_id_, "device": str(self.predictor.device),
+        return {"replica": serve.get_replica_context().replica_id.unique_id,
+                "node_id": ray.get_runtime_context().get_node_id(), "model_id": self.model_id_, "device": str(self.predictor.device),
                 "torch_threads": torch.get_num_threads(), "cache_size": self.config.decoder.cache_size,
-                "cached_images": None if models is None else list(models)}
+                "cached_images": None if models is None else list(models), "misrouted": self._misrouted}
 
-    # Public methods return an ApiError instead of raising it (see Encoder.encode).
-    async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any] | ApiError:
+    # The local_* methods return an ApiError instead of raising it (see Encoder.encode).
+    async def local_ingest(self, image_id: str, data: bytes | None) -> dict[str, Any] | ApiError:
         """Make sure this replica holds the image's features (encode if new)."""
         try:
             features, cached = await self._features(image_id, data)
@@ -316,65 +459,33 @@ class Decoder:
         height, width = features.original_size
         return {"image_id": image_id, "width": int(width), "height": int(height), "cached": cached}
 
-    async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any] | ApiError:
-        """Masks for one request; concurrent requests are batched (`_segment_batch`).
-
-        Adaptive batching: @serve.batch forms a batch as soon as a request arrives and then
-        waits `batch_wait_timeout_s` for more. An idle replica therefore waits 0 s (a lone
-        request is answered at once); a busy one waits the configured time, which its
-        requests would spend queued anyway, and gets real batches.
-        """
-        started = time.perf_counter()
-        self._segment_batch.set_batch_wait_timeout_s(self._batch_wait_s if self._inflight else 0.0)
-        self._inflight += 1
-        try:
-            result = await self._segment_batch((image_id, data, request))
-        finally:
-            self._inflight -= 1
-        if isinstance(result, dict):  # the replica's own time: batching and the thread hop included
-            result["timings_ms"]["decoder"] = (time.perf_counter() - started) * 1000
-        return result
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # both set per replica in __init__ / segment
-    async def _segment_batch(self, jobs: list[tuple[str, bytes | None, SegmentRequest]]) -> list[Any]:
+    async def local_segment(self, image_id: str, data: bytes | None,
+                            request: SegmentRequest) -> dict[str, Any] | ApiError:
+        """Masks for one request, decoded on this replica's model thread (no batching: a
+        lone click is answered at once)."""
+        from .inference import segment
         from .limits import referring_image_ids
 
-        self.metrics.batch_size.observe(len(jobs))
-        prepared: list[Any] = []
-        for image_id, data, request in jobs:
-            started = time.perf_counter()
-            try:
-                features, _ = await self._features(image_id, data)
-                referring = {}
-                for rid in referring_image_ids(request):
-                    referring[rid], _ = await self._features(rid, None)
-                prepared.append((features, request, referring, (time.perf_counter() - started) * 1000))
-            except Exception as e:
-                prepared.append(_internal(e, "segment features"))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run_segments, prepared)
+        started = time.perf_counter()
+        try:
+            features, _ = await self._features(image_id, data)
+            referring = {}
+            for rid in referring_image_ids(request):
+                referring[rid], _ = await self._features(rid, None)
+            features_ms = (time.perf_counter() - started) * 1000
+            loop = asyncio.get_running_loop()
+            decode_started = time.perf_counter()
+            body = await loop.run_in_executor(self._pool, segment, self.predictor, features, request, referring)
+            self.metrics.decode_latency.observe((time.perf_counter() - decode_started) * 1000, tags={"op": "segment"})
+        except Exception as e:
+            return _internal(e, "segment")
+        body["timings_ms"]["features"] = features_ms
+        body["timings_ms"]["decoder"] = (time.perf_counter() - started) * 1000  # the thread hop included
+        return body
 
-    def _run_segments(self, prepared: list[Any]) -> list[Any]:
-        from .inference import segment
-
-        out: list[Any] = []
-        for item in prepared:
-            if isinstance(item, ApiError):
-                out.append(item)
-                continue
-            features, request, referring, features_ms = item
-            started = time.perf_counter()
-            try:
-                body = segment(self.predictor, features, request, referring)
-                body["timings_ms"]["features"] = features_ms
-                out.append(body)
-            except Exception as e:
-                out.append(_internal(e, "segment"))
-            self.metrics.decode_latency.observe((time.perf_counter() - started) * 1000, tags={"op": "segment"})
-        return out
-
-    async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any] | ApiError:
-        """Every segment of the image (not batched: one panoptic pass is a whole batch)."""
+    async def local_panoptic(self, image_id: str, data: bytes | None,
+                             request: PanopticRequest) -> dict[str, Any] | ApiError:
+        """Every segment of the image."""
         from .inference import panoptic
 
         try:
@@ -389,114 +500,6 @@ class Decoder:
             return _internal(e, "panoptic")
         body["timings_ms"]["features"] = features_ms
         return body
-
-
-# --------------------------------------------------------------------------- ingress
-def _proxy_host() -> str | None:
-    """The address Serve's HTTP proxies listen on, or None when it cannot be told."""
-    try:
-        from ray.serve.context import _get_global_client
-
-        return _get_global_client().http_config.host
-    except Exception:  # noqa: BLE001 - not knowing must not stop a loopback service
-        log.warning("could not read Serve's HTTP options; the bind-address check is skipped", exc_info=True)
-        return None
-
-
-@serve.deployment(name="Ingress")
-@serve.ingress()
-class Ingress:
-    """HTTP in (serving.api); each request forwarded to a decoder replica by image id."""
-
-    def __init__(self, config: dict[str, Any], decoder: DeploymentHandle, video: DeploymentHandle | None = None) -> None:
-        from .metrics import IngressMetrics
-
-        self.config = ServeConfig.model_validate(config)
-        refusal = self.config.open_to_network_refusal(_proxy_host())
-        if refusal:
-            raise RuntimeError(f"seem-ray ingress refuses to start: {refusal}")
-        self.decoder = decoder
-        self.video = video
-        self.metrics = IngressMetrics()
-        from .audio import Transcriber
-
-        self.transcriber = Transcriber(self.config)  # loads the recogniser in the background
-
-    def __serve_build_asgi_app__(self) -> Any:
-        from .api import create_api
-
-        return create_api(self.config, self, observe=self.metrics.observe)
-
-    def _decoder_for(self, image_id: str) -> DeploymentHandle:
-        if self.config.route_by_image:
-            return self.decoder.options(multiplexed_model_id=image_id)
-        return self.decoder
-
-    async def _call(self, call: Callable[[], Any], where: str) -> Any:
-        """`call()` (a decoder request) within the request timeout; once more on another
-        replica when the one that had it died (every route is idempotent: results are a
-        function of the image and the prompts, features are stored by content hash)."""
-        from .api import with_timeout
-
-        for attempt in (1, 2):
-            response = call()
-            try:
-                result = await with_timeout(response, self.config.request_timeout_s)
-            except ApiError as e:
-                if e.code == "timeout":
-                    response.cancel()
-                raise
-            except Exception as e:
-                if attempt == 1 and _replica_lost(e):
-                    log.warning("%s: decoder replica lost (%s); retrying once", where, type(e).__name__)
-                    continue
-                raise _internal(e, where) from None
-            if isinstance(result, ApiError):
-                raise result
-            return result
-        raise AssertionError("unreachable")
-
-    async def ingest(self, image_id: str, data: bytes | None) -> dict[str, Any]:
-        """Backend of POST /v1/images: to the decoder replica that will serve this image."""
-        return await self._call(lambda: self._decoder_for(image_id).ingest.remote(image_id, data), "ingest")
-
-    async def segment(self, image_id: str, data: bytes | None, request: SegmentRequest) -> dict[str, Any]:
-        """Backend of POST /v1/segment (audio prompts are transcribed here first: serving.audio)."""
-        from .audio import has_audio
-
-        transcripts = None
-        if has_audio(request):
-            started = time.perf_counter()
-            request, transcripts = await self.transcriber.resolve(request)
-            transcribe_ms = (time.perf_counter() - started) * 1000
-        started = time.perf_counter()
-        body = await self._call(lambda: self._decoder_for(image_id).segment.remote(image_id, data, request),
-                                "segment")
-        body["timings_ms"]["decoder_call"] = (time.perf_counter() - started) * 1000  # the decoder as seen from here
-        if transcripts is not None:
-            body["transcripts"] = transcripts
-            body["timings_ms"]["transcribe"] = transcribe_ms
-        return body
-
-    async def panoptic(self, image_id: str, data: bytes | None, request: PanopticRequest) -> dict[str, Any]:
-        """Backend of POST /v1/panoptic."""
-        return await self._call(lambda: self._decoder_for(image_id).panoptic.remote(image_id, data, request),
-                                "panoptic")
-
-    async def video_segment(self, data: bytes, request: Any) -> dict[str, Any]:
-        """Backend of POST /v1/video/segment (serving.video_api)."""
-        from .video_api import call_video
-
-        return await call_video(self.video, data, request)
-
-    async def metrics_text(self) -> str:
-        """Backend of GET /metrics (503 when no node's metrics endpoint answers)."""
-        from .metrics import gather_metrics_text
-
-        try:
-            return await gather_metrics_text()
-        except Exception as e:
-            raise ApiError("unavailable", f"metrics are unavailable: {e}") from None
 
 
 # --------------------------------------------------------------------------- build
@@ -515,24 +518,24 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """The application for `serve run serving.app:build_app` / serve.yaml / KubeRay / `seem serve`.
 
     `args`: see `serving.config.ServeConfig` (model, weights, store, endpoint_url, api_keys,
-    allowed_uri_prefixes, limits, autoscaling, decoder, encoder, ingress, route_by_image, ...).
+    allowed_uri_prefixes, limits, autoscaling, decoder, encoder, speech, ...).
     """
     config = ServeConfig.from_args(args)
     plain = config.model_dump(mode="json")
-    enc, dec, ing = config.encoder, config.decoder, config.ingress
+    enc, dec = config.encoder, config.decoder
     encoder = Encoder.options(
         num_replicas=enc.num_replicas,
         max_ongoing_requests=enc.max_ongoing_requests,
         ray_actor_options={"num_cpus": enc.num_cpus, "num_gpus": _encoder_gpus(enc.num_gpus)},
     ).bind(plain)
-    decoder = Decoder.options(
+    speech = Speech.options(
+        num_replicas=config.speech.num_replicas,
+        ray_actor_options={"num_cpus": config.speech.num_cpus},
+    ).bind(plain)
+    return Decoder.options(
         autoscaling_config=dict(config.autoscaling),
         max_ongoing_requests=dec.max_ongoing_requests,
         max_queued_requests=dec.max_queued_requests,
         ray_actor_options={"num_cpus": dec.num_cpus, "num_gpus": dec.num_gpus},
-    ).bind(plain, encoder)
-    return Ingress.options(
-        num_replicas=ing.num_replicas,
-        max_ongoing_requests=ing.max_ongoing_requests,
-        ray_actor_options={"num_cpus": ing.num_cpus},
-    ).bind(plain, decoder, video_deployment(config, _encoder_gpus(enc.num_gpus)).bind(plain))
+        **({"max_replicas_per_node": dec.max_replicas_per_node} if dec.max_replicas_per_node else {}),
+    ).bind(plain, encoder, speech, video_deployment(config, _encoder_gpus(enc.num_gpus)).bind(plain))

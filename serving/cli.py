@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `seem serve` to the `seem` command (called by seem_cli)."""
     p = subparsers.add_parser(
         "serve", help="run the HTTP service (Ray Serve) until Ctrl-C / SIGTERM",
-        description="Runs Ingress -> Decoder (autoscaled) -> Encoder on Ray Serve with the embedded defaults "
+        description="Runs Decoder (the HTTP ingress, autoscaled) -> Encoder, and Speech, on Ray Serve with the embedded defaults "
                     "(model seem-tiny, a local feature store). Options override the defaults; --config takes "
                     "the same keys as infra/serve.yaml's args.")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")

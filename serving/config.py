@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["Limits", "DecoderOptions", "EncoderOptions", "IngressOptions", "ServeConfig", "DEFAULT_STORE",
+__all__ = ["Limits", "DecoderOptions", "EncoderOptions", "SpeechOptions", "ServeConfig", "DEFAULT_STORE",
            "API_KEYS_ENV"]
 
 #: The embedded default feature store: a local directory (one node). Use s3:// on a cluster.
@@ -62,16 +62,17 @@ class Limits(_Strict):
 
 
 class DecoderOptions(_Strict):
-    """The Decoder deployment: the feature LRU, batching and per-replica resources."""
+    """The Decoder deployment (the HTTP ingress): the feature LRU and per-replica resources.
+    No batching: it is the interactive path, and a lone click must not wait for company."""
 
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0, ge=0)
     cache_size: int = Field(32, gt=0, description="ImageFeatures held per replica (LRU)")
-    max_batch_size: int = Field(8, gt=0)
-    # How long a busy replica waits to fill a batch; an idle one never waits (see Decoder.segment).
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_ongoing_requests: int = Field(16, gt=0)
+    # Requests wait in Serve's proxy (not in a replica) until a replica has a free slot.
     max_queued_requests: int = Field(256, description="-1: unbounded; beyond it requests get 503")
+    max_replicas_per_node: int | None = Field(None, gt=0, description="spread replicas over nodes (1: one per node, "
+                                                                       "so a lost node takes one replica's cache)")
 
 
 class EncoderOptions(_Strict):
@@ -85,12 +86,11 @@ class EncoderOptions(_Strict):
     max_ongoing_requests: int = Field(8, gt=0)
 
 
-class IngressOptions(_Strict):
-    """The Ingress deployment (HTTP, validation; no model)."""
+class SpeechOptions(_Strict):
+    """The Speech deployment (transcribes audio prompts for the decoder replicas)."""
 
     num_cpus: float = Field(0.25, ge=0)
     num_replicas: int = Field(1, gt=0)
-    max_ongoing_requests: int = Field(256, gt=0)
 
 
 _DEFAULT_AUTOSCALING: dict[str, Any] = {
@@ -116,10 +116,9 @@ class ServeConfig(_Strict):
     autoscaling: dict[str, Any] = Field(default_factory=lambda: dict(_DEFAULT_AUTOSCALING))
     decoder: DecoderOptions = DecoderOptions()
     encoder: EncoderOptions = EncoderOptions()
-    ingress: IngressOptions = IngressOptions()
-    route_by_image: bool = Field(True, description="send requests for one image to the replica holding it")
+    speech: SpeechOptions = SpeechOptions()
     request_timeout_s: float = Field(60.0, gt=0)
-    asr: str = Field("pocketsphinx", description="speech recogniser of audio prompts, run by the ingress: "
+    asr: str = Field("pocketsphinx", description="speech recogniser of audio prompts, run by Speech: "
                                                  "'pocketsphinx' (offline, bundled) or 'whisper:PATH' (local or s3://)")
     seed: int = Field(0, description="seed of random weights (weights 'random' or None): equal in every replica")
     insecure: bool = Field(False, description="serve without API keys although the HTTP proxy listens beyond "

@@ -10,7 +10,6 @@ Exported names (Ray prefixes `ray_`):
 - `ray_seem_encode_latency_ms`    histogram                   encoder, per batch of images
 - `ray_seem_encode_batch_size`    histogram                   encoder
 - `ray_seem_decode_latency_ms`    histogram  op               decoder (segment, panoptic)
-- `ray_seem_decode_batch_size`    histogram                   decoder, @serve.batch sizes
 - `ray_seem_feature_cache_hits`   counter                     decoder LRU hits
 - `ray_seem_feature_cache_misses` counter    source           loaded from store / encoder
 """
@@ -35,7 +34,8 @@ _DROPPED = frozenset({"ray_serve_registered_multiplexed_model_id"})
 
 
 class IngressMetrics:
-    """Recorded by the ingress (created inside the replica: Serve adds its tags there)."""
+    """HTTP requests, recorded by the decoder replicas that answer them (created inside the
+    replica: Serve adds its tags there)."""
 
     def __init__(self) -> None:
         from ray.serve import metrics
@@ -58,9 +58,6 @@ class DecoderMetrics:
         self.decode_latency = metrics.Histogram(
             "seem_decode_latency_ms", description="decode latency of one request on cached features (ms)",
             boundaries=LATENCY_BUCKETS_MS, tag_keys=("op",))
-        self.batch_size = metrics.Histogram(
-            "seem_decode_batch_size", description="requests per @serve.batch call of the decoder",
-            boundaries=BATCH_BUCKETS)
         self.cache_hits = metrics.Counter(
             "seem_feature_cache_hits", description="image features found in the replica's LRU")
         self.cache_misses = metrics.Counter(

@@ -20,14 +20,21 @@ Before the request goes anywhere, the guard
 - reads the whole body within `SEEM_BODY_TIMEOUT_S` (408 otherwise, connection closed)
   and at most `SEEM_MAX_BODY_BYTES` (413), with at most `SEEM_MAX_BUFFERED_BYTES` of
   bodies held in the proxy at once (503 + Retry-After),
-so a replica only ever sees requests whose bytes have all arrived. Bodies are buffered in
+so a replica only ever sees requests whose bytes have all arrived. It also routes: a request
+without Serve's `serve_multiplexed_model_id` header gets one from its body (the image id,
+or the sha256 of an upload), so it reaches the replica holding that image in one hop. Bodies are buffered in
 the proxy: the ingress's own (smaller, per-application) body limit still applies after.
+Because the body is held here, a request whose replica died before answering is sent once
+more (`ProxyGuard._forward`), then answered 503 with Retry-After: Serve's own answer to a
+lost replica is no response (a bare 500 at the client).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +42,15 @@ from typing import Any
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["GuardLimits", "ProxyGuard", "middlewares", "CALLBACK_ENV", "CALLBACK_PATH"]
+__all__ = ["GuardLimits", "ProxyGuard", "middlewares", "CALLBACK_ENV", "CALLBACK_PATH", "BODY_SCOPE_KEY"]
 
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+#: Serve's routing header (the proxy reads it with '-' and '_' alike), docs/api.md.
+ROUTING_HEADER = b"serve_multiplexed_model_id"
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_MAX_ROUTING_JSON = 1 << 20
+#: The ASGI scope key under which the guard hands the whole request body to the app.
+BODY_SCOPE_KEY = "seem.body"
 CALLBACK_PATH = "serving.proxy_guard:middlewares"
 
 
@@ -133,7 +146,7 @@ class ProxyGuard:
                 return
             except _Gone:
                 return
-            await self.app(scope, _replay(body, receive), send)
+            await self._forward(scope, body, receive, send)
         finally:
             self.open -= 1
             self.buffered -= held[0]
@@ -142,6 +155,38 @@ class ProxyGuard:
                 self.per_client[client] = left
             else:
                 del self.per_client[client]
+
+    async def _forward(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """Serve's app with the buffered body. When a replica dies under a request, Serve's
+        proxy answers with no response at all (the client would see a bare 500): then the
+        request goes once more (every route is idempotent and the body is still here), and
+        after that the client gets 503 `unavailable` with Retry-After, never a 500."""
+        started = False
+        serve_error: int | None = None  # the status of an answer Serve's proxy made itself
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started, serve_error
+            if message["type"] == "http.response.start":
+                started = True
+                if _is_serve_error(message):
+                    serve_error = int(message["status"])
+                    return
+            if serve_error is None:
+                await send(message)
+
+        for _ in range(2):
+            # The body rides along in the scope, which Serve pickles to the replica with the
+            # request: the app reads it there instead of calling back into this proxy for it
+            # (one Ray round trip less on every POST; serving.api._read_body).
+            await self.app(_with_route(scope, body), _replay(body, receive), send_tracking)
+            if started:
+                break
+        if serve_error is not None:
+            status, code, message = _SERVE_ERRORS[serve_error]
+            await _reply(send, status, code, message, {"Retry-After": "1"})
+        elif not started:
+            await _reply(send, 503, "unavailable", "a replica of the service is unavailable; retry shortly",
+                         {"Retry-After": "1"})
 
     def _admit(self, scope: Scope, client: str) -> None:
         limits = self.limits
@@ -191,6 +236,62 @@ class ProxyGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _with_route(scope: Scope, body: bytes) -> Scope:
+    """The scope handed on: with the body, and with Serve's routing header
+    `serve_multiplexed_model_id` when the client sent none but the body names the image
+    (docs/api.md): the request then goes straight to the replica holding that image."""
+    routed = {**scope, BODY_SCOPE_KEY: body}
+    headers = scope.get("headers", [])
+    if any(k.lower().replace(b"-", b"_") == ROUTING_HEADER for k, _ in headers):
+        return routed
+    image_id = _image_id_of(scope.get("path", ""), _content_type(headers), body)
+    if image_id:
+        routed["headers"] = [*headers, (ROUTING_HEADER, image_id.encode())]
+    return routed
+
+
+def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.split(b";", 1)[0].strip().lower()
+    return b""
+
+
+def _image_id_of(path: str, media: bytes, body: bytes) -> str | None:
+    """The image a request is about, as the replica will name it: the sha256 of uploaded
+    bytes, or the `image_id` of a JSON request (bodies up to `_MAX_ROUTING_JSON` bytes are
+    parsed here; larger ones, and anything unexpected, go unrouted: any replica answers)."""
+    if path == "/v1/images" and media.startswith(b"image/"):
+        return hashlib.sha256(body).hexdigest()
+    if path not in ("/v1/segment", "/v1/panoptic") or b"json" not in media or len(body) > _MAX_ROUTING_JSON:
+        return None
+    try:
+        value = json.loads(body).get("image_id")
+    except (ValueError, AttributeError):
+        return None  # the replica answers 400/422 with the reason
+    return value.lower() if isinstance(value, str) and _SHA256.fullmatch(value) else None
+
+
+#: Answers Serve's proxy makes itself (plain text), in the API's JSON error form (docs/api.md).
+_SERVE_ERRORS = {
+    # Mostly a full queue (max_queued_requests), else no replica of the deployment is ready.
+    503: (503, "overloaded", "the service is at capacity (or has no replica ready); retry shortly"),
+    429: (503, "overloaded", "the service is at capacity; retry shortly"),
+    408: (503, "timeout", "the request timed out in the service; retry shortly"),
+}
+
+
+def _is_serve_error(message: Message) -> bool:
+    """Whether a response start is one of Serve's own error answers (our app answers every
+    error in JSON): a queue full of requests (backpressure), no replica, a timeout."""
+    if int(message["status"]) not in _SERVE_ERRORS:
+        return False
+    for name, value in message.get("headers", []):
+        if name.lower() == b"content-type" and b"json" in value.lower():
+            return False
+    return True
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -14,7 +14,7 @@ from .conftest import REPO, read_yaml
 def test_serve_yaml_passes_schema_and_builds():
     report = check.check_serve_config(REPO / "infra" / "serve.yaml", build=True)
     assert report.ok, report.errors
-    assert any("['Encoder', 'Decoder', 'Video', 'Ingress']" in n for n in report.notes), report.notes
+    assert any("['Encoder', 'Speech', 'Video', 'Decoder']" in n for n in report.notes), report.notes
 
 
 def test_import_path_is_the_serving_app_builder():
@@ -41,7 +41,7 @@ def test_built_deployments_get_the_configured_resources():
     scaling = by_name["Decoder"]._deployment_config.autoscaling_config
     assert (scaling.min_replicas, scaling.max_replicas) == (args["autoscaling"]["min_replicas"],
                                                             args["autoscaling"]["max_replicas"])
-    assert built.ingress_deployment_name == "Ingress"
+    assert built.ingress_deployment_name == "Decoder"  # one hop: the decoder is the HTTP ingress
 
 
 def test_schema_violation_is_rejected(mutated):

@@ -60,7 +60,8 @@ class ServingEnv:
         return self.base_url + path
 
     def post_json(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
-        return self.session.post(self.url(path), json=body, headers=self.headers, timeout=60, **kwargs)
+        headers = kwargs.pop("headers", self.headers)
+        return self.session.post(self.url(path), json=body, headers=headers, timeout=60, **kwargs)
 
     def upload(self, data: bytes, content_type: str = "image/png") -> dict[str, Any]:
         """POST /v1/images; the parsed response (asserting 200)."""
@@ -111,6 +112,9 @@ def serving(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     s3.put_object(Bucket=bucket, Key="private/scene7.png", Body=image)
 
     metrics_port, http_port = free_port(), free_port()
+    from serving.proxy_guard import CALLBACK_ENV, CALLBACK_PATH
+
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)  # the proxy runs serving.proxy_guard, as `seem serve` sets up
     # The S3 fixture has put the endpoint and dummy credentials in os.environ; the raylet
     # and so every replica inherit them from this process.
     ray.init(num_cpus=2, object_store_memory=512 << 20, include_dashboard=False, log_to_driver=False,
@@ -128,7 +132,7 @@ def serving(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                             "metrics_interval_s": 0.5},
             "decoder": {"num_cpus": 0.25, "cache_size": 8, "max_ongoing_requests": 8},
             "encoder": {"num_cpus": 0.25},
-            "ingress": {"num_cpus": 0.1},
+            "speech": {"num_cpus": 0.1},
             "request_timeout_s": 30,
         })
         started = time.monotonic()

@@ -49,7 +49,7 @@ def _hostile_folder(root: Path) -> Path:
 
 def _start(tmp_path: Path, port: int) -> subprocess.Popen:
     config = {"decoder": {"num_cpus": 0.25, "max_ongoing_requests": 4}, "encoder": {"num_cpus": 0.25},
-              "ingress": {"num_cpus": 0.1, "max_ongoing_requests": 16}, "autoscaling": {"max_replicas": 1},
+              "speech": {"num_cpus": 0.1}, "autoscaling": {"max_replicas": 1},
               "limits": {"max_pixels": 1_000_000}}
     (tmp_path / "args.json").write_text(json.dumps(config))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1",

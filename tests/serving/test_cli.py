@@ -43,7 +43,7 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
     # Also the suite's one place for a real 429 (a rate limit) and a real 503 (a decoder
     # queue of one request).
     config.write_text(json.dumps({"decoder": {"num_cpus": 0.25, "max_ongoing_requests": 1, "max_queued_requests": 1},
-                                  "encoder": {"num_cpus": 0.25}, "ingress": {"num_cpus": 0.1},
+                                  "encoder": {"num_cpus": 0.25}, "speech": {"num_cpus": 0.1},
                                   "autoscaling": {"max_replicas": 1}, "limits": {"requests_per_s": 0.5, "burst": 24}}))
     # A second key from the environment, as a Kubernetes secret would provide it.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "SEEM_API_KEYS": "env-key"}
@@ -134,7 +134,7 @@ def test_sigkilled_seem_serve_leaves_no_ray_processes(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "args.json"
     config.write_text(json.dumps({"decoder": {"num_cpus": 0.25}, "encoder": {"num_cpus": 0.25},
-                                  "ingress": {"num_cpus": 0.1}, "autoscaling": {"max_replicas": 1}}))
+                                  "speech": {"num_cpus": 0.1}, "autoscaling": {"max_replicas": 1}}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "seem_cli", "serve", "--port", str(port), "--store", str(tmp_path / "store"),

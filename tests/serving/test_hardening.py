@@ -173,6 +173,76 @@ def test_proxy_guard_limits() -> None:
         GuardLimits.from_env({"SEEM_MAX_OPEN_REQUESTS": "0"})
 
 
+def _guard_answers(answers: list) -> tuple[list, int]:
+    """One request through ProxyGuard whose app answers as `answers` say, one entry per call
+    (None: no response at all, as Serve's proxy does when the replica died; else (status,
+    content-type)): the messages the client got and how often the app was called."""
+    calls = []
+
+    async def app(scope, receive, send) -> None:
+        calls.append((await receive())["body"])
+        answer = answers[min(len(calls), len(answers)) - 1]
+        if answer is not None:
+            status, media = answer
+            await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", media)]})
+            await send({"type": "http.response.body", "body": b"Request dropped due to backpressure"})
+
+    async def main() -> list:
+        sent: list = []
+        queue = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive():
+            return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+        async def send(message) -> None:
+            sent.append(message)
+
+        await ProxyGuard(app, GuardLimits())({"type": "http", "headers": [], "client": ("127.0.0.1", 1)}, receive, send)
+        return sent
+
+    sent = asyncio.run(main())
+    assert all(body == b"{}" for body in calls), "every try gets the whole body"
+    return sent, len(calls)
+
+
+def test_proxy_guard_turns_a_lost_replica_into_a_retry_then_a_503_never_a_500() -> None:
+    import json
+
+    sent, calls = _guard_answers([None, (200, b"application/json")])  # died, then another replica answered
+    assert (sent[0]["status"], calls) == (200, 2)
+    sent, calls = _guard_answers([None])  # died twice: 503 + Retry-After in the API's error form
+    headers = dict(sent[0]["headers"])
+    assert (sent[0]["status"], calls, headers[b"retry-after"]) == (503, 2, b"1")
+    assert json.loads(sent[1]["body"])["error"]["code"] == "unavailable"
+    sent, calls = _guard_answers([(503, b"text/plain")])  # Serve's own backpressure answer, in JSON
+    assert (sent[0]["status"], calls, json.loads(sent[1]["body"])["error"]["code"]) == (503, 1, "overloaded")
+    sent, _ = _guard_answers([(503, b"application/json")])  # our app's own 503 passes untouched
+    assert sent[1]["body"] == b"Request dropped due to backpressure"
+
+
+def test_proxy_guard_routes_requests_without_the_header_by_their_body() -> None:
+    import hashlib
+    import json
+
+    from serving.proxy_guard import BODY_SCOPE_KEY, ROUTING_HEADER, _with_route
+
+    image_id = "AB" * 32
+
+    def routed(path: str, body: bytes, media: bytes = b"application/json", extra: list | None = None) -> bytes | None:
+        scope = _with_route({"path": path, "headers": [(b"content-type", media), *(extra or [])]}, body)
+        assert scope[BODY_SCOPE_KEY] == body
+        return dict(scope["headers"]).get(ROUTING_HEADER)
+
+    segment = json.dumps({"image_id": image_id, "prompts": [{"type": "referring", "image_id": "cd" * 32}]}).encode()
+    assert routed("/v1/segment", segment) == image_id.lower().encode()  # the body's image, canonical
+    assert routed("/v1/panoptic", json.dumps({"image_id": image_id}).encode()) == image_id.lower().encode()
+    assert routed("/v1/images", b"\x89PNG...", b"image/png") == hashlib.sha256(b"\x89PNG...").hexdigest().encode()
+    assert routed("/v1/segment", b'{"image_uri": "s3://b/k.png"}') is None  # not known before the read
+    assert routed("/v1/segment", b"{not json") is None and routed("/v1/segment", b"[1]") is None
+    sent = [(b"Serve-Multiplexed-Model-Id", b"mine")]  # the client's own header is left alone
+    assert routed("/v1/segment", segment, extra=sent) is None
+
+
 def test_seem_serve_passes_local_paths_absolute(tmp_path, monkeypatch) -> None:
     """Replicas start in the package root (never the user's folder, see serving.cli), so a
     relative checkpoint, config or store path must reach them absolute."""

@@ -173,6 +173,19 @@ def test_vocabulary_max_masks_and_determinism(serving: ServingEnv) -> None:
     assert [m["rle"] for m in r2.json()["masks"]] == [m["rle"] for m in r1.json()["masks"]]
 
 
+def test_routing_header_is_a_hint_the_answer_never_depends_on_it(serving: ServingEnv) -> None:
+    """docs/api.md: with the header, without it (the proxy derives it from the body) or
+    with another image's id (routed there, answered all the same) the same masks come back."""
+    scene, image_id = serving.scene(3)
+    _, other_id = serving.scene(4)
+    body = {"image_id": image_id, "prompts": [{"type": "point", "xy": point_in(scene.mask(scene.things[0].id))}]}
+    answers = [serving.post_json("/v1/segment", body, headers={**serving.headers, **extra})
+               for extra in ({"Serve-Multiplexed-Model-Id": image_id}, {}, {"serve_multiplexed_model_id": other_id})]
+    assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+    rles = [[m["rle"] for m in r.json()["masks"]] for r in answers]
+    assert rles[1] == rles[0] and rles[2] == rles[0]
+
+
 def test_segment_by_image_uri(serving: ServingEnv) -> None:
     r = serving.post_json("/v1/segment", {"image_uri": f"s3://{serving.bucket}/allowed/scene7.png",
                                           "prompts": [{"type": "point", "xy": [10, 10]}]})

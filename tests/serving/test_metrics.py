@@ -45,7 +45,6 @@ def test_metrics_cover_requests_encode_decode_cache_and_batches(serving: Serving
         ("seem_encode_latency_ms", ()): 1,
         ("seem_encode_batch_size", ()): 1,
         ("seem_decode_latency_ms", (("op", "segment"),)): 3,
-        ("seem_decode_batch_size", ()): 3,
         ("seem_feature_cache_hits", ()): 3,
         ("seem_feature_cache_misses", (("source", "encoder"),)): 1,
     }
@@ -64,4 +63,4 @@ def test_metrics_cover_requests_encode_decode_cache_and_batches(serving: Serving
     hist = families["ray_seem_request_latency_ms"]
     assert hist.type == "histogram"
     labels = {s.labels.get("deployment") for s in hist.samples}
-    assert labels == {"Ingress"}, "Serve tags each sample with its deployment and replica"
+    assert labels == {"Decoder"}, "Serve tags each sample with its deployment and replica (the decoder is the ingress)"
