@@ -93,6 +93,12 @@ def add_new_images(folder: Path, count: int) -> None:
 
 # --------------------------------------------------------------------------- children
 def _peak_rss_mb() -> float:
+    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries the parent's peak
+    into an exec'd child (the S3 bench's parent holds moto's 10^5 keys)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
