@@ -92,6 +92,10 @@ def local_cluster(s3_server: str) -> Iterator[LocalCluster]:
     from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Serve's proxy (on the head) runs serving.proxy_guard, as `seem serve` and KubeRay set it up.
+    from serving.proxy_guard import CALLBACK_ENV, CALLBACK_PATH
+
+    os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)
     cluster = Cluster()
     _start_node(cluster, num_cpus=0, object_store_memory=96 << 20, include_dashboard=False)
     handle = LocalCluster(cluster)
