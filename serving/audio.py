@@ -1,8 +1,8 @@
-"""Audio prompts in the ingress: each is transcribed and sent on as the text prompt.
+"""Audio prompts, transcribed by the Speech deployment: each is sent on as the text prompt.
 
-Transcription runs here, in the deployment that parses requests, on a worker thread
-(never on the decoder replicas, which only ever see text). The recogniser is loaded in the
-background when the ingress starts, so the first spoken request does not wait for it.
+Transcription runs in the Speech deployment's replicas, on a worker thread (never on the
+decoder replicas, which only ever see text). The recogniser is loaded in the background
+when a Speech replica starts, so the first spoken request does not wait for it.
 """
 from __future__ import annotations
 
