@@ -1,16 +1,19 @@
 """Decoder on cached features vs the full model, for seem-focalt-v1 (or --model) with random weights, on CPU.
 
 Prints, for a 512 x 683 image (the reference's SPEED.md settings: fp32, 2 threads):
-encode (backbone + pixel decoder), decode with a click, a second click with memory, a
-phrase, a vocabulary (panoptic), the vocabulary embedding per class name, peak RSS, and
-the ratio full forward / decode-with-click, all measured in one run.
+encode (backbone + pixel decoder), decode per prompt type (a click, a second click with
+memory, a box, a scribble, a polygon, a mask, a phrase, a referring region of another
+image, a vocabulary = panoptic), the vocabulary embedding per class name, peak RSS, and
+the ratio full forward / decode-with-click, all measured in one run. Every decode is also
+given in reference-machine ms (ours / the calibration ratio below), the unit of issue 17's
+goal (<= 150 ms for every prompt type).
 
 The reference's figures (shared/seem-reference/SPEED.md) were taken on another CPU; the
 script also times the reference's single most expensive operation (the pixel decoder's
 512 -> 512 3x3 convolution at stride 4, 252 ms there) to give the speed ratio of the two
 machines, so the reference's figures can be read at this machine's speed.
 
-    .venv/bin/python bench/decode_vs_full.py [--model seem-samvitb-v1] [--repeats 5] [--json out.json]
+    .venv/bin/python bench/decode_vs_full.py [--model seem-samvitb-v1] [--repeats 5] [--json out.json] [--decode-only]
 
 SPEED.md measured Focal-T only: for another model the reference columns are left empty.
 """
@@ -20,7 +23,9 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import Box, Point, Prompts, build_predictor  # noqa: E402
+from model import (Box, MaskPrompt, Point, Polygon, Prompts, ReferringRegion, Scribble,  # noqa: E402
+                   build_predictor)
 from tests.support import median_ms  # noqa: E402
 
 # SPEED.md medians (ms), Focal-T v1, 512 x 683, fp32, 2 threads, AMD EPYC Zen 5.
@@ -47,15 +53,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--names", type=int, default=10, help="class names for the vocabulary timing")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or this process's CPU time (with --threads 1 on a shared machine: "
+                             "the work itself, not the wait for a core; the calibration is timed the same way)")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="time the decode paths only (no encode, full forward or vocabulary rows)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        global median_ms
+        median_ms = _cpu_median_ms
 
-    # Machine calibration: the reference's heaviest single op, identical here.
-    conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=True).eval()
-    x = torch.randn(1, 512, 128, 176)
-    with torch.inference_mode():
-        conv_ms = median_ms(lambda: conv(x), args.repeats)
-    del conv, x
+    conv_ms = _calibration_ms(args.repeats)
     machine_ratio = conv_ms / REFERENCE_MS["conv3x3_512_stride4"]
 
     predictor = build_predictor(args.model, weights=None, device="cpu")
@@ -66,19 +75,14 @@ def main() -> None:
     predictor.vocabulary_embeddings(vocab)
     features = predictor.encode([image])[0]
     click = Prompts(spatial=(Point(200.0, 150.0),))
-    first = predictor.decode(features, click, vocabulary=vocab)
-    click2 = Prompts(spatial=(Point(200.0, 150.0), Point(500.0, 400.0, positive=False)))
-    box = Prompts(spatial=(Box(100.0, 80.0, 300.0, 260.0),))
-    phrase = Prompts(text="the red circle")
-
-    r: dict[str, float] = {}
+    r, decode_keys = _time_decodes(predictor, features, image, vocab, args.repeats, machine_ratio)
+    if args.decode_only:
+        _print_decode_rows(r, decode_keys, conv_ms, machine_ratio, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": args.model, "ours_ms": r, "machine_ratio": machine_ratio},
+                                                  indent=2))
+        return
     r["encode"] = median_ms(lambda: predictor.encode([image]), args.repeats)
-    r["decode_click"] = median_ms(lambda: predictor.decode(features, click, vocabulary=vocab), args.repeats)
-    r["decode_click2"] = median_ms(lambda: predictor.decode(features, click2, previous_mask=first.memory,
-                                                        vocabulary=vocab), args.repeats)
-    r["decode_box"] = median_ms(lambda: predictor.decode(features, box, vocabulary=vocab), args.repeats)
-    r["decode_phrase"] = median_ms(lambda: predictor.decode(features, phrase, vocabulary=vocab), args.repeats)
-    r["decode_panoptic"] = median_ms(lambda: predictor.panoptic(features, vocab), args.repeats)
     r["full_click"] = median_ms(lambda: predictor.decode(predictor.encode([image])[0], click, vocabulary=vocab),
                             max(3, args.repeats // 2))
     from model.coco_classes import COCO_PANOPTIC_CLASSES
@@ -108,6 +112,10 @@ def main() -> None:
             ("decode: click (cached features)", "decode_click", ref("decoder_click")),
             ("decode: 2nd click + memory", "decode_click2", ref("decoder_click2")),
             ("decode: box", "decode_box", None),
+            ("decode: scribble", "decode_scribble", None),
+            ("decode: polygon", "decode_polygon", None),
+            ("decode: mask", "decode_mask", None),
+            ("decode: referring region", "decode_referring", None),
             ("decode: phrase", "decode_phrase", ref("decoder_phrase")),
             ("decode: panoptic (vocabulary)", "decode_panoptic", ref("decoder_generic")),
             ("full forward: click", "full_click", ref("full_click")),
@@ -121,6 +129,75 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "ours_ms": r, "reference_ms": reference_ms,
                                                "machine_ratio": machine_ratio}, indent=2))
+
+
+def _cpu_median_ms(fn, repeats: int, warmup: int = 1) -> float:
+    """As tests.support.median_ms, in process CPU time."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.process_time()
+        fn()
+        times.append(time.process_time() - t)
+    return statistics.median(times) * 1000
+
+
+def _calibration_ms(repeats: int) -> float:
+    """The reference's heaviest single op (the pixel decoder's 3x3 conv), timed here."""
+    conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=True).eval()
+    x = torch.randn(1, 512, 128, 176)
+    with torch.inference_mode():
+        return median_ms(lambda: conv(x), repeats)
+
+
+def _time_decodes(predictor, features, image: np.ndarray, vocab: list[str], repeats: int,
+                  machine_ratio: float) -> tuple[dict[str, float], list[str]]:
+    """Median ms of every decode path on cached features, also in reference-machine ms."""
+    click = Prompts(spatial=(Point(200.0, 150.0),))
+    first = predictor.decode(features, click, vocabulary=vocab)
+    click2 = Prompts(spatial=(Point(200.0, 150.0), Point(500.0, 400.0, positive=False)))
+    box = Prompts(spatial=(Box(100.0, 80.0, 300.0, 260.0),))
+    phrase = Prompts(text="the red circle")
+    r: dict[str, float] = {}
+    more = _more_prompts(features, image.shape[:2])
+    for key, prompts in more.items():
+        r[key] = median_ms(lambda p=prompts: predictor.decode(features, p, vocabulary=vocab), repeats)
+    r["decode_click"] = median_ms(lambda: predictor.decode(features, click, vocabulary=vocab), repeats)
+    r["decode_click2"] = median_ms(lambda: predictor.decode(features, click2, previous_mask=first.memory,
+                                                        vocabulary=vocab), repeats)
+    r["decode_box"] = median_ms(lambda: predictor.decode(features, box, vocabulary=vocab), repeats)
+    r["decode_phrase"] = median_ms(lambda: predictor.decode(features, phrase, vocabulary=vocab), repeats)
+    r["decode_panoptic"] = median_ms(lambda: predictor.panoptic(features, vocab), repeats)
+    keys = ["decode_click", "decode_click2", "decode_box", *more, "decode_phrase", "decode_panoptic"]
+    for key in keys:
+        r[key + "_reference_machine"] = r[key] / machine_ratio
+    return r, keys
+
+
+def _more_prompts(features, size: tuple[int, int]) -> dict[str, Prompts]:
+    """The prompt types SPEED.md did not time: scribble, polygon, mask, referring region."""
+    h, w = size
+    mask = np.zeros((h, w), dtype=bool)
+    mask[100:220, 150:330] = True
+    return {
+        "decode_scribble": Prompts(spatial=(Scribble(((120.0, 100.0), (220.0, 160.0), (320.0, 130.0)), width=3),)),
+        "decode_polygon": Prompts(spatial=(Polygon(((100.0, 100.0), (300.0, 120.0), (200.0, 300.0))),)),
+        "decode_mask": Prompts(spatial=(MaskPrompt(mask),)),
+        # A region of another image (here the same features) ranks this image's objects.
+        "decode_referring": Prompts(referring=(ReferringRegion(features, (Point(200.0, 150.0),)),)),
+    }
+
+
+def _print_decode_rows(r: dict[str, float], keys: list[str], conv_ms: float, machine_ratio: float,
+                       args: argparse.Namespace) -> None:
+    print(f"model: {args.model}; torch {torch.__version__}, {args.threads} threads, {args.clock} clock")
+    print(f"calibration: 3x3 conv 512->512 at 128x176 = {conv_ms:.0f} ms here vs 252 ms in SPEED.md "
+          f"(this machine is {machine_ratio:.2f}x the reference machine's time)")
+    print(f"{'decode path':<22}{'ours (ms)':>12}{'reference-machine ms':>22}{'<= 150':>8}")
+    for key in keys:
+        ref_ms = r[key + "_reference_machine"]
+        print(f"{key.removeprefix('decode_'):<22}{r[key]:>12.1f}{ref_ms:>22.1f}{'yes' if ref_ms <= 150 else 'NO':>8}")
 
 
 if __name__ == "__main__":
