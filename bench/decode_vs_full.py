@@ -20,10 +20,10 @@ SPEED.md measured Focal-T only: for another model the reference columns are left
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,7 +62,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.clock == "cpu":
         global median_ms
-        median_ms = _cpu_median_ms
+        median_ms = functools.partial(median_ms, clock=time.process_time)
 
     conv_ms = _calibration_ms(args.repeats)
     machine_ratio = conv_ms / REFERENCE_MS["conv3x3_512_stride4"]
@@ -129,18 +129,6 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "ours_ms": r, "reference_ms": reference_ms,
                                                "machine_ratio": machine_ratio}, indent=2))
-
-
-def _cpu_median_ms(fn, repeats: int, warmup: int = 1) -> float:
-    """As tests.support.median_ms, in process CPU time."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.process_time()
-        fn()
-        times.append(time.process_time() - t)
-    return statistics.median(times) * 1000
 
 
 def _calibration_ms(repeats: int) -> float:
