@@ -221,7 +221,8 @@ def test_feature_format_validation():
     with pytest.raises(ValueError, match="stage"):
         FeatureFormat(stage="decoder")
     with pytest.raises(ValueError, match="dtype"):
-        FeatureFormat(dtype="int8")
+        FeatureFormat(dtype="int4")  # int8 is a format since store version 2
+    assert FeatureFormat(dtype="int8").dtype == "int8"
     with pytest.raises(ValueError, match="codec"):
         FeatureFormat(codec="lz4")
     assert dataclasses.replace(FeatureFormat(), codec="shuffle+zstd").codec == "shuffle+zstd"
