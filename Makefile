@@ -28,7 +28,7 @@ speech-tools:
 	@command -v espeak-ng >/dev/null 2>&1 && command -v sox >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq espeak-ng sox >/dev/null; }
 
 test: setup browser speech-tools
-	$(BIN)/python -m pytest -q -n 3 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV) *.egg-info

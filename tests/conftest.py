@@ -1,9 +1,9 @@
 """Shared pytest configuration. Fixture modules are registered as plugins here so every
 test directory can use them without importing anything.
 
-The suite runs on three pytest-xdist workers (`make test`): most of its wall time is spent
-waiting for Ray, Serve, Chromium and subprocesses, not computing (about 18 CPU-minutes in
-25 minutes on two cores), so more workers than cores shorten it. Tests are grouped so that
+The suite runs on two pytest-xdist workers (`make test`): much of its wall time is spent
+waiting for Ray, Serve, Chromium and subprocesses, not computing. Two workers took it from
+about 25 to 21 minutes; three on two cores were slower (24 min: the Ray clusters contend). Tests are grouped so that
 a shared session starts once, on one worker: the tests that use a package's shared Ray,
 Serve or multi-node cluster fixture form one group each, and every other test stays with
 its file (module-scoped fixtures start once).
