@@ -2,9 +2,9 @@
 test directory can use them without importing anything.
 
 The suite runs on two pytest-xdist workers (`make test`): much of its wall time is spent
-waiting for Ray, Serve, Chromium and subprocesses, not computing. Two workers took it from
-about 25 to 21 minutes; three on two cores were slower (24 min: the Ray clusters contend). Tests are grouped so that
-a shared session starts once, on one worker: the tests that use a package's shared Ray,
+waiting for Ray, Serve, Chromium and subprocesses, not computing. On two cores two workers
+ran it in 19-21 minutes; three were slower (24 minutes: their Ray clusters contend). Tests
+are grouped so that a shared session starts once, on one worker: the tests that use a package's shared Ray,
 Serve or multi-node cluster fixture form one group each, and every other test stays with
 its file (module-scoped fixtures start once).
 """
