@@ -44,7 +44,10 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
     # queue of one request).
     config.write_text(json.dumps({"decoder": {"num_cpus": 0.25, "max_ongoing_requests": 1, "max_queued_requests": 1},
                                   "encoder": {"num_cpus": 0.25}, "speech": {"num_cpus": 0.1},
-                                  "autoscaling": {"max_replicas": 1}, "limits": {"requests_per_s": 0.5, "burst": 24}}))
+                                  "autoscaling": {"max_replicas": 1},
+                                  # One token back per 1000 s: no refill within the test at any load, so a key's
+                                  # 40 tokens are spent by exactly its first 40 requests that reach the replica.
+                                  "limits": {"requests_per_s": 0.001, "burst": 40}}))
     # A second key from the environment, as a Kubernetes secret would provide it.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "SEEM_API_KEYS": "env-key"}
     env.pop("RAY_ADDRESS", None)
@@ -87,12 +90,20 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
         busy = next(r for r in answers if r.status_code == 503)
         assert busy.json()["error"]["code"] == "overloaded" and busy.headers.get("retry-after") == "1"
 
-        # A few of the first key's 24 tokens are spent; a quick burst of 24 runs out (one token back every 2 s).
-        burst = [requests.get(base + "/openapi.json", headers=headers, timeout=30) for _ in range(24)]
-        limited = [r for r in burst if r.status_code == 429]
-        assert limited and all(r.status_code in (200, 429) for r in burst), [r.status_code for r in burst]
-        assert limited[0].json()["error"]["code"] == "rate_limited"
-        assert int(limited[0].headers["retry-after"]) >= 1
+        # The second key spent one token per overload request its replica answered (at least one
+        # 200 above), so one after another, however slowly, its 40 tokens run out within 40 more.
+        burst = []
+        for _ in range(40):
+            burst.append(requests.get(base + "/openapi.json", headers=env_headers, timeout=30))
+            if burst[-1].status_code != 200:
+                break
+        codes = [r.status_code for r in burst]
+        assert codes[-1] == 429 and set(codes[:-1]) == {200}, codes
+        assert burst[-1].json()["error"]["code"] == "rate_limited", burst[-1].text
+        assert int(burst[-1].headers["retry-after"]) >= 1
+        again = requests.get(base + "/openapi.json", headers=env_headers, timeout=30)
+        assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited", again.text
+        assert requests.get(base + "/openapi.json", headers=headers, timeout=30).status_code == 200  # per key
         assert requests.get(base + "/healthz", timeout=10).status_code == 200  # never limited
 
         proc.send_signal(stop_signal)
