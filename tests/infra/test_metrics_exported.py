@@ -8,6 +8,7 @@ checked against what was scraped: series names and the labels the queries filter
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,14 +26,28 @@ DASHBOARD = REPO / "infra/grafana/dashboards/seem-ray.json"
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("metrics") / "scrape.json"
+    """The scrape, made once per test run: pytest may tear a module fixture down between
+    this file's tests when xdist interleaves them (CI set it up twice, 66-77 s each), so the
+    result is kept in the run's temporary root, which every worker of this run shares."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # root is .../pytest-N/popen-gwK: share pytest-N
+        root = root.parent
+    shared = root / "metrics-scrape.json"
+    with FileLock(str(shared) + ".lock"):
+        if not shared.exists():
+            _scrape(shared)
+        return json.loads(shared.read_text())
+
+
+def _scrape(out: Path) -> None:
     for attempt in range(2):  # one retry: on a loaded machine Ray's start-up can time out
         proc = subprocess.run([sys.executable, "-m", "tests.infra.metrics_probe", str(out), "--timeout-s", "120"],
                               cwd=REPO, capture_output=True, text=True, timeout=280)
         if proc.returncode == 0 or "timed out during startup" not in proc.stderr:
             break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
 
 
 def _relabelled_labels() -> set[str]:
