@@ -50,6 +50,7 @@ def _names(text: str) -> list[str]:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     from pipeline import defaults
+    from store.formats import STORE_DTYPES
 
     g = p.add_argument_group("model and cluster")
     g.add_argument("--model", default="seem-tiny", help="registered model or config file (default: seem-tiny)")
@@ -79,7 +80,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="also retry items whose last attempt failed to decode (they are skipped when unchanged)")
     f = p.add_argument_group("stored features (see docs/benchmarks.md, 'Feature store format')")
     f.add_argument("--feature-stage", choices=("pixel_decoder", "backbone"), default=defaults.FEATURE_STAGE)
-    f.add_argument("--feature-dtype", choices=("float16", "bfloat16", "float32", "int8"), default=defaults.FEATURE_DTYPE)
+    f.add_argument("--feature-dtype", choices=STORE_DTYPES, default=defaults.FEATURE_DTYPE)
     f.add_argument("--feature-codec", default=defaults.FEATURE_CODEC,
                    help=f"none, zlib, zstd, shuffle+zlib, shuffle+zstd (default: {defaults.FEATURE_CODEC})")
     o = p.add_argument_group("output")

@@ -104,7 +104,7 @@ class Encoder:
         return self.predictor.model_id
 
     async def encode(self, image_id: str, data: bytes) -> Any:
-        """Features of the image (float `store_dtype`, as the store holds them), or the
+        """Features of the image (as the store gives them back in `store_dtype`), or the
         ApiError (returned, not raised: Serve logs a traceback for every raised error,
         which a client's bad image does not deserve)."""
         return await self._encode_batch((image_id, data))
@@ -116,13 +116,11 @@ class Encoder:
         return await loop.run_in_executor(self._pool, self._encode_items, items)
 
     def _encode_items(self, items: list[tuple[str, bytes]]) -> list[Any]:
-        import torch
-
         from model.image_io import ImageDecodeError, ImageTooLarge, decode_image
         from store import StoreError
+        from store.feature_store import as_stored
 
         started = time.perf_counter()
-        dtype = getattr(torch, self.config.store_dtype)
         model_id = self.predictor.model_id
         out: list[Any] = [None] * len(items)
         todo: list[tuple[int, str, Any]] = []
@@ -152,10 +150,9 @@ class Encoder:
                     out[i] = error
             else:
                 for (i, image_id, _), feats in zip(todo, features):
-                    feats = feats.to(dtype=dtype)
                     try:
                         self.store.put(feats, image_id, dtype=self.config.store_dtype)
-                        out[i] = feats
+                        out[i] = as_stored(feats, self.config.store_dtype)  # what a cache miss would load
                     except StoreError as e:
                         out[i] = ApiError("unavailable", f"feature store: {e}")
                     except Exception as e:

@@ -109,7 +109,8 @@ class ServeConfig(_Strict):
     weights: str | None = "default"
     store: str = DEFAULT_STORE
     endpoint_url: str | None = None
-    store_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    store_dtype: str = Field("float16", description="format of the features the encoder stores: one of "
+                                                    "store.formats.STORE_DTYPES (docs/benchmarks.md)")
     api_keys: tuple[str, ...] = ()
     allowed_uri_prefixes: tuple[str, ...] = ()
     limits: Limits = Limits()
@@ -123,6 +124,13 @@ class ServeConfig(_Strict):
     seed: int = Field(0, description="seed of random weights (weights 'random' or None): equal in every replica")
     insecure: bool = Field(False, description="serve without API keys although the HTTP proxy listens beyond "
                                               "loopback (otherwise the ingress refuses to start)")
+
+    @field_validator("store_dtype")
+    @classmethod
+    def _store_dtype(cls, value: str) -> str:
+        from store.formats import check_store_dtype
+
+        return check_store_dtype(value)
 
     @field_validator("api_keys", mode="before")
     @classmethod

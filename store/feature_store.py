@@ -40,6 +40,7 @@ before decompressing anything, and raise `CorruptObject` naming the object other
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -55,10 +56,12 @@ from model.types import ImageFeatures
 from storage import CorruptObject, ObjectStore, open_store
 from storage import NotFound as ObjectNotFound
 from store.backends import check_model_id
+from store.formats import FLOAT_STORE_DTYPES, STORE_DTYPES, check_store_dtype
 from store.manifest import Manifest
 
 __all__ = [
     "FeatureStore",
+    "as_stored",
     "PutResult",
     "serialize_features",
     "deserialize_features",
@@ -92,12 +95,7 @@ def _zstd_available() -> bool:
 DEFAULT_CODEC = "shuffle+zstd" if _zstd_available() else "shuffle+zlib"
 
 StoreDType = Literal["float16", "bfloat16", "float32", "int8"]
-_STORE_DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-}
-STORE_DTYPES = (*_STORE_DTYPES, "int8")  # int8: per-channel quantisation (format version 2)
+_STORE_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in FLOAT_STORE_DTYPES}
 # safetensors header dtype names <-> torch dtypes (only what the store writes/reads).
 _ST_DTYPES: dict[str, torch.dtype] = {
     "F32": torch.float32,
@@ -246,6 +244,22 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     if q.dtype != torch.int8 or scale.dtype != torch.float32 or tuple(scale.shape) != tuple(q.shape[:1]):
         raise ValueError(f"int8 tensor {tuple(q.shape)} {q.dtype} with scale {tuple(scale.shape)} {scale.dtype}")
     return q.to(torch.float32) * scale.view(-1, *([1] * (q.dim() - 1)))
+
+
+def as_stored(features: ImageFeatures, dtype: StoreDType) -> ImageFeatures:
+    """`features` as `FeatureStore.get(..., dtype=None)` returns them from an object written
+    with `dtype`: the float dtype itself, or float16 after the quantisation round trip.
+
+    A server that hands fresh features to its decoders uses this, so that masks do not
+    depend on whether an image's features came from the encoder or from the store."""
+    check_store_dtype(dtype)
+    if dtype in _STORE_DTYPES:
+        return features.to(dtype=_STORE_DTYPES[dtype])
+    tensors = {
+        name: dequantize_int8(*quantize_int8(t.detach().to("cpu"))).to(torch.float16) if t.is_floating_point() else t
+        for name, t in features.tensors.items()
+    }
+    return dataclasses.replace(features, tensors=tensors)
 
 
 # --------------------------------------------------------------------------- (de)serialise

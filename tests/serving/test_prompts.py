@@ -232,6 +232,10 @@ def test_config() -> None:
         ServeConfig.from_args({"allowed_uri_prefixes": ["relative/"]})
     with pytest.raises(ValidationError):
         ServeConfig.from_args({"api_keys": ["ok", " "]})
+    # Every store format is selectable; an unknown one is refused, naming the choices.
+    assert ServeConfig.from_args({"store_dtype": "int8"}).store_dtype == "int8"
+    with pytest.raises(ValidationError, match="float16, bfloat16, float32, int8"):
+        ServeConfig.from_args({"store_dtype": "int4"})
 
 
 # --------------------------------------------------------------------------- one request, real predictor

@@ -9,7 +9,8 @@ import torch
 
 from model.types import ImageFeatures
 from store import CorruptObject, FeatureStore, ObjectNotFound, content_sha256, deserialize_features, feature_key
-from store.feature_store import CODECS, serialize_features
+from store.feature_store import CODECS, as_stored, serialize_features
+from store.formats import STORE_DTYPES
 
 MODEL = "seem-test-0123abcd"
 
@@ -227,3 +228,17 @@ def test_int8_object_damage_is_detected(tmp_path) -> None:
     data[-5] ^= 0x40
     with pytest.raises(CorruptObject, match="checksum"):
         deserialize_features(bytes(data))
+
+
+@pytest.mark.parametrize("dtype", STORE_DTYPES)
+def test_as_stored_is_what_a_reader_of_the_object_gets(tmp_path, dtype) -> None:
+    """A server hands fresh features to its decoders as `as_stored` makes them: equal to a
+    later cache miss's load, so masks do not depend on where the features came from."""
+    fs = FeatureStore(str(tmp_path / "store"))
+    features = make_features()
+    fs.put(features, SHA, dtype=dtype, compress="shuffle+zstd")
+    got, fresh = fs.get(MODEL, SHA, dtype=None), as_stored(features, dtype)
+    for name, t in got.tensors.items():
+        assert t.dtype == fresh.tensors[name].dtype and torch.equal(t, fresh.tensors[name]), name
+    with pytest.raises(ValueError, match="choose one of float16, bfloat16, float32, int8"):
+        as_stored(features, "int4")

@@ -1,0 +1,23 @@
+"""The names of the stored feature formats, without importing torch.
+
+`seem encode --feature-dtype` and the serving `store_dtype` setting both choose one of
+these, and both must reject a name the store cannot write before any image is encoded;
+their CLIs and configs import this module, which stays free of torch so that
+`seem --help` and config validation stay fast. What each name means, and the byte and
+mask-IoU cost of each: store.feature_store and docs/benchmarks.md, "Feature store format".
+"""
+from __future__ import annotations
+
+__all__ = ["STORE_DTYPES", "FLOAT_STORE_DTYPES", "check_store_dtype"]
+
+#: Float formats: the tensors cast to this dtype (store format version 1).
+FLOAT_STORE_DTYPES = ("float16", "bfloat16", "float32")
+#: Every format a store object can be written in; "int8" = per-channel int8 (version 2).
+STORE_DTYPES = (*FLOAT_STORE_DTYPES, "int8")
+
+
+def check_store_dtype(name: object) -> str:
+    """`name` if the store can write features in it, else a ValueError listing the choices."""
+    if not isinstance(name, str) or name not in STORE_DTYPES:
+        raise ValueError(f"unknown feature store dtype {name!r}; choose one of {', '.join(STORE_DTYPES)}")
+    return name
