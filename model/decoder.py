@@ -24,11 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import DecoderConfig
-from .heads import HeadOutput, LevelResampler, PredictionHeads
+from .heads import HeadOutput, LevelResampler, PredictionHeads, resize_bilinear
 from .transformer import CrossAttentionLayer, FFNLayer, PositionEmbeddingSine, SelfAttentionLayer
 from .visual_sampler import draw_prompt_points
 
@@ -199,20 +198,28 @@ class SeemDecoder(nn.Module):
 
         full_masks: "final" computes stride-4 masks for the last round only (intermediate
         rounds only need them at the next level's size); "all" for every round (deep
-        supervision, parity).
+        supervision, parity); "none" for no round, for callers that keep a few of many
+        queries and compute those queries' masks themselves (`mask_logits`).
         """
-        if full_masks not in ("final", "all"):
-            raise ValueError("full_masks must be 'final' or 'all'")
+        if full_masks not in ("final", "all", "none"):
+            raise ValueError("full_masks must be 'final', 'all' or 'none'")
         if not (object_queries or grounding is not None or spatial is not None):
             raise ValueError("nothing to decode: no object queries and no prompt")
         run = self._start(multi_scale, mask_features, object_queries, grounding, spatial)
         num_layers = self.cfg.num_layers
-        attn_mask = self._heads(run, 0, full_masks == "all" or num_layers == 0)
+        final = full_masks != "none"
+        attn_mask = self._heads(run, 0, full_masks == "all" or (final and num_layers == 0))
         for i in range(num_layers):
             self._layer(run, i, attn_mask)
             last = i == num_layers - 1
-            attn_mask = self._heads(run, (i + 1) % self.cfg.num_feature_levels, last or full_masks == "all")
+            attn_mask = self._heads(run, (i + 1) % self.cfg.num_feature_levels, (last and final) or full_masks == "all")
         return run.output
+
+    @staticmethod
+    def mask_logits(mask_emb: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+        """Stride-4 mask logits of some queries (what `HeadOutput.masks` holds for them):
+        mask_emb B x N x C, mask_features B x C x H x W -> B x N x H x W."""
+        return PredictionHeads.mask_logits(mask_emb, mask_features)
 
     def _start(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, object_queries: bool,
                grounding: GroundingInput | None, spatial: SpatialInput | None) -> "_DecoderRun":
@@ -270,7 +277,7 @@ class SeemDecoder(nn.Module):
         run.memory_prompt = memory_prompt
         run.memory_masks = []
         for size in run.sizes:
-            prev = F.interpolate(spatial.prev_mask, size=size, mode="bilinear", align_corners=False)
+            prev = resize_bilinear(spatial.prev_mask, size)
             run.memory_masks.append((prev.sigmoid() < 0.5).flatten(2))
 
     def _heads(self, run: "_DecoderRun", next_level: int, full: bool) -> torch.Tensor:
@@ -284,7 +291,7 @@ class SeemDecoder(nn.Module):
         heads = self.heads(x, run.mask_features if stride4 else None)
         size = run.sizes[next_level]
         if stride4:
-            level_masks = F.interpolate(heads.masks, size=size, mode="bilinear", align_corners=False)
+            level_masks = resize_bilinear(heads.masks, size)
             if not full:
                 heads.masks = None
         else:

@@ -29,7 +29,7 @@ import torch
 
 from .build import DEFAULT_MODEL, build_model
 from .checkpoint import state_digest
-from .decoder import GROUNDING, OBJECT, SPATIAL, DecoderOutput
+from .decoder import GROUNDING, OBJECT, SPATIAL, DecoderOutput, SeemDecoder
 from .postprocess import (grounding_scores, instance_inference, negated_pieces, panoptic_keep, panoptic_merge,
                           semantic_inference, spatial_selection_logits, to_original)
 from .seem import Seem
@@ -44,12 +44,29 @@ __all__ = ["SeemPredictor", "Draws", "PromptError", "PreparedImage"]
 
 @dataclass
 class _ObjectQueries:
-    """One image's object queries: class embeddings Q x D, mask logits Q x h x w (stride 4)
-    and, with a vocabulary, log P(a real class) per query (the no-object column's complement)."""
+    """One image's object queries: class embeddings Q x D, mask embeddings Q x C and, with a
+    vocabulary, log P(a real class) per query (the no-object column's complement). Their
+    stride-4 mask logits (Q x h x w, from `mask_features` 1 x C x h x w) are computed when
+    asked: most calls keep a few queries, and all 101 masks cost as much as 3 decoder layers."""
 
     class_emb: torch.Tensor
-    masks: torch.Tensor
+    mask_emb: torch.Tensor
+    mask_features: torch.Tensor
     log_object: torch.Tensor | None
+    all_masks: torch.Tensor | None = None  # when the decoder pass computed them
+
+    @property
+    def masks(self) -> torch.Tensor:
+        """Q x h x w mask logits of every query."""
+        if self.all_masks is None:
+            self.all_masks = self.masks_of(slice(None))
+        return self.all_masks
+
+    def masks_of(self, queries: torch.Tensor | slice) -> torch.Tensor:
+        """Mask logits of `queries` (indices), len x h x w."""
+        if self.all_masks is not None:
+            return self.all_masks[queries]
+        return SeemDecoder.mask_logits(self.mask_emb[None, queries], self.mask_features)[0]
 
     def best_match(self, mask_logits: torch.Tensor, min_iou: float) -> int | None:
         """The query whose mask overlaps `mask_logits` (h x w, same grid) best, IoU weighted by
@@ -322,7 +339,8 @@ class SeemPredictor:
         m = self.model
         grounding, phrase_emb = m.grounding_input([texts])
         object_labels = self._object_labels(call.vocab_emb)
-        out = m.decoder(call.ms, call.mask_features, object_queries=object_labels, grounding=grounding)
+        out = m.decoder(call.ms, call.mask_features, object_queries=object_labels, grounding=grounding,
+                        full_masks="none")  # masks only for the queries kept, below
         g = out.final[GROUNDING]
         scores = grounding_scores(g.class_emb[0], phrase_emb[0], m.text_encoder.logit_scale,
                                   self.cfg.inference.grounding_temperature_max)  # Q x P
@@ -330,26 +348,27 @@ class SeemPredictor:
             if ref is not None:  # phrase and region must both agree: add the two log-distributions
                 scores[:, p] = scores[:, p].log_softmax(0) + self._similarity(g.class_emb[0], ref).log_softmax(0)
         probs = scores.softmax(0)
-        objects = self._object_queries(out, call.vocab_emb) if object_labels else None
+        objects = self._object_queries(out, call) if object_labels else None
         segs = []
         for p in range(len(texts)):
             order = scores[:, p].argsort(descending=True)[:call.max_masks]
-            labels = [self._prompted_label(g.class_emb[0, q], g.masks[0, q], objects, call.vocab, call.vocab_emb)
-                      for q in order.tolist()]
-            segs.append(self._ranked_segmentation(call.features, g.masks[0], order, probs[:, p], labels))
+            masks = m.decoder.mask_logits(g.mask_emb[:, order], call.mask_features)[0]
+            labels = [self._prompted_label(g.class_emb[0, q], masks[j], objects, call.vocab, call.vocab_emb)
+                      for j, q in enumerate(order.tolist())]
+            segs.append(self._ranked_segmentation(call.features, masks, order, probs[:, p], labels))
         return segs
 
     @staticmethod
     def _ranked_segmentation(features: ImageFeatures, mask_logits: torch.Tensor, order: torch.Tensor,
                              probs: torch.Tensor, labels: list[tuple[str | None, float | None, int | None]]) -> Segmentation:
-        """Queries `order` (best first) of Q x h x w stride-4 `mask_logits` as masks in original
-        pixels (the generic/grounding resize), scored by `probs` (Q), with their labels; the
-        best one's logits are the memory."""
-        logits = to_original(mask_logits[order], features.padded_size, features.input_size,
+        """Queries `order` (best first), whose stride-4 logits are `mask_logits` (len x h x w),
+        as masks in original pixels (the generic/grounding resize), scored by `probs` (Q),
+        with their labels; the best one's logits are the memory."""
+        logits = to_original(mask_logits, features.padded_size, features.input_size,
                              features.original_size, "bicubic")
         masks = [MaskResult((logits[j] > 0).cpu().numpy(), float(probs[q]), *labels[j])
                  for j, q in enumerate(order.tolist())]
-        return Segmentation(masks, memory=mask_logits[order[0]][None, None].cpu())
+        return Segmentation(masks, memory=mask_logits[0][None, None].cpu())
 
     @property
     def referring_route(self) -> str:
@@ -394,15 +413,17 @@ class SeemPredictor:
 
     def _objects(self, call: _DecodeCall) -> "_ObjectQueries":
         """The object queries of one image (the panoptic head), to match prompted masks against."""
-        return self._object_queries(self.model.decoder(call.ms, call.mask_features, object_queries=True), call.vocab_emb)
+        out = self.model.decoder(call.ms, call.mask_features, object_queries=True, full_masks="none")
+        return self._object_queries(out, call)
 
-    def _object_queries(self, out: DecoderOutput, vocab_emb: torch.Tensor | None) -> "_ObjectQueries":
+    def _object_queries(self, out: DecoderOutput, call: _DecodeCall) -> "_ObjectQueries":
         obj = out.final[OBJECT]
         log_object = None
-        if vocab_emb is not None:
-            no_object = self.model.class_logits(obj.class_emb, vocab_emb)[0].softmax(-1)[:, -1]
+        if call.vocab_emb is not None:
+            no_object = self.model.class_logits(obj.class_emb, call.vocab_emb)[0].softmax(-1)[:, -1]
             log_object = torch.log1p(-no_object.clamp(max=1 - 1e-6))
-        return _ObjectQueries(obj.class_emb[0], obj.masks[0], log_object)
+        return _ObjectQueries(obj.class_emb[0], obj.mask_emb[0], call.mask_features, log_object,
+                              None if obj.masks is None else obj.masks[0])
 
     def _reference_embedding(self, regions: Sequence[ReferringRegion], vocab_emb: torch.Tensor | None) -> torch.Tensor:
         """What referring regions show, as one unit vector in the joint vision-language space
@@ -434,7 +455,7 @@ class SeemPredictor:
         """Referring-only targets: the object queries most similar to each reference embedding,
         weighted by how sure the model is that a query is an object at all."""
         objects = self._objects(call)
-        class_emb, mask_logits = objects.class_emb, objects.masks
+        class_emb = objects.class_emb
         segs = []
         for ref in references:
             scores = self._similarity(class_emb, ref)
@@ -442,7 +463,8 @@ class SeemPredictor:
                 scores = scores + objects.log_object
             order = scores.argsort(descending=True)[:call.max_masks]
             labels = [self._label(class_emb[q], call.vocab, call.vocab_emb) for q in order.tolist()]
-            segs.append(self._ranked_segmentation(call.features, mask_logits, order, scores.softmax(0), labels))
+            segs.append(self._ranked_segmentation(call.features, objects.masks_of(order), order, scores.softmax(0),
+                                                  labels))
         return segs
 
     def _memory(self, previous: np.ndarray | torch.Tensor | None, features: ImageFeatures) -> torch.Tensor | None:
@@ -498,7 +520,7 @@ class SeemPredictor:
         object_labels = call.vocab is not None and self._object_labels(call.vocab_emb)
         run_objects = with_objects or object_labels
         out = m.decoder(call.ms, call.mask_features, object_queries=run_objects, grounding=grounding, spatial=spatial)
-        objects = self._object_queries(out, call.vocab_emb) if run_objects else None
+        objects = self._object_queries(out, call) if run_objects else None
         segs = self._spatial_segmentations(call, targets, out, spatial.pos_embed[0], references,
                                            objects if object_labels else None)
         return segs, objects
@@ -563,13 +585,15 @@ class SeemPredictor:
         vocab = self.vocabulary(vocabulary)
         vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names)
         mask_features, ms = self._maps(features)
-        out = self.model.decoder(ms, mask_features, object_queries=True)
+        # Stride-4 masks only for the queries kept (all of them for the semantic map).
+        out = self.model.decoder(ms, mask_features, object_queries=True, full_masks="final" if semantic else "none")
         obj = out.final[OBJECT]
         logits = self.model.class_logits(obj.class_emb, vocab_emb)[0]
         inf = self.cfg.inference
         threshold = inf.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
         idx, scores, labels = panoptic_keep(logits, threshold)
-        masks = to_original(obj.masks[0, idx], features.padded_size, features.input_size, features.original_size)
+        kept = obj.masks[0, idx] if semantic else self.model.decoder.mask_logits(obj.mask_emb[:, idx], mask_features)[0]
+        masks = to_original(kept, features.padded_size, features.input_size, features.original_size)
         is_thing = [vocab.is_thing(k) for k in range(len(vocab.names))]
         seg_map, merged = panoptic_merge(scores, labels, masks, is_thing, inf.overlap_threshold)
         seg_np = seg_map.cpu().numpy()

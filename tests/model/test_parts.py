@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model.decoder import GROUNDING, OBJECT, SPATIAL
-from model.heads import LevelResampler
+from model.heads import LevelResampler, resize_bilinear
 from model.text_encoder import PROMPT_TEMPLATES, clean_class_name
 from model.tokenizer import get_tokenizer
 from model.transformer import MultiheadAttention
@@ -69,6 +69,30 @@ def test_level_resampler_equals_bilinear_resize_of_full_masks() -> None:
     for size in ((5, 7), (10, 14), (20, 28)):
         expected = F.interpolate(full, size=size, mode="bilinear", align_corners=False)
         assert torch.allclose(LevelResampler(feats, size)(emb), expected, atol=1e-5)
+
+
+def test_resize_bilinear_equals_interpolate_at_every_size() -> None:
+    """Level sizes (exact even factors: strided 2 x 2 means) and any other size (torch's kernel)."""
+    torch.manual_seed(0)
+    feats = torch.randn(2, 16, 48, 64)
+    for size in ((24, 32), (12, 16), (6, 8), (8, 16), (16, 21), (48, 64), (96, 128)):
+        expected = F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
+        assert torch.allclose(resize_bilinear(feats, size), expected, rtol=0, atol=1e-6), size
+
+
+def test_masks_on_demand_equal_the_final_masks(tiny_model, tiny_predictor, photo) -> None:
+    """A pass without stride-4 masks (callers that keep a few of many queries) and the masks
+    of the kept queries computed afterwards: the same as the pass that computes them all."""
+    m = tiny_model
+    mf, ms, _, grounding = _decoder_inputs(m, tiny_predictor, photo)
+    with torch.no_grad():
+        full = m.decoder(ms, mf, object_queries=True, grounding=grounding).final
+        lean = m.decoder(ms, mf, object_queries=True, grounding=grounding, full_masks="none").final
+        for group in (OBJECT, GROUNDING):
+            assert lean[group].masks is None
+            kept = torch.tensor([3, 0, 7])
+            assert torch.allclose(m.decoder.mask_logits(lean[group].mask_emb[:, kept], mf), full[group].masks[:, kept],
+                                  atol=1e-4), group
 
 
 def _decoder_inputs(m, predictor, photo):  # noqa: ANN001, ANN202 - fixtures
