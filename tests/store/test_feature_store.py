@@ -198,6 +198,22 @@ def test_object_written_by_format_1_still_loads() -> None:
     assert _header(again) == _header(data) and again[-2000:] == data[-2000:]
 
 
+V2_OBJECT = V1_OBJECT.with_name("v2-int8-shuffle+zstd.safetensors")
+
+
+def test_object_written_by_format_2_still_loads() -> None:
+    """An int8 object written by format version 2's code (commit c7ff6b9, from
+    `make_features()`) reads back as its levels times its per-channel scales, however the
+    int8 writer changes later."""
+    data = V2_OBJECT.read_bytes()
+    assert _header(data)["__metadata__"]["store.format"] == "seem-ray-features/2"
+    got = deserialize_features(data, uri=str(V2_OBJECT), expect_sha256=SHA, expect_model_id=MODEL)
+    for name, t in make_features().tensors.items():
+        peak = t.flatten(1).abs().amax(1)
+        scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak)).view(-1, 1, 1)  # version 2's levels
+        assert torch.equal(got.tensors[name], torch.round(t / scale).clamp(-127, 127) * scale), name
+
+
 def _header(data: bytes) -> dict:
     import json
     import struct
