@@ -51,7 +51,10 @@ class TrackerConfig:
     appearance_margin: P(object | colour) above which a pixel looks like the object.
     max_missed: frames an object may stay unseen (hidden) before it is given up as gone.
     whole_view_ratio, whole_view_iou: an answer within this area ratio of the last whole view
-    and overlapping the predicted region by this IoU is a whole view."""
+    and overlapping the predicted region by this IoU is a whole view.
+    ambiguity_candidates, ambiguity_ratio: a phrase is ambiguous on its prompted frame when,
+    among its best `ambiguity_candidates` groundings, another instance gets at least
+    `ambiguity_ratio` of the chosen instance's probability."""
 
     method: Literal["track", "per_frame"] = "track"
     neighbourhood: float = 0.2
@@ -62,25 +65,32 @@ class TrackerConfig:
     whole_view_ratio: float = 1.25
     whole_view_iou: float = 0.7
     max_missed: int = 6
+    ambiguity_candidates: int = 5
+    ambiguity_ratio: float = 0.15
 
 
 @dataclass(eq=False)
 class ObjectMask(MaskResult):
-    """One object's mask on one frame (original pixels); `present` False when it is gone."""
+    """One object's mask on one frame (original pixels); `present` False when it is gone.
+    `ambiguous`: on its prompted frame, the object's phrase named other instances about as
+    well as the chosen one (the frame's `warnings` say which); a click or a box settles it."""
 
     object_id: int = 0
     present: bool = True
+    ambiguous: bool = False
 
 
 @dataclass(eq=False)
 class VideoFrame:
     """Results of one frame: every object known so far, in id order. `image` is the frame
-    (for overlays); `timings_ms` split encode and decode."""
+    (for overlays); `timings_ms` split encode and decode; `warnings` say what a user should
+    know about this frame's answers (a phrase that named several instances)."""
 
     index: int
     image: np.ndarray
     objects: list[ObjectMask]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -110,6 +120,15 @@ def _colour_bins(image: np.ndarray) -> np.ndarray:
 def _centroid(mask: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     return np.array([xs.mean(), ys.mean()])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def _where(mask: np.ndarray) -> str:
+    x, y = _centroid(mask)
+    return f"({x:.0f}, {y:.0f})"
 
 
 def _shift(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -201,26 +220,61 @@ class VideoSession:
         new = self._pending.pop(index, {})
         for object_id, prompts in new.items():
             self._tracks[object_id] = _Track(object_id, prompts, index)
-        objects = [self._segment(track, image, features, object_id in new)
+        warnings: list[str] = []
+        objects = [self._segment(track, image, features, object_id in new, warnings)
                    for object_id, track in sorted(self._tracks.items())]
         self.next_frame += 1
         timings = {"encode": (encoded - started) * 1000, "decode": (time.perf_counter() - encoded) * 1000}
-        return VideoFrame(index, image, objects, timings)
+        return VideoFrame(index, image, objects, timings, warnings)
 
     def _decode(self, features: ImageFeatures, prompts: Prompts, previous: np.ndarray | None = None,
                 max_masks: int = 1) -> list[MaskResult]:
         return self.predictor.decode(features, prompts, previous_mask=previous, vocabulary=self._vocabulary,
                                      max_masks=max_masks).masks  # type: ignore[union-attr]
 
-    def _segment(self, track: _Track, image: np.ndarray, features: ImageFeatures, prompted: bool) -> ObjectMask:
+    def _segment(self, track: _Track, image: np.ndarray, features: ImageFeatures, prompted: bool,
+                 warnings: list[str]) -> ObjectMask:
         if prompted or self.config.method == "per_frame":
-            best = self._decode(features, track.prompts)[0]
+            phrase_only = track.prompts.text is not None and not track.prompts.spatial
+            count = self.config.ambiguity_candidates if prompted and phrase_only else 1
+            results = self._decode(features, track.prompts, max_masks=count)
+            best = results[0]
             if prompted:
                 self._start(track, image, best.mask)
+                warning = self._ambiguity(track, results)
+                if warning:
+                    warnings.append(warning)
+                answer = self._answer(track, best.mask, best.score, best.label)
+                answer.ambiguous = warning is not None
+                return answer
             return self._answer(track, best.mask, best.score, best.label)
         if track.gone:
             return self._answer(track, None, 0.0, track.label)
         return self._follow(track, image, features)
+
+    def _ambiguity(self, track: _Track, results: list[MaskResult]) -> str | None:
+        """A warning when the phrase grounds to another instance nearly as well as to the chosen
+        one (e.g. two look-alikes in view and a qualifier the model does not resolve): the
+        track follows the chosen one, and the user is told rather than left to find out."""
+        instances: list[list[MaskResult]] = []  # groundings of one thing (IoU > 0.5) together
+        for r in results:
+            if not r.mask.any():
+                continue
+            same = next((g for g in instances if _iou(g[0].mask, r.mask) > 0.5), None)
+            if same is None:
+                instances.append([r])
+            else:
+                same.append(r)
+        if len(instances) < 2 or not results[0].mask.any():
+            return None
+        mass = [sum(r.score for r in group) for group in instances]
+        rivals = [(m, g[0]) for m, g in zip(mass[1:], instances[1:]) if m >= self.config.ambiguity_ratio * mass[0]]
+        if not rivals:
+            return None
+        others = "; ".join(f"the one centred at {_where(r.mask)} (p={m:.2f})" for m, r in rivals)
+        return (f"object {track.object_id}, frame {track.prompt_frame}: the phrase {track.prompts.text!r} names "
+                f"{len(rivals) + 1} instances about equally: following the one centred at {_where(results[0].mask)} "
+                f"(p={mass[0]:.2f}), not {others}; a click or a box on the object says which")
 
     def _start(self, track: _Track, image: np.ndarray, mask: np.ndarray) -> None:
         track.velocity = np.zeros(2)

@@ -61,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the authors' per-frame method against ours (docs/video.md)")
     v.add_argument("--sequences", type=int, default=20, help="sequences (one kind of --kinds each in turn)")
     v.add_argument("--kinds", default="motion,scale,occlusion,crossing,exit",
-                   help="sequence kinds, each in turn (e.g. 'crossing': identity on crossings only)")
+                   help="sequence kinds, each in turn (e.g. 'crossing': identity on crossings only; "
+                        "'crossing_in_view': the look-alike already in view on frame 0)")
     v.add_argument("--start", type=int, default=0, help="first sequence of the split (an offset into its seeds)")
     v.add_argument("--frames", type=int, default=16, help="frames per sequence")
     v.add_argument("--prompt-kinds", default="box,click,text", help="frame-0 prompts to score: box, click, text")
@@ -135,17 +136,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_video(args: argparse.Namespace, predictor) -> int:  # noqa: ANN001 - a SeemPredictor
-    from .moving_shapes import KINDS
+    from .moving_shapes import ALL_KINDS
     from .video_eval import METHODS, PROMPT_KINDS, evaluate_video, format_video_table
 
     kinds = [k.strip() for k in args.prompt_kinds.split(",") if k.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seq_kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     bad = [k for k in kinds if k not in PROMPT_KINDS] + [m for m in methods if m not in METHODS] + \
-        [k for k in seq_kinds if k not in KINDS]
+        [k for k in seq_kinds if k not in ALL_KINDS]
     if bad or not kinds or not methods or not seq_kinds or args.sequences < 1 or args.frames < 2:
         print(f"--video: unknown or missing prompt kinds / methods / sequence kinds {bad or ''} (prompt kinds: "
-              f"{', '.join(PROMPT_KINDS)}; methods: {', '.join(METHODS)}; sequence kinds: {', '.join(KINDS)}; "
+              f"{', '.join(PROMPT_KINDS)}; methods: {', '.join(METHODS)}; sequence kinds: {', '.join(ALL_KINDS)}; "
               "at least 1 sequence of 2 frames)", file=sys.stderr)
         return 2
     result = evaluate_video(predictor, sequences=args.sequences, split=args.split, start=args.start,

@@ -7,9 +7,17 @@ motion; its `kind` adds one difficulty:
 - "motion":    the target and one or two distractors glide at a few px per frame;
 - "scale":     the target grows or shrinks by up to 1.7x over the sequence;
 - "occlusion": a thing of another colour passes in front of the target (about half hidden at most);
-- "crossing":  a look-alike (same shape and colour, another instance) crosses the target's
-               path, in front of or behind it: the tracker must keep the instance;
+- "crossing":  a look-alike (same shape and colour, another instance) enters the frame after
+               the prompted frame 0 and crosses the target's path, in front of or behind
+               it: the tracker must keep the instance;
 - "exit":      the target leaves the frame for the last frames (truth: empty masks).
+
+"crossing_in_view" (not in the default mix; the crossing set of the first identity table)
+is a crossing whose look-alike is already in view on frame 0, off to one side. A prompt
+on frame 0 that names the target by class (a phrase) then names both things, and which
+one is meant rests on a position word ("the star on the left"), which seem-tiny's
+grounding resolves no better than a coin toss; referring-video benchmarks give an
+expression that identifies the target on the annotated frame, and so does "crossing".
 
 Rendering reuses Shapes World's exact rasteriser and textures (a static background, the
 things composited with their coverage in drawing order); the truth is what is visible.
@@ -27,8 +35,10 @@ from model.types import Box, Point
 from .shapes_world import (COLOR_RGB, COLORS, SIZE_RANGES, THING_CLASSES, Segment, ThingAttributes, _ROTATION_RANGE,
                            _SS, _background_layout, _rasterize_local, _rng, _texture, _to_uint8, make_phrases)
 
-Kind = Literal["motion", "scale", "occlusion", "crossing", "exit"]
-KINDS: tuple[str, ...] = ("motion", "scale", "occlusion", "crossing", "exit")
+Kind = Literal["motion", "scale", "occlusion", "crossing", "exit", "crossing_in_view"]
+KINDS: tuple[str, ...] = ("motion", "scale", "occlusion", "crossing", "exit")  # the default mix, in turn
+ALL_KINDS: tuple[str, ...] = (*KINDS, "crossing_in_view")
+CROSSING_KINDS: tuple[str, ...] = ("crossing", "crossing_in_view")
 DEFAULT_SIZE = (160, 224)
 DEFAULT_FRAMES = 16
 # Held-out video seeds live in their own range, apart from every image split.
@@ -132,8 +142,11 @@ def _plan(kind: str, rng: Generator, h: int, w: int, frames: int) -> tuple[list[
         target.velocity = ((end[0] - target.start[0]) / (frames - 1), (end[1] - target.start[1]) / (frames - 1))
     if kind == "scale":
         target.scale_end = float(rng.choice([rng.uniform(0.6, 0.8), rng.uniform(1.3, 1.7)]))
-    if kind in ("occlusion", "crossing"):
-        twin = kind == "crossing"
+    if kind == "crossing":
+        movers.append(_entering_twin(rng, target, side, w, h, frames))
+        lookalike = 1
+    if kind in ("occlusion", "crossing_in_view"):
+        twin = kind == "crossing_in_view"
         other = _random_mover(rng, side, shape=target.shape if twin else None,
                               color=target.color if twin else pick(), size="large" if twin else None)
         if twin:
@@ -160,12 +173,47 @@ def _plan(kind: str, rng: Generator, h: int, w: int, frames: int) -> tuple[list[
     return movers, lookalike
 
 
+def _entering_twin(rng: Generator, target: _Mover, side: int, w: int, h: int, frames: int) -> _Mover:
+    """A look-alike wholly outside the frame on frame 0 that enters through the frame edge
+    nearest to the target's position at 60% of the sequence and passes it there, off to one
+    side (close enough to merge with it), at >= 3 px per frame."""
+    twin = _random_mover(rng, side, shape=target.shape, color=target.color, size="large")
+    twin.radius = target.radius * rng.uniform(0.85, 1.15)
+    meet_t = max(1, round(0.6 * (frames - 1)))
+    cx, cy = target.at(meet_t, frames)[:2]
+    # Inward direction of the nearest edge (left, right, top, bottom), turned by up to 30 degrees.
+    inward = [(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)][int(np.argmin([cx, w - cx, cy, h - cy]))]
+    turn = rng.uniform(-np.pi / 6, np.pi / 6)
+    dx = inward[0] * np.cos(turn) - inward[1] * np.sin(turn)
+    dy = inward[0] * np.sin(turn) + inward[1] * np.cos(turn)
+    side_off = 0.3 * (target.radius + twin.radius) * (1 if rng.random() < 0.5 else -1)
+    meet = (cx - dy * side_off, cy + dx * side_off)
+    # Back from the meeting point until the twin (its rasterised extent is within 1.5 radii)
+    # is wholly beyond the edge it comes through.
+    margin = 1.5 * twin.radius + 2
+    back = min(_distance_out(meet[0], dx, w, margin), _distance_out(meet[1], dy, h, margin))
+    speed = max(back / meet_t, 3.0)
+    twin.velocity = (dx * speed, dy * speed)
+    twin.start = (meet[0] - dx * speed * meet_t, meet[1] - dy * speed * meet_t)
+    return twin
+
+
+def _distance_out(x: float, d: float, size: float, margin: float) -> float:
+    """How far to go back from coordinate x against direction component d until `margin`
+    beyond the frame's edge on that axis (inf when d is 0)."""
+    if d > 0:
+        return (x + margin) / d
+    if d < 0:
+        return (size - x + margin) / -d
+    return float("inf")
+
+
 def _draw_order(kind: str, n: int, rng: Generator) -> list[int]:
     """Indices of movers back to front: an occluder in front of the target; a look-alike in
     front or behind at random; slow distractors at the back."""
     if kind == "occlusion":
         return list(range(2, n)) + [0, 1]
-    if kind == "crossing":
+    if kind in CROSSING_KINDS:
         pair = [0, 1] if rng.random() < 0.5 else [1, 0]
         return list(range(2, n)) + pair
     return list(range(1, n)) + [0]
@@ -226,8 +274,8 @@ def generate_sequence(seed: int, kind: str | None = None, *, frames: int = DEFAU
     """The sequence of `seed` (kind drawn from the seed unless given). Same arguments, same bytes."""
     rng = _rng(seed, _STREAM_MOTION)
     kind = kind or KINDS[int(rng.integers(len(KINDS)))]
-    if kind not in KINDS:
-        raise ValueError(f"unknown sequence kind {kind!r} (one of {', '.join(KINDS)})")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"unknown sequence kind {kind!r} (one of {', '.join(ALL_KINDS)})")
     h, w = size
     for _ in range(50):  # redraw until the target is whole and unhidden on frame 0
         movers, lookalike = _plan(kind, rng, h, w, frames)

@@ -20,7 +20,7 @@ from model.predictor import SeemPredictor
 from model.types import Prompts
 from model.video import TrackerConfig, VideoPredictor
 
-from .moving_shapes import DEFAULT_FRAMES, KINDS, Sequence, generate_sequence, video_seeds
+from .moving_shapes import ALL_KINDS, CROSSING_KINDS, DEFAULT_FRAMES, KINDS, Sequence, generate_sequence, video_seeds
 from .shapes_world import default_vocabulary
 
 PROMPT_KINDS = ("box", "click", "text")
@@ -83,33 +83,39 @@ def _score_sequence(predictor: SeemPredictor, seq: Sequence, runs: dict[tuple[st
     js = {k: [] for k in runs}
     fs = {k: [] for k in runs}
     swaps = {k: False for k in runs}
+    ambiguous = {k: False for k in runs}
     for t, image in enumerate(seq.frames):
         features = predictor.encode([image])[0]
         for key, s in sessions.items():
-            mask = s.track(image, features).objects[0].mask
+            answer = s.track(image, features).objects[0]
+            mask = answer.mask
             if t == 0:
+                ambiguous[key] = answer.ambiguous
                 continue
             js[key].append(region_j(mask, seq.target[t]))
             fs[key].append(boundary_f(mask, seq.target[t]))
             if seq.lookalike is not None and switched(mask, seq.target[t], seq.visible[t, seq.lookalike]):
                 swaps[key] = True
-    return {k: (float(np.mean(js[k])), float(np.mean(fs[k])), swaps[k]) for k in runs}
+    return {k: (float(np.mean(js[k])), float(np.mean(fs[k])), swaps[k], ambiguous[k]) for k in runs}
 
 
 def evaluate_video(predictor: SeemPredictor, *, sequences: int = 20, split: str = "test", start: int = 0,
                    frames: int = DEFAULT_FRAMES, prompt_kinds: Seq[str] = PROMPT_KINDS, methods: Seq[str] = METHODS,
                    kinds: Seq[str] = KINDS, progress: bool = True) -> dict:
-    """{method: {prompt kind: {J, F, JF, sequences, crossing, switch_rate, by_kind}}}.
+    """{method: {prompt kind: {J, F, JF, sequences, crossing, switch_rate, ambiguous, by_kind}}}
+    and "rows": per sequence [method, prompt kind, sequence kind, J, F, switched, ambiguous]
+    (ambiguous: the session warned that frame 0's phrase named several instances).
 
     Sequence i of the split gets kind kinds[i % len(kinds)]: with every kind (the default)
     every 5 sequences hold one of each; `kinds=("crossing",)` scores identity on crossings only."""
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in ALL_KINDS]
     if bad or not kinds:
-        raise ValueError(f"unknown sequence kinds {bad} (one of {', '.join(KINDS)})")
+        raise ValueError(f"unknown sequence kinds {bad} (one of {', '.join(ALL_KINDS)})")
     from tqdm import tqdm
 
     started = time.time()
-    per: dict[tuple[str, str], list[tuple[str, float, float, bool]]] = {(m, k): [] for m in methods for k in prompt_kinds}
+    per: dict[tuple[str, str], list[tuple[str, float, float, bool, bool]]] = \
+        {(m, k): [] for m in methods for k in prompt_kinds}
     seeds = video_seeds(split, sequences, start)  # type: ignore[arg-type]
     for i, seed in enumerate(tqdm(seeds, desc="video eval", disable=not progress, unit="seq")):
         seq = generate_sequence(seed, kinds[(start + i) % len(kinds)], frames=frames)
@@ -118,35 +124,36 @@ def evaluate_video(predictor: SeemPredictor, *, sequences: int = 20, split: str 
             prompts = sequence_prompt(seq, kind)
             if prompts is not None:
                 runs.update({(m, kind): prompts for m in methods})
-        for key, (j, f, swap) in _score_sequence(predictor, seq, runs).items():
-            per[key].append((seq.kind, j, f, swap))
+        for key, row in _score_sequence(predictor, seq, runs).items():
+            per[key].append((seq.kind, *row))
     result: dict = {"seconds": time.time() - started, "frames": frames, "split": split,
                     "rows": [[m, k, *row] for (m, k), rows in per.items() for row in rows]}
     return summarize(result, per)
 
 
-def summarize(result: dict, per: dict[tuple[str, str], list[tuple[str, float, float, bool]]]) -> dict:
-    """Means per method and prompt kind from per-sequence rows (kind, J, F, switched)."""
+def summarize(result: dict, per: dict[tuple[str, str], list[tuple[str, float, float, bool, bool]]]) -> dict:
+    """Means per method and prompt kind from per-sequence rows (kind, J, F, switched, ambiguous)."""
     for (method, kind), rows in per.items():
         if not rows:
             continue
-        crossing = [r for r in rows if r[0] == "crossing"]
+        crossing = [r for r in rows if r[0] in CROSSING_KINDS]
         result.setdefault(method, {})[kind] = {
             "J": float(np.mean([r[1] for r in rows])), "F": float(np.mean([r[2] for r in rows])),
             "JF": float(np.mean([(r[1] + r[2]) / 2 for r in rows])), "sequences": len(rows),
             "crossing": len(crossing),
             "switch_rate": float(np.mean([r[3] for r in crossing])) if crossing else 0.0,
+            "ambiguous": int(sum(r[4] for r in rows)),
             "by_kind": {k: float(np.mean([(r[1] + r[2]) / 2 for r in rows if r[0] == k]))
-                        for k in KINDS if any(r[0] == k for r in rows)},
+                        for k in ALL_KINDS if any(r[0] == k for r in rows)},
         }
     return result
 
 
 def format_video_table(r: dict) -> str:
-    lines = [f"{'method':<46} {'prompt':<6} {'J':>6} {'F':>6} {'J&F':>6} {'id switch':>10}  J&F by kind"]
+    lines = [f"{'method':<46} {'prompt':<6} {'J':>6} {'F':>6} {'J&F':>6} {'id switch':>10} {'ambiguous':>9}  J&F by kind"]
     for method in METHODS:
         for kind, v in r.get(method, {}).items():
             kinds = " ".join(f"{k} {100 * x:.1f}" for k, x in v["by_kind"].items())
             lines.append(f"{METHOD_NAMES[method]:<46} {kind:<6} {100 * v['J']:6.1f} {100 * v['F']:6.1f} "
-                         f"{100 * v['JF']:6.1f} {v['switch_rate'] * 100:5.0f}% of {v['crossing']:<2}  {kinds}")
+                         f"{100 * v['JF']:6.1f} {v['switch_rate'] * 100:5.0f}% of {v['crossing']:<2} {v['ambiguous']:>9}  {kinds}")
     return "\n".join(lines)
