@@ -4,13 +4,15 @@
     .venv/bin/python bench/video.py rss  [--frames 100,1000]
     .venv/bin/python bench/video.py bulk [--videos 6] [--frames 16] [--actors 2]
 
-api:  frames/s of `VideoSession.propagate` on CPU, one object prompted with a box, frames
-      `--side` px on the short side fed at that size (seem-tiny's own setting is 256), with
-      the encoder / per-frame decode split. Random weights for models without shipped ones.
+api:  frames/s of a video session on CPU, one object prompted with a box, frames `--side` px
+      on the short side fed at that size (seem-tiny's own setting is 256), with the encoder /
+      per-frame decode split in wall and in CPU time (run with OMP_NUM_THREADS=1 for one
+      thread's CPU ms). Random weights for models without shipped ones.
 rss:  peak RSS of a session over N synthetic frames, each N in a fresh process (ru_maxrss
       is a high-water mark): a streamed video must stay flat as N grows.
 bulk: the Ray job over local .mp4 files vs a plain loop of `segment_video` over the same
-      videos in one process: videos/s and frames/s.
+      videos in one process (before and after the job, the model loaded outside the timing):
+      videos/s and frames/s.
 Each prints one JSON line per measurement.
 """
 from __future__ import annotations
@@ -68,25 +70,36 @@ def _box(side: int):
 
 
 def bench_api(models: list[str], frames: int, side: int) -> None:
+    """Wall and CPU time per frame, encode (`predictor.encode`) vs decode (`session.track`
+    given the features). CPU time is the process's: with OMP_NUM_THREADS=1 it is one
+    thread's work, which the load of a shared machine changes far less than wall time."""
+    import torch
+
     from model.video import VideoPredictor
 
     for model in models:
         predictor = _predictor(model, side)
-        session = VideoPredictor(predictor).init_session(synthetic_frames(frames + 2, side))
+        session = VideoPredictor(predictor).init_session()
         session.add_prompts(0, 1, _box(side))
-        timings = []
-        started = None
-        for frame in session.propagate():
-            if frame.index == 2:  # two warm-up frames
-                started = time.perf_counter()
-            if frame.index >= 2:
-                timings.append(frame.timings_ms)
-        seconds = time.perf_counter() - started
+        wall = {"encode": [], "decode": []}
+        cpu = {"encode": [], "decode": []}
+        for index, image in enumerate(synthetic_frames(frames + 2, side)):
+            w0, c0 = time.perf_counter(), time.process_time()
+            features = predictor.encode([image])[0]
+            w1, c1 = time.perf_counter(), time.process_time()
+            session.track(image, features)
+            w2, c2 = time.perf_counter(), time.process_time()
+            if index >= 2:  # two warm-up frames
+                wall["encode"].append(w1 - w0), wall["decode"].append(w2 - w1)
+                cpu["encode"].append(c1 - c0), cpu["decode"].append(c2 - c1)
+        seconds = sum(wall["encode"]) + sum(wall["decode"])
+        ms = lambda xs: round(1000 * float(np.median(xs)), 1)  # noqa: E731
         print(json.dumps({"bench": "api", "model": model, "side": side, "frames": frames,
                           "frames_per_s": round(frames / seconds, 3),
-                          "encode_ms": round(float(np.median([t["encode"] for t in timings])), 1),
-                          "decode_ms": round(float(np.median([t["decode"] for t in timings])), 1),
-                          "threads": __import__("torch").get_num_threads()}), flush=True)
+                          "encode_ms": ms(wall["encode"]), "decode_ms": ms(wall["decode"]),
+                          "encode_cpu_ms": ms(cpu["encode"]), "decode_cpu_ms": ms(cpu["decode"]),
+                          "frames_per_cpu_s": round(frames / (sum(cpu["encode"]) + sum(cpu["decode"])), 3),
+                          "threads": torch.get_num_threads(), "load": os.getloadavg()[0]}), flush=True)
 
 
 def _rss_child(frames: int, side: int) -> None:
@@ -126,25 +139,35 @@ def bench_bulk(videos: int, frames: int, actors: int) -> None:
         prompts = Path(tmp) / "prompts.jsonl"
         prompts.write_text("\n".join(json.dumps(line) for line in lines))
         predictor = load_predictor(ModelSpec())
-        started = time.perf_counter()
-        for i, line in enumerate(lines):
-            with open_source(str(src / line["video"])) as source:
-                segment_video(predictor, source, parse_objects([line]), open_store(f"{tmp}/loop/{i}"), progress=False)
-        loop_s = time.perf_counter() - started
-        print(json.dumps({"bench": "bulk", "how": "plain loop", "videos": videos, "frames": videos * frames,
-                          "videos_per_s": round(videos / loop_s, 3), "frames_per_s": round(videos * frames / loop_s, 2)}))
+
+        def plain_loop(tag: str) -> None:
+            started = time.perf_counter()
+            for i, line in enumerate(lines):
+                with open_source(str(src / line["video"])) as source:
+                    segment_video(predictor, source, parse_objects([line]), open_store(f"{tmp}/{tag}/{i}"),
+                                  progress=False)
+            loop_s = time.perf_counter() - started
+            print(json.dumps({"bench": "bulk", "how": f"plain loop ({tag})", "videos": videos,
+                              "frames": videos * frames, "videos_per_s": round(videos / loop_s, 3),
+                              "frames_per_s": round(videos * frames / loop_s, 2), "load": os.getloadavg()[0]}),
+                  flush=True)
+
+        plain_loop("before")  # the loop before and after the Ray job: the load of a shared machine drifts
         import ray
 
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
         try:
             started = time.perf_counter()
             summary = video_job(str(src), str(prompts), f"{tmp}/ray", VideoJobOptions(actors=actors, progress=False))
             ray_s = time.perf_counter() - started
         finally:
             ray.shutdown()
-        print(json.dumps({"bench": "bulk", "how": f"ray, {actors} actors", "videos": summary.done,
-                          "frames": summary.frames, "videos_per_s": round(summary.done / ray_s, 3),
-                          "frames_per_s": round(summary.frames / ray_s, 2), "seconds_with_ray_start": round(ray_s, 1)}))
+        print(json.dumps({"bench": "bulk", "how": f"ray, {actors} actors (actor start and model load included)",
+                          "videos": summary.done, "frames": summary.frames,
+                          "videos_per_s": round(summary.done / ray_s, 3),
+                          "frames_per_s": round(summary.frames / ray_s, 2), "seconds": round(ray_s, 1),
+                          "load": os.getloadavg()[0]}), flush=True)
+        plain_loop("after")
 
 
 def main() -> None:

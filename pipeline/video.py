@@ -143,6 +143,7 @@ class VideoSummary:
     seconds: float
     files: dict[str, str]
     timings_ms: dict[str, float]
+    warnings: list[str] = field(default_factory=list)  # e.g. a phrase that named several instances
 
     @property
     def frames_per_s(self) -> float:
@@ -207,11 +208,13 @@ def segment_video(predictor: Any, source: FrameSource, objects: Sequence[VideoOb
         session.add_prompts(obj.frame, obj.object_id, obj.to_prompts(source.size))
     rows: dict[str, list] = {f.name: [] for f in VIDEO_MASKS_SCHEMA}
     totals = {"encode": 0.0, "decode": 0.0}
+    warnings: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, Progress(source.num_frames or 0, "video", enabled=progress,
                                                          unit="frame") as bar:
         overlay_path = os.path.join(tmp, "overlay.mp4")
         with OverlayWriter(overlay_path, source.fps, source.size) as writer:
             for frame in session.propagate():
+                warnings += frame.warnings
                 _rows(frame, rows)
                 writer.write(_overlay(frame))
                 if png:
@@ -232,7 +235,7 @@ def segment_video(predictor: Any, source: FrameSource, objects: Sequence[VideoOb
     if png:
         files["png"] = out.uri("png")
     per_frame = {k: v / max(frames, 1) for k, v in totals.items()}
-    return VideoSummary(source.name, frames, len(objects), time.perf_counter() - started, files, per_frame)
+    return VideoSummary(source.name, frames, len(objects), time.perf_counter() - started, files, per_frame, warnings)
 
 
 def load_objects_file(path: str) -> list[VideoObject]:

@@ -118,6 +118,8 @@ def _single(args: argparse.Namespace) -> int:
         except PromptError as e:
             print(f"seem video: {e}", file=sys.stderr)
             return 2
+    for warning in summary.warnings:
+        print(f"seem video: warning: {warning}", file=sys.stderr)
     print("\n".join(summary.lines()))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(vars(summary), indent=2, default=str))

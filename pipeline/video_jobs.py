@@ -11,7 +11,8 @@ overlay.mp4, png/ with --png), then `done.json` last. A re-run skips every video
 done.json names the same object version (size + ETag/mtime) and the same prompts, so it
 redoes nothing; a killed run loses only the videos in flight. Videos that cannot be read
 or prompted are recorded in OUT/errors.parquet (uri, stage, reason) and the job goes on;
-OUT/videos.parquet lists every finished video (uri, key, frames, objects).
+OUT/videos.parquet lists every finished video (uri, key, frames, objects, warnings: e.g. a
+phrase that named several instances on its prompted frame).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ __all__ = ["VideoJobOptions", "VideoJobSummary", "video_job", "read_prompt_lines
 
 log = logging.getLogger(__name__)
 VIDEOS_SCHEMA = pa.schema([("uri", pa.string()), ("key", pa.string()), ("frames", pa.int64()),
-                           ("objects", pa.int64())])
+                           ("objects", pa.int64()), ("warnings", pa.list_(pa.string()))])
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class VideoJobSummary:
     frames: int = 0
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (uri, what the session warned of)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +70,7 @@ class VideoJobSummary:
         lines = [f"seem video (bulk): {self.videos} videos: {self.done} done, {self.skipped} already done, "
                  f"{self.failed} failed ({rate})"]
         lines += [f"  error {uri}: {reason}" for uri, reason in self.errors[:10]]
+        lines += [f"  warning {uri}: {text}" for uri, text in self.warnings[:10]]
         return lines
 
 
@@ -120,7 +123,7 @@ class VideoWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         rows = [self._one(dict(zip(batch, values))) for values in zip(*batch.values())]
-        return {k: [r[k] for r in rows] for k in ("uri", "key", "frames", "objects", "error")}
+        return {k: [r[k] for r in rows] for k in ("uri", "key", "frames", "objects", "error", "warnings")}
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         from model.transforms import PromptError
@@ -129,7 +132,8 @@ class VideoWorker:
         from store.backends import StoreError, open_store
 
         objects_json = json.loads(row["objects"])
-        result = {"uri": row["uri"], "key": row["key"], "frames": 0, "objects": len(objects_json), "error": None}
+        result = {"uri": row["uri"], "key": row["key"], "frames": 0, "objects": len(objects_json), "error": None,
+                  "warnings": "[]"}  # JSON: ragged lists do not travel well in numpy batches
         out = open_store(f"{self.out_uri.rstrip('/')}/videos/{row['key']}", endpoint_url=self.options.endpoint_url)
         try:
             objects = parse_objects(objects_json, row["uri"])
@@ -143,8 +147,9 @@ class VideoWorker:
             result["error"] = f"read: {e}"
         else:
             result["frames"] = summary.frames
+            result["warnings"] = json.dumps(summary.warnings)
             done = {"uri": row["uri"], "fingerprint": row["fingerprint"], "frames": summary.frames,
-                    "objects": len(objects)}
+                    "objects": len(objects), "warnings": summary.warnings}
             out.put_atomic("done.json", json.dumps(done).encode())  # last: the video counts as done
         return result
 
@@ -221,6 +226,7 @@ def video_job(src: str, prompts_file: str, out_uri: str, options: VideoJobOption
                     else:
                         summary.done += 1
                         summary.frames += int(row["frames"])
+                        summary.warnings += [(row["uri"], w) for w in json.loads(str(row["warnings"]))]
                     bar.update(1, frames=summary.frames)
         finally:
             if started_ray:
@@ -236,13 +242,14 @@ def _write_tables(out: Any, videos: dict[str, list[dict]], summary: VideoJobSumm
     """errors.parquet of this run; videos.parquet of every video finished by any run."""
     from store.backends import ObjectNotFound
 
-    finished = {"uri": [], "key": [], "frames": [], "objects": []}
+    finished: dict[str, list] = {"uri": [], "key": [], "frames": [], "objects": [], "warnings": []}
     for uri in sorted(videos):
         try:
             done = json.loads(out.get(f"videos/{video_key(uri)}/done.json"))
         except ObjectNotFound:
             continue
-        for k, v in (("uri", uri), ("key", video_key(uri)), ("frames", done["frames"]), ("objects", done["objects"])):
+        for k, v in (("uri", uri), ("key", video_key(uri)), ("frames", done["frames"]), ("objects", done["objects"]),
+                     ("warnings", done.get("warnings", []))):  # done.json of before warnings: none
             finished[k].append(v)
     out.put_atomic("videos.parquet", _parquet_bytes(pa.Table.from_pydict(finished, schema=VIDEOS_SCHEMA)))
     table = errors_table(summary.errors) if summary.errors else ERRORS_SCHEMA.empty_table()
