@@ -133,6 +133,9 @@ def new_run_id() -> str:
 
 
 # --------------------------------------------------------------------------- Ray
+RAY_START_ATTEMPTS = 3
+
+
 def init_ray(address: str | None = None) -> bool:
     """Connect to Ray: the running one if initialised, `address` if given, else a new
     local cluster. Returns True when this call started/connected (the caller may shut
@@ -150,7 +153,18 @@ def init_ray(address: str | None = None) -> bool:
     # A bare ray.init() would join any cluster this machine started with `ray start` (it
     # reads /tmp/ray/ray_current_cluster); "start a local one" must mean a new one. An
     # explicit RAY_ADDRESS (set by `ray job submit` for its entrypoint) is still honoured.
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **kwargs)
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    for attempt in range(RAY_START_ATTEMPTS):
+        try:
+            ray.init(address=target, **kwargs)
+            return True
+        except Exception as exc:  # Ray raises a bare Exception for this one
+            # Ray gives a new local node's raylet a fixed 30 s to register; on a loaded
+            # machine that can pass, and the job would die before listing anything.
+            if target != "local" or "timed out during startup" not in str(exc) or attempt == RAY_START_ATTEMPTS - 1:
+                raise
+            log.warning("Ray's local node did not start within Ray's 30 s; starting it again (%s)", exc)
+            ray.shutdown()
     return True
 
 
