@@ -95,7 +95,8 @@ class Draws:
 @dataclass
 class _DecodeCall:
     """What every step of one decode call needs: the image (its features and maps), the
-    vocabulary for labels, how many masks a target gets, and injected draws."""
+    vocabulary for labels, how many masks a target gets, injected draws and, once a step
+    ran them, the image's object queries (they never see prompts: one pass serves all steps)."""
 
     features: ImageFeatures
     mask_features: torch.Tensor
@@ -104,6 +105,7 @@ class _DecodeCall:
     vocab_emb: torch.Tensor | None = None
     max_masks: int = 1
     draws: Draws | None = None
+    objects: "_ObjectQueries | None" = None
 
 
 class SeemPredictor:
@@ -291,7 +293,7 @@ class SeemPredictor:
         # A referring region: with the v1 models a class embedding first (`_reference_embedding`);
         # with v0 its point features enter the decoder as visual prompts (`_visual_tokens`).
         tokens_route = self.referring_route == "tokens"
-        references = [self._reference_embedding(t.referring, call.vocab_emb) if t.referring and not tokens_route
+        references = [self._reference_embedding(t.referring, call) if t.referring and not tokens_route
                       else None for t in targets]
         visual_prompts = [bool(t.spatial) or (tokens_route and bool(t.referring)) for t in targets]
         grounded = [i for i, t in enumerate(targets) if t.text is not None and not visual_prompts[i]]
@@ -413,8 +415,10 @@ class SeemPredictor:
 
     def _objects(self, call: _DecodeCall) -> "_ObjectQueries":
         """The object queries of one image (the panoptic head), to match prompted masks against."""
-        out = self.model.decoder(call.ms, call.mask_features, object_queries=True, full_masks="none")
-        return self._object_queries(out, call)
+        if call.objects is None:
+            out = self.model.decoder(call.ms, call.mask_features, object_queries=True, full_masks="none")
+            call.objects = self._object_queries(out, call)
+        return call.objects
 
     def _object_queries(self, out: DecoderOutput, call: _DecodeCall) -> "_ObjectQueries":
         obj = out.final[OBJECT]
@@ -425,7 +429,7 @@ class SeemPredictor:
         return _ObjectQueries(obj.class_emb[0], obj.mask_emb[0], call.mask_features, log_object,
                               None if obj.masks is None else obj.masks[0])
 
-    def _reference_embedding(self, regions: Sequence[ReferringRegion], vocab_emb: torch.Tensor | None) -> torch.Tensor:
+    def _reference_embedding(self, regions: Sequence[ReferringRegion], target: _DecodeCall) -> torch.Tensor:
         """What referring regions show, as one unit vector in the joint vision-language space
         (the "class_embedding" route of the v1 models and seem-tiny; v0 takes the reference's
         route, `_visual_tokens`).
@@ -442,10 +446,12 @@ class SeemPredictor:
         for ref in regions:
             self._referring_masks(ref)  # checks the region
             f = ref.features
-            mf, ms = self._maps(f)
-            call = _DecodeCall(f, mf, ms, vocab=None, vocab_emb=vocab_emb)
-            # One pass segments the region and runs the object queries (which never see it).
+            call = _DecodeCall(f, *self._maps(f), vocab=None, vocab_emb=target.vocab_emb)
+            # One pass segments the region and runs the object queries (which never see it):
+            # a region of the target image itself gives the target's object queries too.
             segs, objects = self._spatial(call, [Prompts(spatial=tuple(ref.region))], [None], [None], with_objects=True)
+            if f is target.features and target.objects is None:
+                target.objects = objects
             emb = objects.class_emb[objects.best_match(segs[0].memory[0, 0], min_iou=0.0)]
             embeddings.append(emb / (emb.norm() + 1e-7))
         mean = torch.stack(embeddings).mean(0)

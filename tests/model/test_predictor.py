@@ -73,6 +73,27 @@ def test_every_prompt_kind_and_composition_decodes(tiny_predictor, photo) -> Non
         assert seg.memory.shape == (1, 1, f.padded_size[0] // 4, f.padded_size[1] // 4)
 
 
+def test_a_referring_region_of_the_target_image_shares_its_object_pass(tiny_predictor, photo) -> None:
+    """A region of the image being decoded: the region's pass also gives the target's object
+    queries (they never see prompts), so the call runs one object pass, not two; the result
+    must be what two separate passes give (a distinct but equal features object)."""
+    f = tiny_predictor.encode([photo])[0]
+    twin = replace(f)  # equal tensors, another object
+    passes = []
+    hook = tiny_predictor.model.decoder.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        for region in ((Point(100, 80),), (Box(10, 10, 50, 50),)):
+            shared = tiny_predictor.decode(f, Prompts(referring=(ReferringRegion(f, region),)), max_masks=2)
+            separate = tiny_predictor.decode(f, Prompts(referring=(ReferringRegion(twin, region),)), max_masks=2)
+            assert passes == [1, 1, 1]  # one decoder pass shared, then two
+            passes.clear()
+            for a, b in zip(shared.masks, separate.masks):
+                assert (a.mask != b.mask).mean() <= 0.001 and a.label == b.label
+                assert a.score == pytest.approx(b.score, abs=1e-4)
+    finally:
+        hook.remove()
+
+
 def test_multi_object_pass_and_rounds(tiny_predictor, photo) -> None:
     f = tiny_predictor.encode([photo])[0]
     targets = [Prompts(spatial=(Point(10, 10),)), Prompts(spatial=(Box(100, 80, 160, 150),))]
