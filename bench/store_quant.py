@@ -48,7 +48,7 @@ from model.types import ImageFeatures  # noqa: E402
 from store.feature_store import content_sha256, deserialize_features, serialize_features  # noqa: E402
 
 DEFAULT_CANDIDATES = (
-    "store:int8", "store:float16", "asym8/asym8/left", "asym8/asym7/planar", "asym9/asym8/left",
+    "store:int8", "store:int10", "store:float16", "asym8/asym8/left", "asym8/asym7/planar", "asym9/asym8/left",
     "asym10/asym8/left", "pixel8/asym8/left", "asym8/asym8/planar", "uniform0.005/asym8/left",
 )
 _SCHEME = re.compile(r"^(sym|asym|pixel)(\d+)$|^uniform([0-9.]+)$")

@@ -12,9 +12,9 @@ Object format: a plain safetensors file (readable by any safetensors reader; loa
 never executes code, unlike pickle). Its string metadata holds `ImageFeatures.metadata()`
 plus `store.*` keys:
 
-- `store.format`      "seem-ray-features/1" (float tensors) or "seem-ray-features/2"
-                      (version 1 + quantised tensors); readers take both, so objects
-                      written before version 2 keep loading
+- `store.format`      "seem-ray-features/1" (float tensors), "seem-ray-features/2"
+                      (version 1 + int8 tensors) or "seem-ray-features/3" (version 1 +
+                      level tensors); readers take all three, so older objects keep loading
 - `store.image_sha256` the image hash the object is filed under (checked on read)
 - `store.codec`       "none", "zlib", "zstd", "shuffle+zlib" or "shuffle+zstd"
 - `store.tensors`     JSON {name: {"dtype", "shape"}} of the *logical* tensors
@@ -22,11 +22,19 @@ plus `store.*` keys:
 - `store.quant`       (version 2 only) JSON {name: "int8-per-channel"}: tensor `name` is
                       stored as int8 (C x ...) with a float32 scale per channel in tensor
                       `name.scale` (both listed in `store.tensors`); value = int8 * scale.
+                      (version 3) {name: "levels<B>-per-channel-up"}: B-bit levels between
+                      each channel's min and max, as differences with the one above in
+                      tensor `name` (int8, -128 = escape), the escaped differences in
+                      `name.escapes` (int16, in order), float32 `name.offset` and `name.step`
+                      per channel; value = level * step + offset (`quantize_levels`).
 
 Quantisation (`dtype="int8"`): every floating C x H x W map is rounded to 255 levels per
 channel, symmetric around 0 (scale = the channel's max |value| / 127). Bytes per value
 drop from 2 (float16) to 1 before compression; bench/store_formats.py measures what that
 does to masks (docs/benchmarks.md, "Feature store format").
+
+`dtype="int10"` (version 3) gives `mask_features` 10-bit levels and the other maps 8: the
+finer step the click-IoU bound needs where every mask is read (bench/store_quant.py).
 
 Uncompressed, each feature map is stored as itself (dtype float16/bfloat16/float32).
 Compressed, each one is stored as a 1-D uint8 tensor holding the codec's output for the
@@ -74,8 +82,17 @@ __all__ = [
 
 FORMAT_V1 = "seem-ray-features/1"
 FORMAT_V2 = "seem-ray-features/2"
-OBJECT_FORMAT = FORMAT_V2  # the newest; float-only objects are still written as version 1
+FORMAT_V3 = "seem-ray-features/3"
+OBJECT_FORMAT = FORMAT_V3  # the newest; float objects are still written as version 1, int8 as version 2
 QUANT_INT8 = "int8-per-channel"
+#: Version 3's scheme: B-bit levels per channel between the channel's min and max, stored as
+#: differences with the neighbour above (an int8 stream, -128 = escape, + the escaped ones).
+QUANT_LEVELS = re.compile(r"^levels(\d+)-per-channel-up$")
+#: Bits of levels per tensor in an "int10" object: `mask_features` is what every mask is a
+#: dot product with, so it gets the 10 bits the IoU bounds need; the other maps only feed
+#: the decoder's attention and stay at 8 (docs/benchmarks.md, "Format version 3").
+INT10_BITS = {"mask_features": 10}
+_INT10_OTHER_BITS = 8
 CODECS = ("none", "zlib", "zstd", "shuffle+zlib", "shuffle+zstd")
 
 
@@ -94,7 +111,7 @@ def _zstd_available() -> bool:
 #: real features and record in docs/benchmarks.md.
 DEFAULT_CODEC = "shuffle+zstd" if _zstd_available() else "shuffle+zlib"
 
-StoreDType = Literal["float16", "bfloat16", "float32", "int8"]
+StoreDType = Literal["float16", "bfloat16", "float32", "int8", "int10"]
 _STORE_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in FLOAT_STORE_DTYPES}
 # safetensors header dtype names <-> torch dtypes (only what the store writes/reads).
 _ST_DTYPES: dict[str, torch.dtype] = {
@@ -246,6 +263,58 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.to(torch.float32) * scale.view(-1, *([1] * (q.dim() - 1)))
 
 
+def _as_rows(t: torch.Tensor | np.ndarray) -> tuple[int, int, int]:
+    """C x H x ... -> the (C, H, rest) view level differences run over (along H: then
+    decoding adds whole rows, which is 2-3x faster than a running sum along W)."""
+    shape = tuple(t.shape)
+    rows = shape[1] if len(shape) > 1 else 1
+    return shape[0], rows, int(np.prod(shape[2:], dtype=np.int64)) if len(shape) > 2 else 1
+
+
+def quantize_levels(t: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
+    """C x ... float -> version 3's tensors: `""` the int8 residual stream (C x ...), `.escapes`
+    (int16, the residuals outside -127..127, in order), `.offset` and `.step` (float32 per
+    channel; value = level * step + offset). Level = round((value - min) / step), step =
+    (max - min) / (2^bits - 1); residual = level - the level above it (the previous index of
+    dimension 1)."""
+    if not 2 <= bits <= 14 or t.dim() < 1 or t.shape[0] == 0:
+        raise ValueError(f"cannot quantise a tensor of shape {tuple(t.shape)} to {bits}-bit levels")
+    flat = t.to(torch.float32).reshape(t.shape[0], -1)
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("cannot quantise features with inf or nan values")
+    low = flat.amin(1) if flat.shape[1] else torch.zeros(t.shape[0])
+    high = flat.amax(1) if flat.shape[1] else torch.zeros(t.shape[0])
+    step = torch.where(high > low, (high - low) / (2**bits - 1), torch.ones_like(low))
+    levels = torch.round((flat - low[:, None]) / step[:, None]).to(torch.int32).reshape(_as_rows(t))
+    residual = torch.cat([levels[:, :1], levels[:, 1:] - levels[:, :-1]], 1).reshape(-1)
+    escaped = (residual < -127) | (residual > 127)
+    stream = torch.where(escaped, torch.full_like(residual, -128), residual).to(torch.int8)
+    return {"": stream.reshape(t.shape), ".escapes": residual[escaped].to(torch.int16).contiguous(),
+            ".offset": low.contiguous(), ".step": step.contiguous()}
+
+
+def dequantize_levels(stream: torch.Tensor, escapes: torch.Tensor, offset: torch.Tensor,
+                      step: torch.Tensor) -> torch.Tensor:
+    """Inverse of `quantize_levels` (up to the rounding): float32, the shape of `stream`."""
+    if stream.dtype != torch.int8 or escapes.dtype != torch.int16 or tuple(offset.shape) != tuple(stream.shape[:1]):
+        raise ValueError(f"level stream {tuple(stream.shape)} {stream.dtype} with escapes {escapes.dtype}")
+    raw = stream.reshape(-1).numpy()
+    levels = raw.astype(np.float32)  # float32 holds every level (< 2^14) and partial sum exactly
+    where = np.flatnonzero(raw == -128) if escapes.numel() else np.empty(0, dtype=np.int64)
+    if where.size != escapes.numel():
+        raise ValueError(f"{where.size} escapes in the stream, {escapes.numel()} escaped values")
+    levels[where] = escapes.numpy()
+    rows = levels.reshape(_as_rows(stream))
+    for i in range(1, rows.shape[1]):  # the running sum over rows, one vectorised add per row
+        rows[:, i] += rows[:, i - 1]
+    view = (-1, *([1] * (stream.dim() - 1)))
+    return torch.from_numpy(levels).reshape(stream.shape).mul_(step.view(view)).add_(offset.view(view))
+
+
+def _int10_bits(name: str) -> int:
+    return INT10_BITS.get(name, _INT10_OTHER_BITS)
+
+
 def as_stored(features: ImageFeatures, dtype: StoreDType) -> ImageFeatures:
     """`features` as `FeatureStore.get(..., dtype=None)` returns them from an object written
     with `dtype`: the float dtype itself, or float16 after the quantisation round trip.
@@ -255,14 +324,43 @@ def as_stored(features: ImageFeatures, dtype: StoreDType) -> ImageFeatures:
     check_store_dtype(dtype)
     if dtype in _STORE_DTYPES:
         return features.to(dtype=_STORE_DTYPES[dtype])
-    tensors = {
-        name: dequantize_int8(*quantize_int8(t.detach().to("cpu"))).to(torch.float16) if t.is_floating_point() else t
-        for name, t in features.tensors.items()
-    }
+    tensors = dict(features.tensors)
+    for name, t in features.tensors.items():
+        if not t.is_floating_point():
+            continue
+        t = t.detach().to("cpu")
+        if dtype == "int8":
+            tensors[name] = dequantize_int8(*quantize_int8(t)).to(torch.float16)
+        else:
+            parts = quantize_levels(t, _int10_bits(name))
+            tensors[name] = dequantize_levels(*parts.values()).to(torch.float16)
     return dataclasses.replace(features, tensors=tensors)
 
 
 # --------------------------------------------------------------------------- (de)serialise
+def _logical_tensors(features: ImageFeatures, dtype: StoreDType | torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors an object of `dtype` holds (before compression), and {name: scheme} of
+    the quantised ones."""
+    quantize = isinstance(dtype, str) and dtype in ("int8", "int10")
+    store_dtype = torch.float32 if quantize else _STORE_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if store_dtype not in _STORE_DTYPES.values():
+        raise ValueError(f"unsupported store dtype {dtype!r}; choose one of {STORE_DTYPES}")
+    logical: dict[str, torch.Tensor] = {}
+    quant: dict[str, str] = {}
+    for name, t in features.tensors.items():
+        t = t.detach().to("cpu")
+        if t.is_floating_point() and dtype == "int8":
+            logical[name], logical[f"{name}.scale"] = quantize_int8(t)
+            quant[name] = QUANT_INT8
+        elif t.is_floating_point() and quantize:
+            bits = _int10_bits(name)
+            logical.update({name + suffix: part for suffix, part in quantize_levels(t, bits).items()})
+            quant[name] = f"levels{bits}-per-channel-up"
+        else:
+            logical[name] = (t.to(store_dtype) if t.is_floating_point() else t).contiguous()
+    return logical, quant
+
+
 def serialize_features(
     features: ImageFeatures,
     image_sha256: str,
@@ -282,32 +380,18 @@ def serialize_features(
 
     _check_sha256(image_sha256)
     check_model_id(features.model_id)
-    quantize = isinstance(dtype, str) and dtype == "int8"
-    store_dtype = torch.float32 if quantize else _STORE_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
-    if store_dtype not in _STORE_DTYPES.values():
-        raise ValueError(f"unsupported store dtype {dtype!r}; choose one of {STORE_DTYPES}")
     codec = _resolve_codec(compress)
     if not features.tensors:
         raise ValueError("ImageFeatures has no tensors")
-
-    logical: dict[str, torch.Tensor] = {}
-    quant: dict[str, str] = {}
-    for name, t in features.tensors.items():
-        t = t.detach().to("cpu")
-        if t.is_floating_point() and quantize:
-            logical[name], logical[f"{name}.scale"] = quantize_int8(t)
-            quant[name] = QUANT_INT8
-            continue
-        if t.is_floating_point():
-            t = t.to(store_dtype)
-        logical[name] = t.contiguous()
+    logical, quant = _logical_tensors(features, dtype)
 
     metadata = dict(features.metadata())
     first = next(iter(logical.values()))  # the first feature's stored dtype, as version 1 wrote it
-    metadata["dtype"] = "int8" if quant else str(first.dtype).replace("torch.", "")
+    metadata["dtype"] = str(dtype) if quant else str(first.dtype).replace("torch.", "")
+    version = FORMAT_V1 if not quant else FORMAT_V2 if dtype == "int8" else FORMAT_V3
     metadata.update(
         {
-            "store.format": FORMAT_V2 if quant else FORMAT_V1,
+            "store.format": version,
             "store.image_sha256": image_sha256,
             "store.codec": codec,
             "store.tensors": json.dumps(
@@ -316,7 +400,7 @@ def serialize_features(
             ),
         }
     )
-    delta = sorted(quant) if quant and codec != "none" else []
+    delta = sorted(quant) if version == FORMAT_V2 and codec != "none" else []
     if quant:
         metadata["store.quant"] = json.dumps(quant, sort_keys=True)
         metadata["store.delta"] = json.dumps(delta)
@@ -399,7 +483,7 @@ def deserialize_features(
 
     header = _parse_header(data, uri)
     meta = header.metadata
-    if meta.get("store.format") not in (FORMAT_V1, FORMAT_V2):
+    if meta.get("store.format") not in (FORMAT_V1, FORMAT_V2, FORMAT_V3):
         raise CorruptObject(uri, f"not a seem-ray feature object (format {meta.get('store.format')!r})")
     view = memoryview(data)
     chunks = []
@@ -434,7 +518,8 @@ def deserialize_features(
                 raw = _decode_blob(t.numpy().data, nbytes, itemsize, codec)
                 if name in delta:
                     raw = _undelta_rows(raw, shape[-1])
-                t = torch.from_numpy(raw).view(want).reshape(shape)
+                # (an empty array's stride is 0, which view() refuses: e.g. no escapes)
+                t = torch.from_numpy(raw).view(want).reshape(shape) if nbytes else torch.empty(shape, dtype=want)
             tensors[name] = t
         tensors, quantized = _dequantized(tensors, meta)
         for name, t in tensors.items():
@@ -450,16 +535,19 @@ def deserialize_features(
 
 def _dequantized(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Logical tensors of an object -> (feature tensors, the names that were quantised);
-    version 2 turns int8 + scale into float32."""
+    version 2 turns int8 + scale into float32, version 3 levels + offset + step."""
     if meta.get("store.format") == FORMAT_V1:
         return tensors, set()
     quant = json.loads(meta.get("store.quant", "{}"))
-    scales = {f"{q}.scale" for q in quant}
-    out = {n: t for n, t in tensors.items() if n not in scales}
+    out = dict(tensors)
     for name, scheme in quant.items():
-        if scheme != QUANT_INT8:
+        if scheme == QUANT_INT8:
+            out[name] = dequantize_int8(tensors[name], out.pop(f"{name}.scale"))
+        elif QUANT_LEVELS.match(scheme) and meta["store.format"] == FORMAT_V3:
+            parts = [out.pop(f"{name}{suffix}") for suffix in (".escapes", ".offset", ".step")]
+            out[name] = dequantize_levels(tensors[name], *parts)
+        else:
             raise ValueError(f"tensor {name!r}: unknown quantisation {scheme!r}")
-        out[name] = dequantize_int8(tensors[name], tensors[f"{name}.scale"])
     return out, set(quant)
 
 

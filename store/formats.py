@@ -12,8 +12,9 @@ __all__ = ["STORE_DTYPES", "FLOAT_STORE_DTYPES", "check_store_dtype"]
 
 #: Float formats: the tensors cast to this dtype (store format version 1).
 FLOAT_STORE_DTYPES = ("float16", "bfloat16", "float32")
-#: Every format a store object can be written in; "int8" = per-channel int8 (version 2).
-STORE_DTYPES = (*FLOAT_STORE_DTYPES, "int8")
+#: Every format a store object can be written in; "int8" = per-channel int8 (version 2),
+#: "int10" = 10-bit levels per channel for `mask_features`, 8 for the other maps (version 3).
+STORE_DTYPES = (*FLOAT_STORE_DTYPES, "int8", "int10")
 
 
 def check_store_dtype(name: object) -> str:

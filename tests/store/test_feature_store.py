@@ -1,6 +1,7 @@
 """FeatureStore: round trips per dtype/codec, immutability, verification, dedup."""
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -258,3 +259,23 @@ def test_as_stored_is_what_a_reader_of_the_object_gets(tmp_path, dtype) -> None:
         assert t.dtype == fresh.tensors[name].dtype and torch.equal(t, fresh.tensors[name]), name
     with pytest.raises(ValueError, match="choose one of float16, bfloat16, float32, int8"):
         as_stored(features, "int4")
+
+
+@pytest.mark.parametrize("compress", [False, "shuffle+zstd"])
+def test_int10_objects_are_format_3_and_round_trip(tmp_path, compress) -> None:
+    """`int10`: mask_features within half a 10-bit step of each channel's range, the other
+    maps within half an 8-bit one; residuals too wide for int8 survive as escapes."""
+    fs = FeatureStore(str(tmp_path / "store"))
+    features = make_features()
+    features.tensors["ms0"] = torch.zeros(8, 1, 1)  # a constant channel must not divide by zero
+    data = fs.backend.get(fs.put_info(features, SHA, dtype="int10", compress=compress).key)
+    header = _header(data)
+    assert header["__metadata__"]["store.format"] == "seem-ray-features/3"
+    assert json.loads(header["__metadata__"]["store.tensors"])["ms2.escapes"]["shape"][0] > 0  # some escaped
+    assert len(data) < len(serialize_features(features, SHA, dtype="float16", compress=compress))
+    got = fs.get(MODEL, SHA)
+    for name, t in features.tensors.items():
+        flat = t.flatten(1)
+        step = (flat.amax(1) - flat.amin(1)) / (2 ** (10 if name == "mask_features" else 8) - 1)
+        err = (got.tensors[name] - t).abs().flatten(1).amax(1)
+        assert bool((err <= step / 2 + 1e-5).all()), name
