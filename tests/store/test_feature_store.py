@@ -215,6 +215,23 @@ def test_object_written_by_format_2_still_loads() -> None:
         assert torch.equal(got.tensors[name], torch.round(t / scale).clamp(-127, 127) * scale), name
 
 
+V3_OBJECT = V1_OBJECT.with_name("v3-int10-shuffle+zstd.safetensors")
+
+
+def test_object_written_by_format_3_still_loads() -> None:
+    """An int10 object written by format version 3's first code (from `make_features()`)
+    reads back as each channel's lowest value + its levels times its step."""
+    data = V3_OBJECT.read_bytes()
+    assert _header(data)["__metadata__"]["store.format"] == "seem-ray-features/3"
+    got = deserialize_features(data, uri=str(V3_OBJECT), expect_sha256=SHA, expect_model_id=MODEL)
+    for name, t in make_features().tensors.items():
+        flat = t.flatten(1)
+        low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+        step = torch.where(high > low, (high - low) / (2 ** (10 if name == "mask_features" else 8) - 1), 1.0)
+        want = torch.round((flat - low) / step) * step + low
+        assert torch.allclose(got.tensors[name].flatten(1), want, rtol=0, atol=1e-5 * float(t.abs().max())), name
+
+
 def _header(data: bytes) -> dict:
     import json
     import struct
