@@ -73,6 +73,10 @@ class App:
         self.port = free_port()
         self.metrics_port = metrics_port
         os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)  # the proxy runs serving.proxy_guard, as `seem serve` sets up
+        from serving import cli
+
+        for name, value in getattr(cli, "SERVE_LATENCY_ENV", {}).items():  # and Serve's settings (none before)
+            os.environ.setdefault(name, value)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  object_store_memory=512 << 20, _metrics_export_port=metrics_port,
                  _system_config={"metrics_report_interval_ms": 1000})
@@ -320,6 +324,10 @@ def main() -> int:
     p.add_argument("--throughput-optimized", action="store_true",
                    help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress kept off: it would bypass "
                         "the proxy and serving.proxy_guard; the router keeps its own loop)")
+    p.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for Ray and Serve (read by the controller, proxy and replicas when "
+                        "they start); it wins over `seem serve`'s SERVE_LATENCY_ENV, e.g. "
+                        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1 for Serve's default; repeatable")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -327,6 +335,11 @@ def main() -> int:
         # The router keeps its own loop: this driver calls handles outside an event loop.
         os.environ.update(RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_SERVE_ENABLE_DIRECT_INGRESS="0",
                           RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP="1")
+    for item in args.serve_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            p.error(f"--serve-env {item!r}: expected NAME=VALUE")
+        os.environ[name] = value
     if args.direct_ingress:
         # Read by Serve's controller and replicas when they start, so set before Ray starts.
         # The first ingress replica takes the first free port of the range.

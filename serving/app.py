@@ -226,7 +226,10 @@ class Decoder:
         self.store = FeatureStore(self.config.store, self.config.endpoint_url)
         self.encoder, self.speech, self.video = encoder, speech, video
         self.metrics, self.http_metrics = DecoderMetrics(), IngressMetrics()
+        # The model serves one call at a time: a click decodes inline, longer work (panoptic,
+        # materialising backbone features) in `_pool`; `_model_lock` orders both (see `_on_model`).
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        self._model_lock = asyncio.Lock()
         self._misrouted = 0  # requests whose routing header named another image than their body
         # Freshly encoded features waiting for the loader (saves reading back what was just written).
         self._incoming: dict[str, Any] = {}
@@ -283,11 +286,20 @@ class Decoder:
                                           "upload the image again") from None
         if features.stage != "pixel_decoder":
             # A store filled with backbone outputs (smaller objects): run the pixel decoder once
-            # here, on the thread that owns the model, rather than on every decode.
-            loop = asyncio.get_running_loop()
-            full = await loop.run_in_executor(self._pool, self.predictor.materialize, features)
+            # here, off the event loop, rather than on every decode.
+            full = await self._on_model(False, self.predictor.materialize, features)
             features = full.to(dtype=features.dtype)
         return features
+
+    async def _on_model(self, inline: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` with the model to itself: `inline` on this event loop (a click: the hop
+        to a thread and back cost 2-6 ms of a ~50 ms decode on a loaded 2-core machine,
+        docs/benchmarks.md, and a replica decodes one request at a time anyway), else on
+        the model's thread, so long calls leave the loop free for other requests."""
+        async with self._model_lock:
+            if inline:
+                return fn(*args)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _encode(self, image_id: str, data: bytes) -> None:
         pending = self._encoding.get(image_id)
@@ -458,8 +470,8 @@ class Decoder:
 
     async def local_segment(self, image_id: str, data: bytes | None,
                             request: SegmentRequest) -> dict[str, Any] | ApiError:
-        """Masks for one request, decoded on this replica's model thread (no batching: a
-        lone click is answered at once)."""
+        """Masks for one request, decoded inline (no batching: a lone click is answered at
+        once; `_on_model`)."""
         from .inference import segment
         from .limits import referring_image_ids
 
@@ -470,14 +482,13 @@ class Decoder:
             for rid in referring_image_ids(request):
                 referring[rid], _ = await self._features(rid, None)
             features_ms = (time.perf_counter() - started) * 1000
-            loop = asyncio.get_running_loop()
             decode_started = time.perf_counter()
-            body = await loop.run_in_executor(self._pool, segment, self.predictor, features, request, referring)
+            body = await self._on_model(True, segment, self.predictor, features, request, referring)
             self.metrics.decode_latency.observe((time.perf_counter() - decode_started) * 1000, tags={"op": "segment"})
         except Exception as e:
             return _internal(e, "segment")
         body["timings_ms"]["features"] = features_ms
-        body["timings_ms"]["decoder"] = (time.perf_counter() - started) * 1000  # the thread hop included
+        body["timings_ms"]["decoder"] = (time.perf_counter() - started) * 1000  # waiting for the model included
         return body
 
     async def local_panoptic(self, image_id: str, data: bytes | None,
@@ -489,9 +500,8 @@ class Decoder:
             started = time.perf_counter()
             features, _ = await self._features(image_id, data)
             features_ms = (time.perf_counter() - started) * 1000
-            loop = asyncio.get_running_loop()
             started = time.perf_counter()
-            body = await loop.run_in_executor(self._pool, panoptic, self.predictor, features, request)
+            body = await self._on_model(False, panoptic, self.predictor, features, request)
             self.metrics.decode_latency.observe((time.perf_counter() - started) * 1000, tags={"op": "panoptic"})
         except Exception as e:
             return _internal(e, "panoptic")

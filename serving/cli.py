@@ -118,6 +118,26 @@ def _guard_the_proxy() -> None:
     os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)
 
 
+#: Serve settings for the interactive path, a subset of what RAY_SERVE_THROUGHPUT_OPTIMIZED
+#: sets (not direct ingress or gRPC, which would bypass the proxy and serving.proxy_guard):
+#: user code on the replica's own event loop (no thread hop per request; a click decodes
+#: inline on it, serving.app.Decoder._on_model), and request logs to files only, flushed
+#: in batches (an ERROR line flushes at once). Measured in docs/benchmarks.md, "Issue 17:
+#: one hop over HTTP". Values already in the environment win.
+SERVE_LATENCY_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+
+
+def _tune_serve() -> None:
+    """Serve's latency settings (SERVE_LATENCY_ENV) for a new local cluster, whose
+    controller, proxy and replicas inherit this process's environment."""
+    for name, value in SERVE_LATENCY_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def _init_ray(args: argparse.Namespace) -> bool:
     """Start or join Ray; True when this process owns the cluster."""
     import ray
@@ -129,6 +149,7 @@ def _init_ray(args: argparse.Namespace) -> bool:
     if not address:
         init["include_dashboard"] = False
         _guard_the_proxy()
+        _tune_serve()
         if args.num_cpus is not None:
             init["num_cpus"] = args.num_cpus
         if args.metrics_port is not None:

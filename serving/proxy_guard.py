@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,18 +209,20 @@ class ProxyGuard:
             if name.lower() == b"content-length" and value.isdigit() and int(value) > limits.max_body_bytes:
                 raise _Refused(413, "body_too_large",
                                f"body of {int(value)} bytes is over the limit of {limits.max_body_bytes} bytes")
-        deadline = time.monotonic() + limits.body_timeout_s
+        # One deadline for the whole body (`asyncio.timeout`: no task per chunk, as `wait_for` makes).
+        try:
+            async with asyncio.timeout(limits.body_timeout_s):
+                return await self._read_chunks(receive, held)
+        except TimeoutError:
+            raise _Refused(408, "body_timeout",
+                           f"the request body did not arrive within {limits.body_timeout_s:g} s") from None
+
+    async def _read_chunks(self, receive: Receive, held: list[int]) -> bytes:
+        limits = self.limits
         chunks: list[bytes] = []
         total = 0
         while True:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise asyncio.TimeoutError
-                message = await asyncio.wait_for(receive(), left)
-            except asyncio.TimeoutError:
-                raise _Refused(408, "body_timeout",
-                               f"the request body did not arrive within {limits.body_timeout_s:g} s") from None
+            message = await receive()
             if message["type"] == "http.disconnect":
                 raise _Gone
             chunk = message.get("body", b"")

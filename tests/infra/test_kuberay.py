@@ -175,3 +175,14 @@ def test_service_api_key_secret_is_required(mutated):
     errors = _errors(mutated, relpath, lambda d: container(d)["env"].remove(
         _env(container(d), "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH")))
     assert any("serving.proxy_guard:middlewares" in e for e in errors), errors
+
+
+def test_service_pods_get_seem_serves_serve_latency_settings():
+    # The settings docs/benchmarks.md measured for the one-click path, in every pod as in `seem serve`.
+    from serving.cli import SERVE_LATENCY_ENV
+
+    spec = yaml.safe_load((REPO / MANIFESTS[1]).read_text())["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert {k: env.get(k) for k in SERVE_LATENCY_ENV} == SERVE_LATENCY_ENV, group.get("groupName", "head")
