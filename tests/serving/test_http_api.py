@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import numpy as np
 import pytest
@@ -68,9 +69,16 @@ def test_the_decoder_holds_uploaded_images_in_its_lru(serving: ServingEnv) -> No
 
     data = png_bytes(generate_scene(103).image)
     image_id = serving.upload(data)["image_id"]
-    decoder = serve.get_deployment_handle("Decoder", serving.app_name)
-    info = decoder.options(multiplexed_model_id=image_id).info.remote().result(timeout_s=60)
-    assert info["cached_images"] is not None, "Serve's multiplexed LRU is no longer where serving.app looks"
+    decoder = serve.get_deployment_handle("Decoder", serving.app_name).options(multiplexed_model_id=image_id)
+    # With two replicas (an earlier test scaled out) this handle learns which one loaded the
+    # image only when the replica's report reaches it: until then it may ask the other one.
+    deadline = time.monotonic() + 20
+    while True:
+        info = decoder.info.remote().result(timeout_s=60)
+        assert info["cached_images"] is not None, "Serve's multiplexed LRU is no longer where serving.app looks"
+        if image_id in info["cached_images"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert image_id in info["cached_images"]
     assert len(info["cached_images"]) <= info["cache_size"]
 
