@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +31,7 @@ import torch
 from .build import DEFAULT_MODEL, build_model
 from .checkpoint import state_digest
 from .decoder import GROUNDING, OBJECT, SPATIAL, DecoderOutput, SeemDecoder
+from .heads import HeadOutput
 from .postprocess import (grounding_scores, instance_inference, negated_pieces, panoptic_keep, panoptic_merge,
                           semantic_inference, spatial_selection_logits, to_original)
 from .seem import Seem
@@ -121,6 +123,9 @@ class SeemPredictor:
         self.model_id = model_id or self._model_id()
         self.default_vocabulary = Vocabulary(self.cfg.default_vocabulary, frozenset(self.cfg.default_stuff))
         self.asr = "pocketsphinx"  # the speech recogniser for audio prompts (speech.load_recognizer spec)
+        # Per image (while its features object lives, e.g. in a serving replica's cache): the
+        # object queries' pass, which never sees prompts (`_object_pass`).
+        self._object_passes: weakref.WeakKeyDictionary[ImageFeatures, HeadOutput] = weakref.WeakKeyDictionary()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, weights: str | Path | None = "default",
@@ -350,7 +355,7 @@ class SeemPredictor:
             if ref is not None:  # phrase and region must both agree: add the two log-distributions
                 scores[:, p] = scores[:, p].log_softmax(0) + self._similarity(g.class_emb[0], ref).log_softmax(0)
         probs = scores.softmax(0)
-        objects = self._object_queries(out, call) if object_labels else None
+        objects = self._object_queries(out.final[OBJECT], call) if object_labels else None
         segs = []
         for p in range(len(texts)):
             order = scores[:, p].argsort(descending=True)[:call.max_masks]
@@ -416,12 +421,21 @@ class SeemPredictor:
     def _objects(self, call: _DecodeCall) -> "_ObjectQueries":
         """The object queries of one image (the panoptic head), to match prompted masks against."""
         if call.objects is None:
-            out = self.model.decoder(call.ms, call.mask_features, object_queries=True, full_masks="none")
-            call.objects = self._object_queries(out, call)
+            call.objects = self._object_queries(self._object_pass(call.features, call.mask_features, call.ms), call)
         return call.objects
 
-    def _object_queries(self, out: DecoderOutput, call: _DecodeCall) -> "_ObjectQueries":
-        obj = out.final[OBJECT]
+    def _object_pass(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor]) -> HeadOutput:
+        """The final round of the object queries alone (embeddings, no stride-4 masks), once per
+        features object: panoptic, instances and referring targets all need this 101-query pass,
+        and it never sees prompts. The same computation each time, so results do not depend on
+        whether it was kept; kept as long as `features` lives (~0.4 MB an image for Focal-T)."""
+        obj = self._object_passes.get(features)
+        if obj is None:
+            obj = self.model.decoder(ms, mask_features, object_queries=True, full_masks="none").final[OBJECT]
+            self._object_passes[features] = obj
+        return obj
+
+    def _object_queries(self, obj: HeadOutput, call: _DecodeCall) -> "_ObjectQueries":
         log_object = None
         if call.vocab_emb is not None:
             no_object = self.model.class_logits(obj.class_emb, call.vocab_emb)[0].softmax(-1)[:, -1]
@@ -526,7 +540,7 @@ class SeemPredictor:
         object_labels = call.vocab is not None and self._object_labels(call.vocab_emb)
         run_objects = with_objects or object_labels
         out = m.decoder(call.ms, call.mask_features, object_queries=run_objects, grounding=grounding, spatial=spatial)
-        objects = self._object_queries(out, call) if run_objects else None
+        objects = self._object_queries(out.final[OBJECT], call) if run_objects else None
         segs = self._spatial_segmentations(call, targets, out, spatial.pos_embed[0], references,
                                            objects if object_labels else None)
         return segs, objects
@@ -591,14 +605,13 @@ class SeemPredictor:
         vocab = self.vocabulary(vocabulary)
         vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names)
         mask_features, ms = self._maps(features)
-        # Stride-4 masks only for the queries kept (all of them for the semantic map).
-        out = self.model.decoder(ms, mask_features, object_queries=True, full_masks="final" if semantic else "none")
-        obj = out.final[OBJECT]
+        obj = self._object_pass(features, mask_features, ms)
         logits = self.model.class_logits(obj.class_emb, vocab_emb)[0]
         inf = self.cfg.inference
         threshold = inf.object_mask_threshold if object_mask_threshold is None else object_mask_threshold
         idx, scores, labels = panoptic_keep(logits, threshold)
-        kept = obj.masks[0, idx] if semantic else self.model.decoder.mask_logits(obj.mask_emb[:, idx], mask_features)[0]
+        # Stride-4 masks only for the queries kept (all of them for the semantic map).
+        kept = self.model.decoder.mask_logits(obj.mask_emb[:, idx], mask_features)[0]
         masks = to_original(kept, features.padded_size, features.input_size, features.original_size)
         is_thing = [vocab.is_thing(k) for k in range(len(vocab.names))]
         seg_map, merged = panoptic_merge(scores, labels, masks, is_thing, inf.overlap_threshold)
@@ -608,7 +621,8 @@ class SeemPredictor:
                                     isthing=seg["isthing"]) for seg in merged]
         result = PanopticResult(seg_np, segments, {"decode": (time.perf_counter() - started) * 1000})
         if semantic:
-            all_masks = to_original(obj.masks[0], features.padded_size, features.input_size, features.original_size)
+            all_masks = to_original(self.model.decoder.mask_logits(obj.mask_emb, mask_features)[0], features.padded_size,
+                                    features.input_size, features.original_size)
             result.semantic = semantic_inference(logits, all_masks).cpu().numpy()
         return result
 
@@ -619,9 +633,10 @@ class SeemPredictor:
         vocab = self.vocabulary(vocabulary)
         vocab_emb = self.model.text_encoder.vocabulary_embeddings(vocab.names)
         mask_features, ms = self._maps(features)
-        obj = self.model.decoder(ms, mask_features, object_queries=True).final[OBJECT]
+        obj = self._object_pass(features, mask_features, ms)
         logits = self.model.class_logits(obj.class_emb, vocab_emb)[0]
-        masks = to_original(obj.masks[0], features.padded_size, features.input_size, features.original_size)
+        masks = to_original(self.model.decoder.mask_logits(obj.mask_emb, mask_features)[0], features.padded_size,
+                            features.input_size, features.original_size)
         is_thing = [vocab.is_thing(k) for k in range(len(vocab.names))] if vocab.stuff else None
         inst = instance_inference(logits, masks, top_k or self.cfg.inference.detections_per_image, is_thing)
         order = inst["scores"].argsort(descending=True)

@@ -77,12 +77,13 @@ def test_a_referring_region_of_the_target_image_shares_its_object_pass(tiny_pred
     """A region of the image being decoded: the region's pass also gives the target's object
     queries (they never see prompts), so the call runs one object pass, not two; the result
     must be what two separate passes give (a distinct but equal features object)."""
-    f = tiny_predictor.encode([photo])[0]
-    twin = replace(f)  # equal tensors, another object
+    encoded = tiny_predictor.encode([photo])[0]
     passes = []
     hook = tiny_predictor.model.decoder.register_forward_hook(lambda *_: passes.append(1))
     try:
         for region in ((Point(100, 80),), (Box(10, 10, 50, 50),)):
+            # Equal tensors, new objects: no pass kept from the round before (see the next test).
+            f, twin = replace(encoded), replace(encoded)
             shared = tiny_predictor.decode(f, Prompts(referring=(ReferringRegion(f, region),)), max_masks=2)
             separate = tiny_predictor.decode(f, Prompts(referring=(ReferringRegion(twin, region),)), max_masks=2)
             assert passes == [1, 1, 1]  # one decoder pass shared, then two
@@ -92,6 +93,24 @@ def test_a_referring_region_of_the_target_image_shares_its_object_pass(tiny_pred
                 assert a.score == pytest.approx(b.score, abs=1e-4)
     finally:
         hook.remove()
+
+
+def test_an_images_object_query_pass_is_kept_while_its_features_live(tiny_predictor, photo) -> None:
+    """Panoptic, instances and referring targets share the object queries' pass (it never
+    sees prompts): a second call on the same features object skips it and answers the same."""
+    f = tiny_predictor.encode([photo])[0]
+    passes = []
+    hook = tiny_predictor.model.decoder.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        cold = tiny_predictor.panoptic(f, ["circle", "square", "sky"], semantic=True)
+        warm = tiny_predictor.panoptic(f, ["circle", "square", "sky"], semantic=True)
+        tiny_predictor.instances(f, ["circle", "square"])
+        assert len(passes) == 1
+        tiny_predictor.panoptic(replace(f), ["circle", "square", "sky"])  # another features object: a new pass
+        assert len(passes) == 2
+    finally:
+        hook.remove()
+    assert np.array_equal(cold.segment_map, warm.segment_map) and np.array_equal(cold.semantic, warm.semantic)
 
 
 def test_multi_object_pass_and_rounds(tiny_predictor, photo) -> None:
