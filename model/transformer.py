@@ -127,10 +127,16 @@ def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, blocked_row
     fresh product of the caller's and is overwritten."""
     if mask is None:
         return scores.softmax(-1)
-    # Adding a 0 / -inf bias gives the same scores as masked_fill, but masked_fill with a mask
-    # broadcast over the heads costs 4x the score product itself (the heads share the mask).
-    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(mask, float("-inf"))
-    probs = scores.add_(bias).softmax(-1)
+    if scores.requires_grad:
+        # Training: masked_fill's backward drops the gradient at blocked entries, which keeps
+        # the NaN of a fully blocked row's softmax out of the scores' gradient; a bias would
+        # pass it on (training diverged to NaN).
+        probs = scores.masked_fill(mask, float("-inf")).softmax(-1)
+    else:
+        # Adding a 0 / -inf bias gives the same scores as masked_fill, but masked_fill with a
+        # mask broadcast over the heads costs 4x the score product itself (the heads share it).
+        bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(mask, float("-inf"))
+        probs = scores.add_(bias).softmax(-1)
     # A fully blocked row is all -inf: softmax gives NaN there, the reference turns it into 0.
     return probs.nan_to_num(0.0) if blocked_rows else probs
 

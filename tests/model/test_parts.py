@@ -184,3 +184,20 @@ def test_spatial_queries_only_see_their_own_prompt(tiny_model, tiny_predictor, p
         pair = m.decoder(ms, mf, object_queries=False,
                          spatial=m.spatial_input([tok_ab], torch.tensor([1, 2, 3, 4, 5, 6])))
     assert torch.allclose(alone.final[SPATIAL].masks[0], pair.final[SPATIAL].masks[0, :3], atol=1e-4)
+
+
+def test_a_fully_blocked_attention_row_leaves_training_gradients_finite() -> None:
+    """Self-attention rows of padding tokens are blocked everywhere: their output is zero,
+    and in training their softmax's NaN must not reach the gradients (it did once, through
+    an additive -inf bias: seem train diverged to NaN at the first step)."""
+    torch.manual_seed(0)
+    attn = MultiheadAttention(16, 2)
+    x = torch.randn(1, 5, 16, requires_grad=True)
+    mask = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
+    mask[..., 3, :] = True  # row 3 attends nowhere
+    out = attn(x, x, x, mask)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in attn.parameters())
+    with torch.no_grad():  # the inference path (a bias, in place) gives the same output
+        assert torch.allclose(attn(x, x, x, mask), out, atol=1e-6)
