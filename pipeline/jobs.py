@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.progress import EncodeSummary, Progress, SegmentSummary
+from rayinit import start_or_join
 from storage import retry_counts
 from pipeline.sources import SourceItem, is_inside, list_source
 from pipeline.stages import (
@@ -133,13 +134,10 @@ def new_run_id() -> str:
 
 
 # --------------------------------------------------------------------------- Ray
-RAY_START_ATTEMPTS = 3
-
-
 def init_ray(address: str | None = None) -> bool:
-    """Connect to Ray: the running one if initialised, `address` if given, else a new
-    local cluster. Returns True when this call started/connected (the caller may shut
-    it down)."""
+    """Connect to Ray: the running one if initialised, else `address` (or RAY_ADDRESS), else
+    a new local cluster (rayinit's rule). Returns True when this call started or connected
+    (the caller may shut it down)."""
     import ray
 
     if ray.is_initialized():
@@ -150,21 +148,7 @@ def init_ray(address: str | None = None) -> bool:
     settings = {k: v for k, v in os.environ.items() if k.startswith("SEEM_STORAGE_")}
     if settings:
         kwargs["runtime_env"] = {"env_vars": settings}
-    # A bare ray.init() would join any cluster this machine started with `ray start` (it
-    # reads /tmp/ray/ray_current_cluster); "start a local one" must mean a new one. An
-    # explicit RAY_ADDRESS (set by `ray job submit` for its entrypoint) is still honoured.
-    target = address or os.environ.get("RAY_ADDRESS") or "local"
-    for attempt in range(RAY_START_ATTEMPTS):
-        try:
-            ray.init(address=target, **kwargs)
-            return True
-        except Exception as exc:  # Ray raises a bare Exception for this one
-            # Ray gives a new local node's raylet a fixed 30 s to register; on a loaded
-            # machine that can pass, and the job would die before listing anything.
-            if target != "local" or "timed out during startup" not in str(exc) or attempt == RAY_START_ATTEMPTS - 1:
-                raise
-            log.warning("Ray's local node did not start within Ray's 30 s; starting it again (%s)", exc)
-            ray.shutdown()
+    start_or_join(address, **kwargs)
     return True
 
 

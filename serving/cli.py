@@ -139,33 +139,20 @@ def _tune_serve() -> None:
 
 
 def _init_ray(args: argparse.Namespace) -> bool:
-    """Start or join Ray; True when this process owns the cluster."""
-    import ray
+    """Start or join Ray (rayinit's rule); True when this process owns the cluster."""
+    from rayinit import start_or_join, target_address
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    # "local": a new cluster even when another one on this machine was started with `ray start`
-    # (a bare ray.init() would join it, and our shutdown would then stop Serve there).
-    init: dict[str, Any] = {"address": address or "local"}
-    if not address:
-        init["include_dashboard"] = False
+    local: dict[str, Any] = {"include_dashboard": False}
+    if args.num_cpus is not None:
+        local["num_cpus"] = args.num_cpus
+    if args.metrics_port is not None:
+        local["_metrics_export_port"] = args.metrics_port
+    if target_address(args.address) in (None, "local"):
+        # A new local cluster's proxy and replicas inherit this process's environment.
         _guard_the_proxy()
         _tune_serve()
-        if args.num_cpus is not None:
-            init["num_cpus"] = args.num_cpus
-        if args.metrics_port is not None:
-            init["_metrics_export_port"] = args.metrics_port
-    for attempt in (1, 2):
-        try:
-            with _in_package_root():
-                ray.init(**init)
-            break
-        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
-            # Ray gives a new raylet 30 s to register (fixed); a busy machine can miss that.
-            if address or attempt == 2 or "timed out during startup" not in str(e):
-                raise
-            print("seem serve: Ray did not start in time; trying once more", file=sys.stderr, flush=True)
-            ray.shutdown()
-    return not address
+    with _in_package_root():
+        return start_or_join(args.address, local_options=local)
 
 
 def _local_ray_damaged(own_cluster: bool) -> bool:

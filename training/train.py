@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import tempfile
 import time
@@ -369,10 +368,10 @@ def run_training(cfg: TrainConfig, *, storage_path: str, name: str, num_workers:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from rayinit import start_or_join
+
     if not ray.is_initialized():
-        # "local" rather than None: never join a cluster `ray start` left on this machine.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 log_to_driver=progress)
+        start_or_join(address, include_dashboard=False, log_to_driver=progress)
     storage_filesystem = None
     if storage_path.startswith("s3://"):
         import pyarrow.fs as pafs

@@ -75,10 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     import ray.data
     from ray import serve
 
+    from rayinit import start_or_join
+
     metrics_port, http_port = free_port(), free_port()
     # With the dashboard, as on a real head: it writes Prometheus' service-discovery file.
-    ray.init(num_cpus=2, object_store_memory=512 * 2 ** 20, _metrics_export_port=metrics_port,
-             include_dashboard=True, logging_level="ERROR")
+    # A new local Ray, started again if it misses Ray's 30 s start-up window (rayinit).
+    start_or_join("local", local_options={"num_cpus": 2, "object_store_memory": 512 * 2 ** 20,
+                                          "_metrics_export_port": metrics_port, "include_dashboard": True},
+                  logging_level="ERROR")
     result: dict = {"metrics_port": metrics_port}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})

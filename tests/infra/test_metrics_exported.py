@@ -42,11 +42,9 @@ def scraped(tmp_path_factory) -> dict:
 
 
 def _scrape(out: Path) -> None:
-    for attempt in range(2):  # one retry: on a loaded machine Ray's start-up can time out
-        proc = subprocess.run([sys.executable, "-m", "tests.infra.metrics_probe", str(out), "--timeout-s", "120"],
-                              cwd=REPO, capture_output=True, text=True, timeout=280)
-        if proc.returncode == 0 or "timed out during startup" not in proc.stderr:
-            break
+    # The probe's Ray start is retried by rayinit when a loaded machine misses Ray's 30 s.
+    proc = subprocess.run([sys.executable, "-m", "tests.infra.metrics_probe", str(out), "--timeout-s", "120"],
+                          cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 

@@ -29,17 +29,13 @@ def ray_address(s3_server: str) -> Iterator[str]:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for a throwaway cluster
-    for attempt in (1, 2, 3):
-        try:
-            ctx = ray.init(num_cpus=2, object_store_memory=512 << 20, include_dashboard=False,
-                           logging_level="WARNING", log_to_driver=False)
-            break
-        except Exception as e:  # Ray gives a new raylet a fixed 30 s to register; a busy machine misses it
-            ray.shutdown()
-            if attempt == 3 or "timed out during startup" not in str(e):
-                raise
+    from rayinit import start_or_join
+
+    # A new local Ray, started again if a busy machine misses Ray's 30 s start-up window.
+    start_or_join("local", local_options={"num_cpus": 2, "object_store_memory": 512 << 20},
+                  include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
-        yield ctx.address_info["gcs_address"]
+        yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
 

@@ -226,32 +226,3 @@ def test_feature_format_validation():
     with pytest.raises(ValueError, match="codec"):
         FeatureFormat(codec="lz4")
     assert dataclasses.replace(FeatureFormat(), codec="shuffle+zstd").codec == "shuffle+zstd"
-
-
-def test_a_local_ray_that_times_out_at_start_is_started_again(monkeypatch) -> None:
-    """Ray gives a new local node 30 s to register and raises when a loaded machine needs
-    more; the job starts it again rather than dying before it lists anything. An address
-    that was given (a real cluster) is not retried: that error is the user's to see."""
-    import ray
-
-    from pipeline import jobs
-
-    calls, shutdowns = [], []
-    timeout = Exception("The current node timed out during startup. This could happen because ...")
-
-    def init(address=None, **kwargs):
-        calls.append(address)
-        if len(calls) < jobs.RAY_START_ATTEMPTS:
-            raise timeout
-
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", init)
-    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(1))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert jobs.init_ray() is True
-    assert calls == ["local"] * jobs.RAY_START_ATTEMPTS and len(shutdowns) == jobs.RAY_START_ATTEMPTS - 1
-
-    calls.clear()
-    with pytest.raises(Exception, match="timed out during startup"):
-        jobs.init_ray("ray://head:10001")
-    assert calls == ["ray://head:10001"]
