@@ -6,11 +6,13 @@ waiting for Ray, Serve, Chromium and subprocesses, not computing. On two cores t
 ran it in 19-21 minutes; three were slower (24 minutes: their Ray clusters contend). Tests
 are grouped so that a shared session starts once, on one worker: the tests that use a package's shared Ray,
 Serve or multi-node cluster fixture form one group each, and every other test stays with
-its file (module-scoped fixtures start once).
+its file (module-scoped fixtures start once). The longest groups are handed out first
+(LONGEST_GROUPS_FIRST).
 """
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,15 +24,36 @@ _SHARED_SESSIONS = ("serving", "ray_address", "local_cluster")
 _TESTS = Path(__file__).parent
 
 
+#: The longest groups, longest first (from the clean-clone CI runs' durations, 2 workers:
+#: several minutes each down to ~1.5). xdist hands a worker a whole group at a time, and
+#: by default in order of test count, which put these few-test groups last: a 3-test,
+#: 6-minute group that starts near the end decides the suite's wall time. Started first,
+#: the many short groups fill in around them. Groups not named here follow, most tests first.
+LONGEST_GROUPS_FIRST = (
+    "pipeline:ray_address", "cluster:local_cluster", "serving:serving", "serving/test_cli.py",
+    "serving/test_attacks.py", "training/test_train.py", "infra/test_metrics_exported.py",
+    "model/test_predictor.py", "video/test_video_cli.py",
+)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # A bare ray.init() joins the newest cluster `ray start` left on this machine (a
     # cluster test's head, on another worker): every Ray a test starts must be its own.
     os.environ.setdefault("RAY_ADDRESS", "local")
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the order set below
+        config.option.loadscopereorder = False
+
+
+def _group(item: pytest.Item) -> str:
+    rel = Path(str(item.path)).resolve().relative_to(_TESTS.resolve())
+    shared = [name for name in _SHARED_SESSIONS if name in getattr(item, "fixturenames", ())]
+    return f"{rel.parts[0]}:{shared[0]}" if shared else str(rel)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups = {id(item): _group(item) for item in items}
     for item in items:
-        rel = Path(str(item.path)).resolve().relative_to(_TESTS.resolve())
-        shared = [name for name in _SHARED_SESSIONS if name in getattr(item, "fixturenames", ())]
-        group = f"{rel.parts[0]}:{shared[0]}" if shared else str(rel)
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+    sizes = Counter(groups.values())
+    rank = {name: i for i, name in enumerate(LONGEST_GROUPS_FIRST)}
+    items.sort(key=lambda item: (rank.get(groups[id(item)], len(rank)), -sizes[groups[id(item)]]))
