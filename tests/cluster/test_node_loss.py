@@ -27,8 +27,11 @@ from .conftest import LocalCluster, wait_until
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 REPO = Path(__file__).resolve().parents[2]
-N_IMAGES = 60
-KILL_AFTER = 20  # stored objects (features, or overlays on the decoder side) before the kill
+# Enough images that the kill lands with most of the stage still to do (24 of 32 here:
+# several seconds of work on either side even on a quiet machine); no more, since each
+# image is encoded and segmented, and segmented again, on 1-CPU nodes (there were 60).
+N_IMAGES = 32
+KILL_AFTER = 8  # stored objects (features, or overlays on the decoder side) before the kill
 
 
 def _upload_images(bucket, tmp_path: Path) -> list[str]:
