@@ -37,8 +37,8 @@ from .postprocess import (grounding_scores, instance_inference, negated_pieces, 
 from .seem import Seem
 from .transforms import (PreparedImage, PromptError, PromptRasterizer, mask_to_memory, padded_size, prepare_image,
                          resized_size)
-from .types import (ImageFeatures, MaskResult, PanopticResult, PanopticSegment, Prompts, ReferringRegion, Segmentation,
-                    Vocabulary)
+from .types import (OBJECT_PASS_TENSORS, ImageFeatures, MaskResult, PanopticResult, PanopticSegment, Prompts,
+                    ReferringRegion, Segmentation, Vocabulary)
 from .visual_sampler import SpatialTokens
 
 __all__ = ["SeemPredictor", "Draws", "PromptError", "PreparedImage"]
@@ -159,13 +159,15 @@ class SeemPredictor:
 
     @torch.inference_mode()
     def encode(self, images: np.ndarray | PreparedImage | Sequence[np.ndarray | PreparedImage], *,
-               stage: str = "pixel_decoder") -> list[ImageFeatures]:
+               stage: str = "pixel_decoder", object_pass: bool = True) -> list[ImageFeatures]:
         """H x W x 3 uint8 RGB images of any sizes (or `prepare`d ones) -> one `ImageFeatures` each.
 
         Images are batched only with images of the same padded size: the backbone's global
         context and the pixel decoder's transformer see the padding, so mixing sizes would
         change results. A batch therefore gives exactly what single calls give.
         stage "backbone" stops before the pixel decoder (smaller to store; see `materialize`).
+        `object_pass`: pixel-decoder features also carry the object queries' pass (`with_object_pass`),
+        which every later panoptic, instances or referring call on the image then skips.
         """
         if isinstance(images, PreparedImage) or (isinstance(images, np.ndarray) and images.ndim == 3):
             images = [images]
@@ -183,7 +185,29 @@ class SeemPredictor:
                 for i, feats in zip(chunk, self._encode_batch([prepared[i] for i in chunk], stage)):
                     p = prepared[i]
                     out[i] = ImageFeatures(self.model_id, p.original_size, p.input_size, pad, feats, stage)  # type: ignore[arg-type]
+        if stage == "pixel_decoder" and object_pass:
+            out = [self.with_object_pass(f) for f in out]  # type: ignore[arg-type]
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def with_object_pass(self, features: ImageFeatures) -> ImageFeatures:
+        """`features` (pixel-decoder stage) carrying the object queries' final round: their class
+        and mask embeddings (`OBJECT_PASS_TENSORS`, float32; ~0.4 MB for Focal-T's 101 queries).
+
+        The object queries never see prompts, so this 101-query decoder pass is a function of
+        the image alone, like the maps: done once here, panoptic, instances and referring calls
+        read it instead of running it. One image at a time, from the float32 maps, exactly as
+        `decode` would run it on these features: results do not depend on where it ran."""
+        if features.stage != "pixel_decoder":
+            raise ValueError("only pixel-decoder features carry the object pass (materialize backbone features first)")
+        if features.has_object_pass:
+            return features
+        mask_features, ms = self._maps(features)
+        obj = self._run_object_pass(mask_features, ms)
+        tensors = {**features.tensors, OBJECT_PASS_TENSORS[0]: obj.class_emb[0].contiguous(),
+                   OBJECT_PASS_TENSORS[1]: obj.mask_emb[0].contiguous()}
+        return ImageFeatures(features.model_id, features.original_size, features.input_size, features.padded_size,
+                             tensors, features.stage)
 
     def _encode_batch(self, batch: list[PreparedImage], stage: str) -> list[dict[str, torch.Tensor]]:
         """Normalise, pad and run the encoder on images of one padded size: tensors per image."""
@@ -235,8 +259,8 @@ class SeemPredictor:
         return vocab.names[k], float(probs[k]), k
 
     def _object_labels(self, vocab_emb: torch.Tensor | None) -> bool:
-        """Whether prompted masks take the labels of matching object queries (config), which
-        then run in the same decoder pass (they never see prompts: the other outputs are equal)."""
+        """Whether prompted masks take the labels of matching object queries (config): the
+        image's object pass (`_objects`, stored with the features or run once per features object)."""
         return vocab_emb is not None and self.cfg.inference.prompted_mask_labels == "object_match"
 
     def _prompted_label(self, class_emb: torch.Tensor, mask_logits: torch.Tensor, objects: "_ObjectQueries | None",
@@ -315,8 +339,8 @@ class SeemPredictor:
             for i, seg in zip(referred, self._referred(call, [references[i] for i in referred])):
                 results[i] = seg
         for group in visual_groups + [[i] for i in composed]:
-            segs, _ = self._spatial(call, [targets[i] for i in group], [memories[i] for i in group],
-                                    [references[i] for i in group])
+            segs = self._spatial(call, [targets[i] for i in group], [memories[i] for i in group],
+                                 [references[i] for i in group])
             for i, seg in zip(group, segs):
                 results[i] = seg
         elapsed = (time.perf_counter() - started) * 1000
@@ -345,8 +369,7 @@ class SeemPredictor:
     def _grounding(self, call: _DecodeCall, texts: list[str], references: list[torch.Tensor | None]) -> list[Segmentation]:
         m = self.model
         grounding, phrase_emb = m.grounding_input([texts])
-        object_labels = self._object_labels(call.vocab_emb)
-        out = m.decoder(call.ms, call.mask_features, object_queries=object_labels, grounding=grounding,
+        out = m.decoder(call.ms, call.mask_features, object_queries=False, grounding=grounding,
                         full_masks="none")  # masks only for the queries kept, below
         g = out.final[GROUNDING]
         scores = grounding_scores(g.class_emb[0], phrase_emb[0], m.text_encoder.logit_scale,
@@ -355,7 +378,7 @@ class SeemPredictor:
             if ref is not None:  # phrase and region must both agree: add the two log-distributions
                 scores[:, p] = scores[:, p].log_softmax(0) + self._similarity(g.class_emb[0], ref).log_softmax(0)
         probs = scores.softmax(0)
-        objects = self._object_queries(out.final[OBJECT], call) if object_labels else None
+        objects = self._objects(call) if self._object_labels(call.vocab_emb) else None
         segs = []
         for p in range(len(texts)):
             order = scores[:, p].argsort(descending=True)[:call.max_masks]
@@ -425,15 +448,24 @@ class SeemPredictor:
         return call.objects
 
     def _object_pass(self, features: ImageFeatures, mask_features: torch.Tensor, ms: list[torch.Tensor]) -> HeadOutput:
-        """The final round of the object queries alone (embeddings, no stride-4 masks), once per
-        features object: panoptic, instances and referring targets all need this 101-query pass,
-        and it never sees prompts. The same computation each time, so results do not depend on
-        whether it was kept; kept as long as `features` lives (~0.4 MB an image for Focal-T)."""
+        """The final round of the object queries alone (embeddings, no stride-4 masks): panoptic,
+        instances, referring and object-match labels all need this 101-query pass, and it never
+        sees prompts. Features encoded with it carry it; otherwise (older store objects,
+        backbone-stage features) it runs once per features object and is kept as long as
+        `features` lives (~0.4 MB an image for Focal-T). The same computation each time, so
+        results do not depend on where it ran or whether it was kept."""
+        if features.has_object_pass:  # computed when the image was encoded (`with_object_pass`)
+            class_emb, mask_emb = (features.tensors[n].to(self.device, torch.float32)[None] for n in OBJECT_PASS_TENSORS)
+            return HeadOutput(class_emb, mask_emb, None)
         obj = self._object_passes.get(features)
         if obj is None:
-            obj = self.model.decoder(ms, mask_features, object_queries=True, full_masks="none").final[OBJECT]
+            obj = self._run_object_pass(mask_features, ms)
             self._object_passes[features] = obj
         return obj
+
+    def _run_object_pass(self, mask_features: torch.Tensor, ms: list[torch.Tensor]) -> HeadOutput:
+        """The object queries alone through the decoder (no prompt, no stride-4 masks)."""
+        return self.model.decoder(ms, mask_features, object_queries=True, full_masks="none").final[OBJECT]
 
     def _object_queries(self, obj: HeadOutput, call: _DecodeCall) -> "_ObjectQueries":
         log_object = None
@@ -461,11 +493,11 @@ class SeemPredictor:
             self._referring_masks(ref)  # checks the region
             f = ref.features
             call = _DecodeCall(f, *self._maps(f), vocab=None, vocab_emb=target.vocab_emb)
-            # One pass segments the region and runs the object queries (which never see it):
-            # a region of the target image itself gives the target's object queries too.
-            segs, objects = self._spatial(call, [Prompts(spatial=tuple(ref.region))], [None], [None], with_objects=True)
-            if f is target.features and target.objects is None:
-                target.objects = objects
+            # The region's own pass is a spatial one, like a click; the object queries (which
+            # never see it) come with the features or are run once per features object, so a
+            # region of the target image itself gives the target's object queries too.
+            segs = self._spatial(call, [Prompts(spatial=tuple(ref.region))], [None], [None])
+            objects = self._objects(call)
             emb = objects.class_emb[objects.best_match(segs[0].memory[0, 0], min_iou=0.0)]
             embeddings.append(emb / (emb.norm() + 1e-7))
         mean = torch.stack(embeddings).mean(0)
@@ -502,10 +534,10 @@ class SeemPredictor:
         return mask_to_memory(mask.astype(bool), features.input_size, features.padded_size).to(self.device)
 
     def _spatial(self, call: _DecodeCall, targets: list[Prompts], memories: list,
-                 references: list[torch.Tensor | None],
-                 with_objects: bool = False) -> tuple[list[Segmentation], "_ObjectQueries | None"]:
-        """Masks of visual targets, and the object queries of the same pass when they ran (for
-        labels, `prompted_mask_labels="object_match"`, or when asked with `with_objects`)."""
+                 references: list[torch.Tensor | None]) -> list[Segmentation]:
+        """Masks of visual targets, labelled by the object queries' pass with
+        `prompted_mask_labels="object_match"` (`_objects`: never run in the prompt's pass, so
+        a stored pass and a computed one give the same answer)."""
         m = self.model
         # One generator per target, each seeded alike: a target's random draws (token points,
         # query sources) and so its mask do not depend on which other targets share the pass.
@@ -537,13 +569,10 @@ class SeemPredictor:
         if text is not None:
             grounding, _ = m.grounding_input([[text]])
         spatial = m.spatial_input([tokens], source.to(self.device), prev_mask, memory_prompt, see_text=text is not None)
+        out = m.decoder(call.ms, call.mask_features, object_queries=False, grounding=grounding, spatial=spatial)
         object_labels = call.vocab is not None and self._object_labels(call.vocab_emb)
-        run_objects = with_objects or object_labels
-        out = m.decoder(call.ms, call.mask_features, object_queries=run_objects, grounding=grounding, spatial=spatial)
-        objects = self._object_queries(out.final[OBJECT], call) if run_objects else None
-        segs = self._spatial_segmentations(call, targets, out, spatial.pos_embed[0], references,
-                                           objects if object_labels else None)
-        return segs, objects
+        return self._spatial_segmentations(call, targets, out, spatial.pos_embed[0], references,
+                                           self._objects(call) if object_labels else None)
 
     def _spatial_segmentations(self, call: _DecodeCall, targets: list[Prompts], out: DecoderOutput,
                                pos_embed: torch.Tensor, references: list[torch.Tensor | None],

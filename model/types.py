@@ -126,6 +126,10 @@ class Prompts:
 
 # --------------------------------------------------------------------------- features
 FeatureStage = Literal["pixel_decoder", "backbone"]
+#: Tensors of the object queries' final round (class and mask embeddings, Q x D and Q x C),
+#: which pixel-decoder features may carry: the 101-query pass never sees prompts, so it is
+#: computed once when the image is encoded (`SeemPredictor.encode`), like the maps.
+OBJECT_PASS_TENSORS = ("object_class_emb", "object_mask_emb")
 
 
 @dataclass(eq=False)
@@ -135,6 +139,9 @@ class ImageFeatures:
     `tensors` are unbatched (C x H x W each):
       stage "pixel_decoder": `mask_features` (stride 4), `ms0`, `ms1`, `ms2` (strides 32, 16, 8)
       stage "backbone":      `res2` .. `res5` (the pixel decoder is run on use)
+    and, at stage "pixel_decoder", optionally the object queries' pass (`OBJECT_PASS_TENSORS`:
+    `object_class_emb` Q x D, `object_mask_emb` Q x C); without it the predictor computes
+    the pass on first use (older store objects, `encode(object_pass=False)`).
     Sizes are (height, width). `input_size` is the resized image fed to the network,
     `padded_size` that size padded to the model's size divisibility.
     """
@@ -148,6 +155,11 @@ class ImageFeatures:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ImageFeatures":
         return dataclasses.replace(self, tensors={k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()})
+
+    @property
+    def has_object_pass(self) -> bool:
+        """Whether these features carry the object queries' pass (see `OBJECT_PASS_TENSORS`)."""
+        return all(name in self.tensors for name in OBJECT_PASS_TENSORS)
 
     @property
     def nbytes(self) -> int:

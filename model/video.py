@@ -215,7 +215,9 @@ class VideoSession:
             raise ValueError(f"frame {index}: expected H x W x 3 uint8 RGB, got {image.shape} {image.dtype}")
         started = time.perf_counter()
         if features is None:
-            features = self.predictor.encode([image])[0]
+            # A frame is decoded for its tracked objects' prompts only: the object queries' pass
+            # is left to the first call that needs it (object-match labels), not paid per frame.
+            features = self.predictor.encode([image], object_pass=False)[0]
         encoded = time.perf_counter()
         new = self._pending.pop(index, {})
         for object_id, prompts in new.items():

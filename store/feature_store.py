@@ -19,6 +19,11 @@ plus `store.*` keys:
 - `store.codec`       "none", "zlib", "zstd", "shuffle+zlib" or "shuffle+zstd"
 - `store.tensors`     JSON {name: {"dtype", "shape"}} of the *logical* tensors
 - `store.checksum`    "sha256:<hex>" over the other metadata and every stored tensor's bytes
+
+Tensors: the maps of `ImageFeatures` and, when the features carry it, the object queries'
+pass (`object_class_emb`, `object_mask_emb`: Q x D each, `model.types.OBJECT_PASS_TENSORS`),
+in the object's float dtype, or float16 in quantised objects (never quantised); objects
+without it (all written before it existed) load as before and the predictor computes it.
 - `store.quant`       (version 2 only) JSON {name: "int8-per-channel"}: tensor `name` is
                       stored as int8 (C x ...) with a float32 scale per channel in tensor
                       `name.scale` (both listed in `store.tensors`); value = int8 * scale.
@@ -60,7 +65,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from model.types import ImageFeatures
+from model.types import OBJECT_PASS_TENSORS, ImageFeatures
 from storage import CorruptObject, ObjectStore, open_store
 from storage import NotFound as ObjectNotFound
 from store.backends import check_model_id
@@ -94,6 +99,10 @@ QUANT_LEVELS = re.compile(r"^levels(\d+)-per-channel-up$")
 INT10_BITS = {"mask_features": 10}
 _INT10_OTHER_BITS = 8
 CODECS = ("none", "zlib", "zstd", "shuffle+zlib", "shuffle+zstd")
+#: The object queries' pass (`OBJECT_PASS_TENSORS`, ~0.4 MB float32 for Focal-T) is never
+#: quantised: in int8 / int10 objects it is float16 (docs/benchmarks.md, "Object pass at
+#: encode"); float objects store it in their own dtype, like the maps.
+OBJECT_PASS_DTYPE = torch.float16
 
 
 @functools.lru_cache(maxsize=1)
@@ -329,7 +338,9 @@ def as_stored(features: ImageFeatures, dtype: StoreDType) -> ImageFeatures:
         if not t.is_floating_point():
             continue
         t = t.detach().to("cpu")
-        if dtype == "int8":
+        if name in OBJECT_PASS_TENSORS:
+            tensors[name] = t.to(OBJECT_PASS_DTYPE)
+        elif dtype == "int8":
             tensors[name] = dequantize_int8(*quantize_int8(t)).to(torch.float16)
         else:
             parts = quantize_levels(t, _int10_bits(name))
@@ -349,7 +360,9 @@ def _logical_tensors(features: ImageFeatures, dtype: StoreDType | torch.dtype) -
     quant: dict[str, str] = {}
     for name, t in features.tensors.items():
         t = t.detach().to("cpu")
-        if t.is_floating_point() and dtype == "int8":
+        if quantize and name in OBJECT_PASS_TENSORS:
+            logical[name] = t.to(OBJECT_PASS_DTYPE).contiguous()
+        elif t.is_floating_point() and dtype == "int8":
             logical[name], logical[f"{name}.scale"] = quantize_int8(t)
             quant[name] = QUANT_INT8
         elif t.is_floating_point() and quantize:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.types import PanopticSegment
+from model.types import OBJECT_PASS_TENSORS, PanopticSegment
 from model import (Box, Draws, MaskPrompt, Point, Polygon, PromptError, Prompts, ReferringRegion, Scribble,
                    SeemPredictor, build_model)
 from model.checkpoint import load_checkpoint
@@ -73,32 +73,54 @@ def test_every_prompt_kind_and_composition_decodes(tiny_predictor, photo) -> Non
         assert seg.memory.shape == (1, 1, f.padded_size[0] // 4, f.padded_size[1] // 4)
 
 
-def test_a_referring_region_of_the_target_image_shares_its_object_pass(tiny_predictor, photo) -> None:
-    """A region of the image being decoded: the region's pass also gives the target's object
-    queries (they never see prompts), so the call runs one object pass, not two; the result
-    must be what two separate passes give (a distinct but equal features object)."""
-    encoded = tiny_predictor.encode([photo])[0]
+def test_the_object_pass_stored_at_encode_gives_exactly_what_computing_it_gives(tiny_predictor, photo) -> None:
+    """Features encoded with the object queries' pass and the same features without it (the
+    predictor then runs it itself, as for an older store object) answer every path bitwise
+    alike; with it stored, no call runs the 101-query pass: panoptic and instances run no
+    decoder pass, a referring region of another image one (the region's, like a click)."""
+    vocab = ["circle", "square", "sky"]
+    stored = tiny_predictor.encode([photo])[0]
+    bare = replace(stored, tensors={k: v for k, v in stored.tensors.items() if k not in OBJECT_PASS_TENSORS})
+    assert stored.has_object_pass and not bare.has_object_pass
+    other, other_bare = replace(stored), replace(bare)  # a referring image: other features objects
     passes = []
     hook = tiny_predictor.model.decoder.register_forward_hook(lambda *_: passes.append(1))
     try:
-        for region in ((Point(100, 80),), (Box(10, 10, 50, 50),)):
-            # Equal tensors, new objects: no pass kept from the round before (see the next test).
-            f, twin = replace(encoded), replace(encoded)
-            shared = tiny_predictor.decode(f, Prompts(referring=(ReferringRegion(f, region),)), max_masks=2)
-            separate = tiny_predictor.decode(f, Prompts(referring=(ReferringRegion(twin, region),)), max_masks=2)
-            assert passes == [1, 1, 1]  # one decoder pass shared, then two
+        pan = tiny_predictor.panoptic(stored, vocab, semantic=True)
+        inst = tiny_predictor.instances(stored, vocab)
+        assert passes == []
+        region = (Box(10, 10, 60, 50),)
+        for prompts, bare_prompts, runs in [
+                (Prompts(referring=(ReferringRegion(other, region),)),
+                 Prompts(referring=(ReferringRegion(other_bare, region),)), 1),
+                (Prompts(referring=(ReferringRegion(stored, region),)),
+                 Prompts(referring=(ReferringRegion(bare, region),)), 1),
+                (Prompts(text="circle"), Prompts(text="circle"), 1),
+                (Prompts(spatial=(Point(60, 50),)), Prompts(spatial=(Point(60, 50),)), 1)]:
             passes.clear()
-            for a, b in zip(shared.masks, separate.masks):
-                assert (a.mask != b.mask).mean() <= 0.001 and a.label == b.label
-                assert a.score == pytest.approx(b.score, abs=1e-4)
+            got = tiny_predictor.decode(stored, prompts, vocabulary=vocab, max_masks=2)
+            assert len(passes) == runs
+            want = tiny_predictor.decode(bare, bare_prompts, vocabulary=vocab, max_masks=2)
+            assert torch.equal(got.memory, want.memory)
+            for a, b in zip(got.masks, want.masks, strict=True):
+                assert np.array_equal(a.mask, b.mask) and (a.score, a.label, a.label_score) == (b.score, b.label, b.label_score)
     finally:
         hook.remove()
+    bare_pan = tiny_predictor.panoptic(bare, vocab, semantic=True)
+    assert np.array_equal(pan.segment_map, bare_pan.segment_map) and np.array_equal(pan.semantic, bare_pan.semantic)
+    bare_inst = tiny_predictor.instances(bare, vocab)
+    assert [(m.score, m.label) for m in inst] == [(m.score, m.label) for m in bare_inst]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(inst, bare_inst))
+    with pytest.raises(ValueError, match="pixel-decoder"):
+        tiny_predictor.with_object_pass(replace(bare, stage="backbone"))
 
 
-def test_an_images_object_query_pass_is_kept_while_its_features_live(tiny_predictor, photo) -> None:
-    """Panoptic, instances and referring targets share the object queries' pass (it never
-    sees prompts): a second call on the same features object skips it and answers the same."""
-    f = tiny_predictor.encode([photo])[0]
+def test_without_a_stored_object_pass_it_is_run_once_per_features_object(tiny_predictor, photo) -> None:
+    """Features without the pass (older store objects, backbone-stage features): panoptic,
+    instances and referring share one run of it while the features object lives, and a
+    region of the target image itself gives the target its object queries too."""
+    f = tiny_predictor.encode([photo], object_pass=False)[0]
+    assert not f.has_object_pass and set(f.tensors) == {"mask_features", "ms0", "ms1", "ms2"}
     passes = []
     hook = tiny_predictor.model.decoder.register_forward_hook(lambda *_: passes.append(1))
     try:
@@ -108,6 +130,10 @@ def test_an_images_object_query_pass_is_kept_while_its_features_live(tiny_predic
         assert len(passes) == 1
         tiny_predictor.panoptic(replace(f), ["circle", "square", "sky"])  # another features object: a new pass
         assert len(passes) == 2
+        g = replace(f)
+        passes.clear()
+        tiny_predictor.decode(g, Prompts(referring=(ReferringRegion(g, (Point(100, 80),)),)))
+        assert len(passes) == 2  # the region's spatial pass and the one object pass
     finally:
         hook.remove()
     assert np.array_equal(cold.segment_map, warm.segment_map) and np.array_equal(cold.semantic, warm.semantic)

@@ -110,6 +110,7 @@ def test_resized_in_decode_gives_the_predictors_features(tmp_path, predictor):
     direct = predictor.encode([image])[0]
     assert stored.original_size == direct.original_size == image.shape[:2]
     assert stored.input_size == direct.input_size and stored.padded_size == direct.padded_size
+    assert stored.has_object_pass  # the bulk encode stores the object queries' pass too
     for k, v in direct.tensors.items():
         torch.testing.assert_close(stored.tensors[k], v, atol=1e-4, rtol=1e-4)
 

@@ -61,6 +61,9 @@ def test_upload_returns_sha256_size_and_caches(serving: ServingEnv) -> None:
     assert again == {**first, "cached": True}
     stored = list(serving.store_dir.rglob(f"{first['image_id']}.safetensors"))
     assert len(stored) == 1, "the encoder writes the features to the store"
+    from store import deserialize_features
+
+    assert deserialize_features(stored[0].read_bytes()).has_object_pass  # with the object queries' pass
 
 
 def test_the_decoder_holds_uploaded_images_in_its_lru(serving: ServingEnv) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.types import ImageFeatures
+from model.types import OBJECT_PASS_TENSORS, ImageFeatures
 from store import CorruptObject, FeatureStore, ObjectNotFound, content_sha256, deserialize_features, feature_key
 from store.feature_store import CODECS, as_stored, serialize_features
 from store.formats import STORE_DTYPES
@@ -270,10 +270,16 @@ def test_as_stored_is_what_a_reader_of_the_object_gets(tmp_path, dtype) -> None:
     later cache miss's load, so masks do not depend on where the features came from."""
     fs = FeatureStore(str(tmp_path / "store"))
     features = make_features()
+    g = torch.Generator().manual_seed(1)  # with the object queries' pass (Q x D), as encode() makes them
+    features.tensors.update({name: torch.randn(5, 8, generator=g) for name in OBJECT_PASS_TENSORS})
     fs.put(features, SHA, dtype=dtype, compress="shuffle+zstd")
     got, fresh = fs.get(MODEL, SHA, dtype=None), as_stored(features, dtype)
+    assert set(got.tensors) == set(features.tensors) and got.has_object_pass
     for name, t in got.tensors.items():
         assert t.dtype == fresh.tensors[name].dtype and torch.equal(t, fresh.tensors[name]), name
+    for name in OBJECT_PASS_TENSORS:  # never quantised: float16 in int8 / int10 objects, else their dtype
+        want = features.tensors[name].to(torch.float16 if dtype in ("int8", "int10") else getattr(torch, dtype))
+        assert torch.equal(got.tensors[name], want), name
     with pytest.raises(ValueError, match="choose one of float16, bfloat16, float32, int8"):
         as_stored(features, "int4")
 
