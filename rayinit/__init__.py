@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any, Mapping
 
-__all__ = ["START_ATTEMPTS", "LOCAL", "start_or_join", "target_address"]
+__all__ = ["START_ATTEMPTS", "LOCAL", "missed_startup_window", "start_or_join", "target_address"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,11 @@ _STARTUP_TIMEOUT = "timed out during startup"  # Ray raises a bare Exception wit
 def target_address(address: str | None = None) -> str | None:
     """The cluster to join: `address`, else RAY_ADDRESS, else None (start a local one)."""
     return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def missed_startup_window(exc: BaseException) -> bool:
+    """Whether `exc` is Ray's error for a new node whose raylet did not register in time."""
+    return _STARTUP_TIMEOUT in str(exc)
 
 
 def start_or_join(address: str | None = None, *, local_options: Mapping[str, Any] | None = None,
@@ -49,7 +54,7 @@ def start_or_join(address: str | None = None, *, local_options: Mapping[str, Any
             ray.init(**init)
             return own
         except Exception as exc:  # noqa: BLE001 - see _STARTUP_TIMEOUT
-            if not own or _STARTUP_TIMEOUT not in str(exc):
+            if not own or not missed_startup_window(exc):
                 raise
             log.warning("Ray's local node did not register within Ray's 30 s (try %d of %d); starting it again",
                         attempt, START_ATTEMPTS)

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from rayinit import missed_startup_window
 from tests.support import descendants
 
 WORKER_NODE = {"num_cpus": 1, "object_store_memory": 96 << 20}
@@ -83,7 +84,7 @@ def _start_node(cluster: Any, **args: Any) -> Any:
         try:
             return cluster.add_node(**args)
         except Exception as e:
-            if "timed out during startup" not in str(e) or attempt == 3:
+            if not missed_startup_window(e) or attempt == 3:
                 raise
 
 
