@@ -31,7 +31,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
                 return
         except requests.RequestException:
             pass
-        time.sleep(1)
+        time.sleep(0.25)
     raise AssertionError("seem serve did not become healthy")
 
 
@@ -49,7 +49,9 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
                                   # 40 tokens are spent by exactly its first 40 requests that reach the replica.
                                   "limits": {"requests_per_s": 0.001, "burst": 40}}))
     # A second key from the environment, as a Kubernetes secret would provide it.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "SEEM_API_KEYS": "env-key"}
+    # Ray's agents export metrics every second (default 10 s), so /metrics shows Serve's series sooner.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "SEEM_API_KEYS": "env-key",
+           "RAY_metrics_report_interval_ms": "1000"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "seem_cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--store", str(tmp_path / "store"), "--config", str(config), "--num-cpus", "2", "--api-key", "cli-key"]
@@ -68,15 +70,15 @@ def test_seem_serve_runs_until_signalled_and_shuts_down(tmp_path: Path, stop_sig
                           headers=headers, timeout=60)
         assert r.status_code == 200, r.text
         assert requests.get(base + "/v1/images", timeout=10).status_code == 401  # --api-key applies
-        # Ray's agents export every report interval (10 s by default): Serve's series appear
-        # some seconds after the first requests, not at once.
+        # Ray's agents export every report interval (1 s here): Serve's series appear some
+        # time after the first requests, not at once.
         deadline = time.monotonic() + 60
         while True:
             metrics = requests.get(base + "/metrics", headers=headers, timeout=60)
             assert metrics.status_code == 200, metrics.text[:500]
             if "ray_serve_" in metrics.text or time.monotonic() > deadline:
                 break
-            time.sleep(2)
+            time.sleep(0.5)
         assert "ray_serve_" in metrics.text, metrics.text[:500]
 
         # Overload: 12 requests at once against a decoder that takes one and queues one.
