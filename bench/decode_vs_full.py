@@ -3,8 +3,11 @@
 Prints, for a 512 x 683 image (the reference's SPEED.md settings: fp32, 2 threads):
 encode (backbone + pixel decoder), decode per prompt type (a click, a second click with
 memory, a box, a scribble, a polygon, a mask, a phrase, a referring region of another
-image and of the same image, a vocabulary = panoptic; each the first call on an image, plus
-panoptic and referring again on an image whose object-query pass the predictor kept), the
+image and of the same image, a vocabulary = panoptic; each the first call on an image's
+cached features, which carry the object queries' pass as `encode` makes them, plus panoptic
+and referring again on an image whose object-query pass the predictor kept, and panoptic
+and referring on features without a stored pass, as older store objects load), the
+object queries' pass alone (what it adds to an encode), the
 vocabulary embedding per class name, peak RSS, and the ratio full forward /
 decode-with-click, all measured in one run. Every decode is also
 given in reference-machine ms (ours / the calibration ratio below), the unit of issue 17's
@@ -16,6 +19,7 @@ script also times the reference's single most expensive operation (the pixel dec
 machines, so the reference's figures can be read at this machine's speed.
 
     .venv/bin/python bench/decode_vs_full.py [--model seem-samvitb-v1] [--repeats 5] [--json out.json] [--decode-only]
+        [--store-bytes]
 
 SPEED.md measured Focal-T only: for another model the reference columns are left empty.
 """
@@ -61,6 +65,8 @@ def main() -> None:
                              "the work itself, not the wait for a core; the calibration is timed the same way)")
     parser.add_argument("--decode-only", action="store_true",
                         help="time the decode paths only (no encode, full forward or vocabulary rows)")
+    parser.add_argument("--store-bytes", action="store_true",
+                        help="also print the bytes of a store object with and without the object pass, per format")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.clock == "cpu":
@@ -80,6 +86,8 @@ def main() -> None:
     other = predictor.encode([(rng.random((512, 683, 3)) * 255).astype(np.uint8)])[0]  # a referring image
     click = Prompts(spatial=(Point(200.0, 150.0),))
     r, decode_keys = _time_decodes(predictor, features, other, image, vocab, args.repeats, machine_ratio)
+    if args.store_bytes:
+        r.update(_store_bytes(features))
     if args.decode_only:
         _print_decode_rows(r, decode_keys, conv_ms, machine_ratio, args)
         if args.json:
@@ -125,8 +133,12 @@ def main() -> None:
             ("decode: phrase", "decode_phrase", ref("decoder_phrase")),
             ("decode: panoptic (vocabulary)", "decode_panoptic", ref("decoder_generic")),
             ("decode: panoptic, image kept", "decode_panoptic_warm", None),
+            ("decode: panoptic, no stored pass", "decode_panoptic_no_pass", None),
+            ("decode: referring, no stored pass", "decode_referring_no_pass", None),
             ("full forward: click", "full_click", ref("full_click")),
             ("vocabulary embedding, per name", "vocabulary_per_name", ref("vocabulary_per_name"))]
+    if "object_pass_at_encode" in r:
+        rows.insert(1, ("  of which the object pass", "object_pass_at_encode", None))
     for label, key, ref_ms in rows:
         ref_s = f"{ref_ms:>16.0f}{ref_ms * machine_ratio:>16.0f}" if ref_ms else f"{'-':>16}{'-':>16}"
         print(f"{label:<34}{r[key]:>12.1f}{ref_s}")
@@ -144,6 +156,29 @@ def _calibration_ms(repeats: int) -> float:
     x = torch.randn(1, 512, 128, 176)
     with torch.inference_mode():
         return median_ms(lambda: conv(x), repeats)
+
+
+#: The tensors of the object queries' pass (model.types.OBJECT_PASS_TENSORS; spelt out so that
+#: this file also runs on a checkout from before the pass was stored).
+OBJECT_PASS_TENSORS = ("object_class_emb", "object_mask_emb")
+
+
+def _without_pass(features):
+    """The same features as an object written before the pass was stored (maps only)."""
+    return replace(features, tensors={k: v for k, v in features.tensors.items() if k not in OBJECT_PASS_TENSORS})
+
+
+def _store_bytes(features) -> dict[str, float]:
+    """MB of the store object (shuffle+zstd) with and without the object pass, per format."""
+    from store.feature_store import content_sha256, serialize_features
+
+    sha, out = content_sha256(b"bench"), {}
+    for dtype in ("float32", "float16", "int8", "int10"):
+        for label, f in (("with_pass", features), ("without_pass", _without_pass(features))):
+            out[f"store_mb_{dtype}_{label}"] = len(serialize_features(f, sha, dtype=dtype, compress="shuffle+zstd")) / 1e6
+        print(f"store object, {dtype} shuffle+zstd: {out[f'store_mb_{dtype}_with_pass']:.3f} MB with the object pass, "
+              f"{out[f'store_mb_{dtype}_without_pass']:.3f} MB without")
+    return out
 
 
 def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str], repeats: int,
@@ -186,8 +221,17 @@ def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str
     r["decode_panoptic_warm"] = median_ms(lambda: predictor.panoptic(features, vocab), repeats)
     r["decode_referring_warm"] = median_ms(lambda: predictor.decode(
         features, Prompts(referring=(ReferringRegion(replace(other), region),)), vocabulary=vocab), repeats)
+    # Features without a stored pass (older store objects): the predictor runs it on first use.
+    bare, other_bare = _without_pass(features), _without_pass(other)
+    r["decode_panoptic_no_pass"] = median_ms(lambda: predictor.panoptic(replace(bare), vocab), repeats)
+    r["decode_referring_no_pass"] = median_ms(lambda: predictor.decode(
+        replace(bare), Prompts(referring=(ReferringRegion(replace(other_bare), region),)), vocabulary=vocab), repeats)
     keys = ["decode_click", "decode_click2", "decode_box", *more, "decode_referring", "decode_referring_same_image",
-            "decode_phrase", "decode_panoptic", "decode_panoptic_warm", "decode_referring_warm"]
+            "decode_phrase", "decode_panoptic", "decode_panoptic_warm", "decode_referring_warm",
+            "decode_panoptic_no_pass", "decode_referring_no_pass"]
+    if hasattr(predictor, "with_object_pass"):  # what the pass adds to an encode
+        r["object_pass_at_encode"] = median_ms(lambda: predictor.with_object_pass(replace(bare)), repeats)
+        keys.append("object_pass_at_encode")
     for key in keys:
         r[key + "_reference_machine"] = r[key] / machine_ratio
     return r, keys
