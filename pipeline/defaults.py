@@ -5,6 +5,8 @@ docs/benchmarks.md for the table behind these three values.
 """
 from __future__ import annotations
 
+from store.formats import DEFAULT_STORE_CODEC
+
 FEATURE_STAGE = "pixel_decoder"
 FEATURE_DTYPE = "float16"
-FEATURE_CODEC = "shuffle+zstd"
+FEATURE_CODEC = DEFAULT_STORE_CODEC  # serving writes with the same

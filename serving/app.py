@@ -151,7 +151,7 @@ class Encoder:
             else:
                 for (i, image_id, _), feats in zip(todo, features):
                     try:
-                        self.store.put(feats, image_id, dtype=self.config.store_dtype)
+                        self.store.put(feats, image_id, dtype=self.config.store_dtype, compress=self.config.store_codec)
                         out[i] = as_stored(feats, self.config.store_dtype)  # what a cache miss would load
                     except StoreError as e:
                         out[i] = ApiError("unavailable", f"feature store: {e}")

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from store.formats import DEFAULT_STORE_CODEC
+
 __all__ = ["Limits", "DecoderOptions", "EncoderOptions", "SpeechOptions", "ServeConfig", "DEFAULT_STORE",
            "API_KEYS_ENV"]
 
@@ -111,6 +113,8 @@ class ServeConfig(_Strict):
     endpoint_url: str | None = None
     store_dtype: str = Field("float16", description="format of the features the encoder stores: one of "
                                                     "store.formats.STORE_DTYPES (docs/benchmarks.md)")
+    store_codec: str = Field(DEFAULT_STORE_CODEC, description="compression of the stored features: one of "
+                                                         "store.formats.STORE_CODECS; the default is `seem encode`'s")
     api_keys: tuple[str, ...] = ()
     allowed_uri_prefixes: tuple[str, ...] = ()
     limits: Limits = Limits()
@@ -131,6 +135,13 @@ class ServeConfig(_Strict):
         from store.formats import check_store_dtype
 
         return check_store_dtype(value)
+
+    @field_validator("store_codec")
+    @classmethod
+    def _store_codec(cls, value: str) -> str:
+        from store.formats import check_store_codec
+
+        return check_store_codec(value)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -69,7 +69,7 @@ from model.types import OBJECT_PASS_TENSORS, ImageFeatures
 from storage import CorruptObject, ObjectStore, open_store
 from storage import NotFound as ObjectNotFound
 from store.backends import check_model_id
-from store.formats import FLOAT_STORE_DTYPES, STORE_DTYPES, check_store_dtype
+from store.formats import FLOAT_STORE_DTYPES, STORE_CODECS, STORE_DTYPES, check_store_dtype
 from store.manifest import Manifest
 
 __all__ = [
@@ -98,7 +98,7 @@ QUANT_LEVELS = re.compile(r"^levels(\d+)-per-channel-up$")
 #: the decoder's attention and stay at 8 (docs/benchmarks.md, "Format version 3").
 INT10_BITS = {"mask_features": 10}
 _INT10_OTHER_BITS = 8
-CODECS = ("none", "zlib", "zstd", "shuffle+zlib", "shuffle+zstd")
+CODECS = STORE_CODECS
 #: The object queries' pass (`OBJECT_PASS_TENSORS`, ~0.4 MB float32 for Focal-T) is never
 #: quantised: in int8 / int10 objects it is float16 (docs/benchmarks.md, "Object pass at
 #: encode"); float objects store it in their own dtype, like the maps.

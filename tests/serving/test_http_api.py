@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors import safe_open
 
 from model.rle import decode_mask, encode_mask
 from training.shapes_world import CATEGORIES, generate_scene
@@ -64,6 +65,8 @@ def test_upload_returns_sha256_size_and_caches(serving: ServingEnv) -> None:
     from store import deserialize_features
 
     assert deserialize_features(stored[0].read_bytes()).has_object_pass  # with the object queries' pass
+    meta = safe_open(str(stored[0]), framework="pt").metadata()
+    assert meta["store.codec"] == "shuffle+zstd", "serving compresses as `seem encode` does"
 
 
 def test_the_decoder_holds_uploaded_images_in_its_lru(serving: ServingEnv) -> None:

@@ -236,6 +236,9 @@ def test_config() -> None:
     assert ServeConfig.from_args({"store_dtype": "int8"}).store_dtype == "int8"
     with pytest.raises(ValidationError, match="float16, bfloat16, float32, int8"):
         ServeConfig.from_args({"store_dtype": "int4"})
+    assert ServeConfig.from_args(None).store_codec == "shuffle+zstd"  # what `seem encode` writes
+    with pytest.raises(ValidationError, match="none, zlib, zstd, shuffle\\+zlib, shuffle\\+zstd"):
+        ServeConfig.from_args({"store_codec": "lz4"})
 
 
 # --------------------------------------------------------------------------- one request, real predictor
