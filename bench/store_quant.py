@@ -17,6 +17,16 @@ could adopt, measured here before any of it is written into store/:
 A candidate is `MF_SCHEME/MS_SCHEME/PREDICTOR`: the scheme of `mask_features` (stride 4,
 3/4 of the values), of `ms0..ms2`, and the predictor, e.g. `asym9/asym8/left`.
 
+`reluB/MS_SCHEME/CODING` stores, instead of `mask_features`, the pixel decoder's activation
+before its last convolution (`layer_1`'s ReLU output y: >= 0, about half exactly 0; the
+model's `mask_features` conv turns it into `mask_features`): B-bit levels per channel over
+[0, the channel's max] (0 is exact), coded as `zeromap` (a bit map of the non-zero values +
+their levels as byte planes, each zstd'd) or `up` (levels minus the level above, zeros
+included, the int8 + escapes stream); `ms0..ms2` as format 3 stores them (B-bit levels,
+differences with the row above). Its load is the decode of y and the maps; the IoU columns
+project y back to `mask_features` with the model's conv (outside the timing), which is
+what the decoder's consumers compute lazily.
+
 Columns: `MB` bytes per image; `rel_err` RMS error relative to the features' RMS; `load ms`
 CPU time to turn the bytes back into float32 tensors (prototypes: zstd + escapes + the
 inverse predictor + dequantisation; store rows: `deserialize_features`, which also
@@ -29,6 +39,7 @@ bench/store_formats.py (`MaskProbe`: fp32 features are the reference).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -45,11 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_formats import MaskProbe, _load_predictor, rel_rms_error  # noqa: E402
 
 from model.types import ImageFeatures  # noqa: E402
-from store.feature_store import content_sha256, deserialize_features, serialize_features  # noqa: E402
+from store.feature_store import (content_sha256, dequantize_levels, deserialize_features,  # noqa: E402
+                                 quantize_levels, serialize_features)
 
 DEFAULT_CANDIDATES = (
     "store:int8", "store:int10", "store:float16", "asym8/asym8/left", "asym8/asym7/planar", "asym9/asym8/left",
     "asym10/asym8/left", "pixel8/asym8/left", "asym8/asym8/planar", "uniform0.005/asym8/left",
+    "relu8/asym8/zeromap", "relu9/asym8/zeromap", "relu10/asym8/zeromap", "relu10/asym8/up", "relu10/asym9/zeromap",
 )
 _SCHEME = re.compile(r"^(sym|asym|pixel)(\d+)$|^uniform([0-9.]+)$")
 
@@ -115,10 +128,102 @@ def decode_residuals(blobs: tuple[bytes, bytes], shape: tuple[int, ...], predict
     where = np.flatnonzero(stream == -128)
     if where.size:
         r[where] = np.frombuffer(zstd.decompress(blobs[1], decompressed_size=2 * where.size, asbytes=True), np.int16)
-    q = np.cumsum(r.reshape(shape), axis=-1, dtype=np.int16)  # int16 wraps, and the levels fit in it
+    if predictor == "up":  # differences with the row above (y's `up` coding)
+        q = np.cumsum(r.reshape(shape), axis=-2, dtype=np.int16)
+    else:
+        q = np.cumsum(r.reshape(shape), axis=-1, dtype=np.int16)  # int16 wraps, and the levels fit in it
     if predictor == "planar":
         q = np.cumsum(q, axis=-2, dtype=np.int16)
     return torch.from_numpy(q).to(torch.float32).mul_(torch.from_numpy(step)).add_(torch.from_numpy(lo))
+
+
+def _zstd(data: np.ndarray) -> bytes:
+    import pyarrow as pa
+
+    return pa.Codec("zstd", compression_level=3).compress(pa.py_buffer(np.ascontiguousarray(data)), asbytes=True)
+
+
+def _unzstd(blob: bytes, nbytes: int, dtype) -> np.ndarray:
+    import pyarrow as pa
+
+    return np.frombuffer(pa.Codec("zstd").decompress(blob, decompressed_size=nbytes, asbytes=True), dtype=dtype)
+
+
+def quantize_relu(y: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """C x H x W values >= 0 -> (levels, step per channel): value = level * step, 0 exact."""
+    peak = y.reshape(y.shape[0], -1).max(1)
+    step = np.where(peak > 0, peak / (2**bits - 1), 1.0).astype(np.float32)
+    return np.round(y / step[:, None, None]).astype(np.int32), step
+
+
+def encode_zeromap(q: np.ndarray) -> list[bytes]:
+    """Levels -> [bit map of the non-zero ones, low bytes of level - 1, high bytes]."""
+    nonzero = q > 0
+    values = (q[nonzero] - 1).astype(np.uint16)
+    return [_zstd(np.packbits(nonzero.reshape(-1))), _zstd(values.astype(np.uint8)), _zstd((values >> 8).astype(np.uint8))]
+
+
+def decode_zeromap(blobs: list[bytes], shape: tuple[int, ...], step: np.ndarray) -> torch.Tensor:
+    n = int(np.prod(shape))
+    nonzero = torch.from_numpy(np.unpackbits(_unzstd(blobs[0], (n + 7) // 8, np.uint8), count=n).view(np.bool_))
+    count = int(nonzero.sum())
+    low = torch.from_numpy(_unzstd(blobs[1], count, np.uint8).copy())
+    high = torch.from_numpy(_unzstd(blobs[2], count, np.uint8).copy())
+    levels = torch.zeros(n, dtype=torch.float32)
+    levels[nonzero] = (high.to(torch.float32) * 256 + low.to(torch.float32)).add_(1)
+    return levels.view(shape).mul_(torch.from_numpy(step)[:, None, None])
+
+
+def _project(predictor, y: torch.Tensor) -> torch.Tensor:
+    """The model's `mask_features` of activation y (C x H x W)."""
+    with torch.no_grad():
+        return predictor.model.pixel_decoder.mask_features(y[None])[0]
+
+
+def measure_relu_candidate(features: ImageFeatures, y: torch.Tensor, predictor, name: str,
+                           repeat: int) -> tuple[dict, ImageFeatures]:
+    """A `reluB/MS_SCHEME/CODING` candidate: y instead of `mask_features` (module docstring)."""
+    bits, ms_scheme, coding = int(name.split("/")[0][4:]), *name.split("/")[1:]
+    q, step = quantize_relu(y.numpy().astype(np.float64), bits)
+    if coding == "zeromap":
+        blobs = encode_zeromap(q)
+        decode = functools.partial(decode_zeromap, blobs, q.shape, step)
+    elif coding == "up":
+        blobs = list(encode_residuals(np.swapaxes(residuals(np.swapaxes(q, 1, 2), "left"), 1, 2)))
+        zero = np.zeros_like(step)[:, None, None]
+        decode = lambda: decode_residuals(blobs, q.shape, "up", zero, step[:, None, None])  # noqa: E731
+    else:
+        raise ValueError(f"unknown coding {coding!r}")
+    nbytes = sum(map(len, blobs)) + 4 * step.size
+    if not ms_scheme.startswith("asym"):
+        raise ValueError(f"{name}: the other maps take the store's asymB levels (format 3's code)")
+    encoded = {}
+    for key, t in features.tensors.items():  # the other maps as format 3 stores them (rows above)
+        if key != "mask_features":
+            parts = quantize_levels(t, int(ms_scheme[4:]))
+            encoded[key] = (_zstd(parts[""].numpy()), _zstd(parts[".escapes"].numpy()), parts, t.shape)
+            nbytes += len(encoded[key][0]) + len(encoded[key][1]) + 8 * t.shape[0]
+
+    def decode_maps() -> dict[str, torch.Tensor]:
+        out = {}
+        for key, (stream, escapes, parts, shape) in encoded.items():
+            s = torch.from_numpy(_unzstd(stream, parts[""].numel(), np.int8).copy()).view(shape)
+            e = torch.from_numpy(_unzstd(escapes, 2 * parts[".escapes"].numel(), np.int16).copy())
+            out[key] = dequantize_levels(s, e, parts[".offset"], parts[".step"])
+        return out
+
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        tensors = decode_maps()
+        y_read = decode()
+        times.append(time.process_time() - t0)
+    tensors["mask_features"] = _project(predictor, y_read)
+    got = ImageFeatures.from_parts(tensors, features.metadata())
+    row = {"candidate": name, "bytes": nbytes, "load_ms": 1e3 * min(times),
+           "y_rel_err": float(((y_read - y) ** 2).sum() / (y**2).sum()) ** 0.5,
+           "y_zero_fraction": float((q == 0).mean())}
+    return row, got
 
 
 def measure_candidate(features: ImageFeatures, name: str, repeat: int) -> tuple[dict, ImageFeatures]:
@@ -160,15 +265,23 @@ def main(argv: list[str] | None = None) -> int:
     from model.image_io import decode_image
 
     predictor = _load_predictor(args.model, args.weights)
+    activation = {}  # layer_1's output: the y that `relu` candidates store (both pixel decoders name it so)
+    hook = predictor.model.pixel_decoder.layer_1.register_forward_hook(
+        lambda module, inputs, out: activation.__setitem__("y", out.detach()[0].clone()))
     reference = predictor.encode([decode_image(Path(args.image).read_bytes())], stage="pixel_decoder")[0]
+    hook.remove()
     reference = reference.to(dtype=torch.float32)
+    y = activation["y"].to(torch.float32)
     probe = MaskProbe(predictor, reference)
     print(f"{args.model} ({predictor.model_id}), {args.image}, input {reference.input_size}; load: "
           f"{os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}", flush=True)
     print(f"{'candidate':<26} {'MB':>6} {'rel_err':>8} {'load ms':>8} {'click IoU':>9} {'inst IoU':>8}", flush=True)
     rows = []
     for name in args.candidates.split(","):
-        row, got = measure_candidate(reference, name, args.repeat)
+        if name.startswith("relu"):
+            row, got = measure_relu_candidate(reference, y, predictor, name, args.repeat)
+        else:
+            row, got = measure_candidate(reference, name, args.repeat)
         row["rel_err"] = rel_rms_error(reference, got)
         row.update(probe.compare(got.to(dtype=torch.float32)))
         rows.append(row)
