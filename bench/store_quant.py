@@ -21,9 +21,11 @@ A candidate is `MF_SCHEME/MS_SCHEME/PREDICTOR`: the scheme of `mask_features` (s
 before its last convolution (`layer_1`'s ReLU output y: >= 0, about half exactly 0; the
 model's `mask_features` conv turns it into `mask_features`): B-bit levels per channel over
 [0, the channel's max] (0 is exact), coded as `zeromap` (a bit map of the non-zero values +
-their levels as byte planes, each zstd'd) or `up` (levels minus the level above, zeros
+their levels as byte planes, each zstd'd), `planes` (the levels, zeros included, as byte
+planes, each zstd'd) or `up` (levels minus the level above, zeros
 included, the int8 + escapes stream); `ms0..ms2` as format 3 stores them (B-bit levels,
-differences with the row above). Its load is the decode of y and the maps; the IoU columns
+differences with the row above), the object queries' pass (if any) float16. Its load is
+the decode of all of them; the IoU columns
 project y back to `mask_features` with the model's conv (outside the timing), which is
 what the decoder's consumers compute lazily.
 
@@ -55,14 +57,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from store_formats import MaskProbe, _load_predictor, rel_rms_error  # noqa: E402
 
-from model.types import ImageFeatures  # noqa: E402
+from model.types import OBJECT_PASS_TENSORS, ImageFeatures  # noqa: E402
 from store.feature_store import (content_sha256, dequantize_levels, deserialize_features,  # noqa: E402
                                  quantize_levels, serialize_features)
 
 DEFAULT_CANDIDATES = (
     "store:int8", "store:int10", "store:float16", "asym8/asym8/left", "asym8/asym7/planar", "asym9/asym8/left",
     "asym10/asym8/left", "pixel8/asym8/left", "asym8/asym8/planar", "uniform0.005/asym8/left",
-    "relu8/asym8/zeromap", "relu9/asym8/zeromap", "relu10/asym8/zeromap", "relu10/asym8/up", "relu10/asym9/zeromap",
+    "relu8/asym8/zeromap", "relu9/asym8/zeromap", "relu10/asym8/zeromap", "relu10/asym8/up", "relu10/asym8/planes",
+    "relu10/asym9/zeromap",
 )
 _SCHEME = re.compile(r"^(sym|asym|pixel)(\d+)$|^uniform([0-9.]+)$")
 
@@ -160,7 +163,8 @@ def encode_zeromap(q: np.ndarray) -> list[bytes]:
     """Levels -> [bit map of the non-zero ones, low bytes of level - 1, high bytes]."""
     nonzero = q > 0
     values = (q[nonzero] - 1).astype(np.uint16)
-    return [_zstd(np.packbits(nonzero.reshape(-1))), _zstd(values.astype(np.uint8)), _zstd((values >> 8).astype(np.uint8))]
+    low, high = values.astype(np.uint8), (values >> 8).astype(np.uint8)
+    return [_zstd(np.packbits(nonzero.reshape(-1))), _zstd(low), _zstd(high)]
 
 
 def decode_zeromap(blobs: list[bytes], shape: tuple[int, ...], step: np.ndarray) -> torch.Tensor:
@@ -171,6 +175,18 @@ def decode_zeromap(blobs: list[bytes], shape: tuple[int, ...], step: np.ndarray)
     high = torch.from_numpy(_unzstd(blobs[2], count, np.uint8).copy())
     levels = torch.zeros(n, dtype=torch.float32)
     levels[nonzero] = (high.to(torch.float32) * 256 + low.to(torch.float32)).add_(1)
+    return levels.view(shape).mul_(torch.from_numpy(step)[:, None, None])
+
+
+def encode_planes(q: np.ndarray) -> list[bytes]:
+    """Levels (zeros included) -> [low bytes, high bytes], each zstd'd."""
+    return [_zstd((q & 255).astype(np.uint8)), _zstd((q >> 8).astype(np.uint8))]
+
+
+def decode_planes(blobs: list[bytes], shape: tuple[int, ...], step: np.ndarray) -> torch.Tensor:
+    n = int(np.prod(shape))
+    high = torch.from_numpy(_unzstd(blobs[1], n, np.uint8).copy()).to(torch.float32)
+    levels = high.mul_(256).add_(torch.from_numpy(_unzstd(blobs[0], n, np.uint8).copy()))
     return levels.view(shape).mul_(torch.from_numpy(step)[:, None, None])
 
 
@@ -188,6 +204,9 @@ def measure_relu_candidate(features: ImageFeatures, y: torch.Tensor, predictor, 
     if coding == "zeromap":
         blobs = encode_zeromap(q)
         decode = functools.partial(decode_zeromap, blobs, q.shape, step)
+    elif coding == "planes":
+        blobs = encode_planes(q)
+        decode = functools.partial(decode_planes, blobs, q.shape, step)
     elif coding == "up":
         blobs = list(encode_residuals(np.swapaxes(residuals(np.swapaxes(q, 1, 2), "left"), 1, 2)))
         zero = np.zeros_like(step)[:, None, None]
@@ -198,8 +217,14 @@ def measure_relu_candidate(features: ImageFeatures, y: torch.Tensor, predictor, 
     if not ms_scheme.startswith("asym"):
         raise ValueError(f"{name}: the other maps take the store's asymB levels (format 3's code)")
     encoded = {}
+    passed = {}  # the object queries' pass (when encode made one): float16, never quantised
+    for key in OBJECT_PASS_TENSORS:
+        if key in features.tensors:
+            raw = features.tensors[key].to(torch.float16).numpy()
+            passed[key] = (_zstd(raw.view(np.uint8)), raw.shape)
+            nbytes += len(passed[key][0])
     for key, t in features.tensors.items():  # the other maps as format 3 stores them (rows above)
-        if key != "mask_features":
+        if key != "mask_features" and key not in OBJECT_PASS_TENSORS:
             parts = quantize_levels(t, int(ms_scheme[4:]))
             encoded[key] = (_zstd(parts[""].numpy()), _zstd(parts[".escapes"].numpy()), parts, t.shape)
             nbytes += len(encoded[key][0]) + len(encoded[key][1]) + 8 * t.shape[0]
@@ -210,6 +235,9 @@ def measure_relu_candidate(features: ImageFeatures, y: torch.Tensor, predictor, 
             s = torch.from_numpy(_unzstd(stream, parts[""].numel(), np.int8).copy()).view(shape)
             e = torch.from_numpy(_unzstd(escapes, 2 * parts[".escapes"].numel(), np.int16).copy())
             out[key] = dequantize_levels(s, e, parts[".offset"], parts[".step"])
+        for key, (blob, shape) in passed.items():
+            raw = _unzstd(blob, 2 * int(np.prod(shape)), np.float16).reshape(shape)
+            out[key] = torch.from_numpy(raw.astype(np.float32))
         return out
 
     times = []
@@ -239,6 +267,8 @@ def measure_candidate(features: ImageFeatures, name: str, repeat: int) -> tuple[
     mf_scheme, ms_scheme, predictor = name.split("/")
     nbytes, encoded = 0, {}
     for key, t in features.tensors.items():
+        if key in OBJECT_PASS_TENSORS:
+            continue  # (as in the relu candidates; the float16 pass is left out of these rows' bytes)
         q, lo, step = quantize(t.numpy(), mf_scheme if key == "mask_features" else ms_scheme)
         blobs = encode_residuals(residuals(q, predictor))
         nbytes += sum(map(len, blobs)) + 4 * (lo.size + step.size)
@@ -248,6 +278,7 @@ def measure_candidate(features: ImageFeatures, name: str, repeat: int) -> tuple[
         t0 = time.process_time()
         tensors = {key: decode_residuals(*args) for key, args in encoded.items()}
         times.append(time.process_time() - t0)
+    tensors.update({k: v for k, v in features.tensors.items() if k in OBJECT_PASS_TENSORS})
     got = ImageFeatures.from_parts(tensors, features.metadata())
     return {"candidate": name, "bytes": nbytes, "load_ms": 1e3 * min(times)}, got
 
