@@ -32,20 +32,28 @@ from .visual_sampler import prompt_means, sample_at
 __all__ = ["DenseMaskFeatures", "ProjectedMaskFeatures"]
 
 
-class DenseMaskFeatures:
-    """The stride-4 mask features as a B x M x H x W tensor."""
+class _StrideFourMap:
+    """What both forms share: a B x channels x H x W stride-4 tensor and per-level caches."""
 
-    def __init__(self, features: torch.Tensor) -> None:
-        self.features = features
+    def __init__(self, grid: torch.Tensor) -> None:
+        self._grid = grid
         self._levels: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def batch(self) -> int:
-        return int(self.features.shape[0])
+        return int(self._grid.shape[0])
 
     @property
     def size(self) -> tuple[int, int]:
-        return tuple(self.features.shape[-2:])
+        return tuple(self._grid.shape[-2:])
+
+
+class DenseMaskFeatures(_StrideFourMap):
+    """The stride-4 mask features as a B x M x H x W tensor."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        super().__init__(features)
+        self.features = features
 
     def logits(self, mask_emb: torch.Tensor) -> torch.Tensor:
         """B x N x M mask embeddings -> B x N x H x W stride-4 mask logits."""
@@ -64,7 +72,7 @@ class DenseMaskFeatures:
         return prompt_means(sample_at(self.features[image], coords), prompt, num_prompts, empty_value)
 
 
-class ProjectedMaskFeatures:
+class ProjectedMaskFeatures(_StrideFourMap):
     """Mask features kept as the activation y (B x C x H x W) and the projection that makes
     them (`weight` M x C x k x k with k odd, `bias` M; padding k // 2, as the pixel decoders'
     `mask_features` conv). Nothing here computes the M x H x W map."""
@@ -73,16 +81,8 @@ class ProjectedMaskFeatures:
         k = weight.shape[-1]
         if weight.dim() != 4 or weight.shape[-2] != k or k % 2 == 0 or weight.shape[1] != activation.shape[1]:
             raise ValueError(f"projection {tuple(weight.shape)} does not fit activation {tuple(activation.shape)}")
+        super().__init__(activation)
         self.activation, self.weight, self.bias = activation, weight, bias
-        self._levels: dict[tuple[int, int], torch.Tensor] = {}
-
-    @property
-    def batch(self) -> int:
-        return int(self.activation.shape[0])
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return tuple(self.activation.shape[-2:])
 
     def _taps(self) -> list[torch.Tensor]:
         """S_t(y) for every tap t of the kernel, row-major (views of the zero-padded y)."""
