@@ -100,8 +100,8 @@ INT10_BITS = {"mask_features": 10}
 _INT10_OTHER_BITS = 8
 CODECS = STORE_CODECS
 #: The object queries' pass (`OBJECT_PASS_TENSORS`, ~0.4 MB float32 for Focal-T) is never
-#: quantised: in int8 / int10 objects it is float16 (docs/benchmarks.md, "Object pass at
-#: encode"); float objects store it in their own dtype, like the maps.
+#: quantised: in int8 / int10 objects it is float16 (docs/benchmarks.md, "Third round: the
+#: object-query pass at encode"); float objects store it in their own dtype, like the maps.
 OBJECT_PASS_DTYPE = torch.float16
 
 
