@@ -1,4 +1,4 @@
-"""What decoding from the stored pre-projection activation costs (model/mask_features.py).
+"""What decoding from the stored pre-projection activation costs (bench/projected_mask_features.py).
 
 A store object that holds the pixel decoder's activation y instead of `mask_features`
 (bench/store_quant.py's `relu` candidates) makes every consumer of mask features fold the
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from model.mask_features import DenseMaskFeatures, ProjectedMaskFeatures  # noqa: E402
+from bench.projected_mask_features import DenseMaskFeatures, ProjectedMaskFeatures  # noqa: E402
 
 LEVELS = [(16, 16), (32, 32), (64, 64)]
 

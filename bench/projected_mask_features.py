@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .heads import resize_bilinear
-from .visual_sampler import prompt_means, sample_at
+from model.heads import resize_bilinear
+from model.visual_sampler import prompt_means, sample_at
 
 __all__ = ["DenseMaskFeatures", "ProjectedMaskFeatures"]
 
