@@ -50,10 +50,25 @@ def _group(item: pytest.Item) -> str:
     return f"{rel.parts[0]}:{shared[0]}" if shared else str(rel)
 
 
+def _join_group(item: pytest.Item, group: str) -> None:
+    """Put `item` in xdist's `group`: loadgroup schedules by the part of a test's id after
+    its last "@". xdist 3.8 adds that suffix by setting `item._nodeid`, which pytest 9 no
+    longer reads (the id lives in `item._id`), so with pytest 9 no test had a group: each
+    was scheduled alone, and both workers started their own Ray, Serve and cluster."""
+    item.add_marker(pytest.mark.xdist_group(group))
+    if "@" not in item.nodeid and hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(f"{item.nodeid}@{group}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups = {id(item): _group(item) for item in items}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+        if getattr(config.option, "loadgroup", False):  # set on xdist's workers under --dist loadgroup
+            _join_group(item, groups[id(item)])
+        else:
+            item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
     sizes = Counter(groups.values())
     rank = {name: i for i, name in enumerate(LONGEST_GROUPS_FIRST)}
     items.sort(key=lambda item: (rank.get(groups[id(item)], len(rank)), -sizes[groups[id(item)]]))
