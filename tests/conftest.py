@@ -32,8 +32,9 @@ _TESTS = Path(__file__).parent
 LONGEST_GROUPS_FIRST = (
     "pipeline:ray_address/1", "pipeline:ray_address/2", "cluster:local_cluster", "serving:serving",
     "serving/test_cli.py",
-    "serving/test_attacks.py", "training/test_train.py", "infra/test_metrics_exported.py",
-    "model/test_predictor.py", "video/test_video_cli.py",
+    "serving/test_attacks.py", "training/test_train.py", "video/test_video_session.py",
+    "training/test_evaluate.py", "infra/test_metrics_exported.py", "infra/test_bench_gpu.py",
+    "model/test_checkpoint.py", "model/test_predictor.py", "video/test_video_cli.py",
 )
 
 
