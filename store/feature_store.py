@@ -19,11 +19,6 @@ plus `store.*` keys:
 - `store.codec`       "none", "zlib", "zstd", "shuffle+zlib" or "shuffle+zstd"
 - `store.tensors`     JSON {name: {"dtype", "shape"}} of the *logical* tensors
 - `store.checksum`    "sha256:<hex>" over the other metadata and every stored tensor's bytes
-
-Tensors: the maps of `ImageFeatures` and, when the features carry it, the object queries'
-pass (`object_class_emb`, `object_mask_emb`: Q x D each, `model.types.OBJECT_PASS_TENSORS`),
-in the object's float dtype, or float16 in quantised objects (never quantised); objects
-without it (all written before it existed) load as before and the predictor computes it.
 - `store.quant`       (version 2 only) JSON {name: "int8-per-channel"}: tensor `name` is
                       stored as int8 (C x ...) with a float32 scale per channel in tensor
                       `name.scale` (both listed in `store.tensors`); value = int8 * scale.
@@ -32,6 +27,11 @@ without it (all written before it existed) load as before and the predictor comp
                       tensor `name` (int8, -128 = escape), the escaped differences in
                       `name.escapes` (int16, in order), float32 `name.offset` and `name.step`
                       per channel; value = level * step + offset (`quantize_levels`).
+
+Tensors: the maps of `ImageFeatures` and, when the features carry it, the object queries'
+pass (`object_class_emb`, `object_mask_emb`: Q x D each, `model.types.OBJECT_PASS_TENSORS`),
+in the object's float dtype, or float16 in quantised objects (never quantised); objects
+without it (all written before it existed) load as before and the predictor computes it.
 
 Quantisation (`dtype="int8"`): every floating C x H x W map is rounded to 255 levels per
 channel, symmetric around 0 (scale = the channel's max |value| / 127). Bytes per value
