@@ -30,7 +30,8 @@ import torch
 
 from .build import DEFAULT_MODEL, build_model
 from .checkpoint import state_digest
-from .decoder import GROUNDING, OBJECT, SPATIAL, DecoderOutput, SeemDecoder
+from .decoder import GROUNDING, OBJECT, SPATIAL, DecoderOutput, ImageDecoderCache, SeemDecoder
+from .decoder_cache import DecoderCaches
 from .heads import HeadOutput
 from .postprocess import (grounding_scores, instance_inference, negated_pieces, panoptic_keep, panoptic_merge,
                           semantic_inference, spatial_selection_logits, to_original)
@@ -112,7 +113,11 @@ class _DecodeCall:
 
 class SeemPredictor:
     def __init__(self, model: Seem, *, device: str | torch.device | None = None, seed: int = 0,
-                 model_id: str | None = None, encode_batch_size: int = 4, autocast_bf16: bool | None = None) -> None:
+                 model_id: str | None = None, encode_batch_size: int = 4, autocast_bf16: bool | None = None,
+                 decoder_cache_mb: float = 256.0) -> None:
+        """decoder_cache_mb: memory for the decoder's prompt-independent work on the images decoded
+        most recently (`decoder_cache.DecoderCaches`; ~90 MB per Focal-T image at 512 x 683,
+        ~1 MB for seem-tiny); 0 keeps none."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.cfg = model.cfg
@@ -126,6 +131,7 @@ class SeemPredictor:
         # Per image (while its features object lives, e.g. in a serving replica's cache): the
         # object queries' pass, which never sees prompts (`_object_pass`).
         self._object_passes: weakref.WeakKeyDictionary[ImageFeatures, HeadOutput] = weakref.WeakKeyDictionary()
+        self.decoder_caches = DecoderCaches(int(decoder_cache_mb * 2**20))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, weights: str | Path | None = "default",
@@ -203,11 +209,15 @@ class SeemPredictor:
         if features.has_object_pass:
             return features
         mask_features, ms = self._maps(features)
-        obj = self._run_object_pass(mask_features, ms)
+        cache = self.decoder_caches.for_image(features)
+        obj = self._run_object_pass(mask_features, ms, cache)
         tensors = {**features.tensors, OBJECT_PASS_TENSORS[0]: obj.class_emb[0].contiguous(),
                    OBJECT_PASS_TENSORS[1]: obj.mask_emb[0].contiguous()}
-        return ImageFeatures(features.model_id, features.original_size, features.input_size, features.padded_size,
-                             tensors, features.stage)
+        out = ImageFeatures(features.model_id, features.original_size, features.input_size, features.padded_size,
+                            tensors, features.stage)
+        if cache is not None:  # the pass projected every level: a phrase on `out` reuses that
+            self.decoder_caches.adopt(out, cache)
+        return out
 
     def _encode_batch(self, batch: list[PreparedImage], stage: str) -> list[dict[str, torch.Tensor]]:
         """Normalise, pad and run the encoder on images of one padded size: tensors per image."""
@@ -370,7 +380,8 @@ class SeemPredictor:
         m = self.model
         grounding, phrase_emb = m.grounding_input([texts])
         out = m.decoder(call.ms, call.mask_features, object_queries=False, grounding=grounding,
-                        full_masks="none")  # masks only for the queries kept, below
+                        full_masks="none", image_cache=self._image_cache(call))  # masks only for the queries kept, below
+        self.decoder_caches.trim()
         g = out.final[GROUNDING]
         scores = grounding_scores(g.class_emb[0], phrase_emb[0], m.text_encoder.logit_scale,
                                   self.cfg.inference.grounding_temperature_max)  # Q x P
@@ -459,13 +470,20 @@ class SeemPredictor:
             return HeadOutput(class_emb, mask_emb, None)
         obj = self._object_passes.get(features)
         if obj is None:
-            obj = self._run_object_pass(mask_features, ms)
+            obj = self._run_object_pass(mask_features, ms, self.decoder_caches.for_image(features))
             self._object_passes[features] = obj
+            self.decoder_caches.trim()
         return obj
 
-    def _run_object_pass(self, mask_features: torch.Tensor, ms: list[torch.Tensor]) -> HeadOutput:
+    def _run_object_pass(self, mask_features: torch.Tensor, ms: list[torch.Tensor],
+                         cache: ImageDecoderCache | None = None) -> HeadOutput:
         """The object queries alone through the decoder (no prompt, no stride-4 masks)."""
-        return self.model.decoder(ms, mask_features, object_queries=True, full_masks="none").final[OBJECT]
+        return self.model.decoder(ms, mask_features, object_queries=True, full_masks="none",
+                                  image_cache=cache).final[OBJECT]
+
+    def _image_cache(self, call: _DecodeCall) -> ImageDecoderCache | None:
+        """The decoder cache of the call's image: its prompt-independent work from earlier calls."""
+        return self.decoder_caches.for_image(call.features)
 
     def _object_queries(self, obj: HeadOutput, call: _DecodeCall) -> "_ObjectQueries":
         log_object = None
@@ -569,7 +587,9 @@ class SeemPredictor:
         if text is not None:
             grounding, _ = m.grounding_input([[text]])
         spatial = m.spatial_input([tokens], source.to(self.device), prev_mask, memory_prompt, see_text=text is not None)
-        out = m.decoder(call.ms, call.mask_features, object_queries=False, grounding=grounding, spatial=spatial)
+        out = m.decoder(call.ms, call.mask_features, object_queries=False, grounding=grounding, spatial=spatial,
+                        image_cache=self._image_cache(call))
+        self.decoder_caches.trim()
         object_labels = call.vocab is not None and self._object_labels(call.vocab_emb)
         return self._spatial_segmentations(call, targets, out, spatial.pos_embed[0], references,
                                            self._objects(call) if object_labels else None)

@@ -84,11 +84,16 @@ class MultiheadAttention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attn_mask: torch.Tensor | None = None, *, blocked_rows: bool = True) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, *, blocked_rows: bool = True,
+                kept_projections: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """query B x Nq x E, key/value B x Nk x E -> B x Nq x E.
 
         blocked_rows=False: the caller guarantees that no row of `attn_mask` is blocked
         everywhere, so the softmax has no NaN row to clear (saves a pass over the scores).
+        kept_projections: a dict the caller keeps for this (key, value) pair, e.g. one image's
+        feature level in one decoder layer. When this call projects the keys and values (many
+        queries), it takes them from there or leaves them there for the next call; it never
+        changes which form the call takes, so results do not depend on what was kept.
         """
         e = self.embed_dim
         w_q, w_k, w_v = self.in_proj_weight.split(e)
@@ -114,12 +119,27 @@ class MultiheadAttention(nn.Module):
             out = torch.matmul(pooled, wv_h.transpose(1, 2))  # B x h x Nq x d
             out = out + b_v.view(h, 1, self.head_dim) * probs.sum(-1, keepdim=True)
         else:
-            k = self._split(F.linear(key, w_k, b_k))
-            v = self._split(F.linear(value, w_v, b_v))
+            k, v = self._projected_memory(key, value, kept_projections)
             probs = _masked_softmax(torch.matmul(q, k.transpose(-2, -1)), attn_mask, blocked_rows)
             out = torch.matmul(probs, v)
         out = out.transpose(1, 2).reshape(query.shape[0], nq, e)
         return self.out_proj(out)
+
+
+    def _projected_memory(self, key: torch.Tensor, value: torch.Tensor,
+                          kept: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values in head space (B x heads x Nk x d), from `kept` when it holds them."""
+        if kept is not None and "k" in kept:
+            return kept["k"], kept["v"]
+        e = self.embed_dim
+        _, w_k, w_v = self.in_proj_weight.split(e)
+        _, b_k, b_v = self.in_proj_bias.split(e)
+        k = self._split(F.linear(key, w_k, b_k))
+        v = self._split(F.linear(value, w_v, b_v))
+        # Never while training: the kept tensors would carry one step's graph into the next.
+        if kept is not None and not torch.is_grad_enabled():
+            kept["k"], kept["v"] = k, v
+        return k, v
 
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None, blocked_rows: bool = True) -> torch.Tensor:
@@ -174,14 +194,17 @@ class CrossAttentionLayer(nn.Module):
         self.pre_norm = pre_norm
 
     def forward(self, x: torch.Tensor, memory_key: torch.Tensor, memory_value: torch.Tensor,
-                query_pos: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+                query_pos: torch.Tensor, attn_mask: torch.Tensor | None,
+                kept_projections: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """memory_key = memory + pos, precomputed once per level. SEEM unblocks every row of
-        the mask that would be blocked everywhere, so no row is (and no NaN needs clearing)."""
+        the mask that would be blocked everywhere, so no row is (and no NaN needs clearing).
+        kept_projections: see `MultiheadAttention.forward`."""
         if self.pre_norm:
             y = self.norm(x)
-            return x + self.multihead_attn(y + query_pos, memory_key, memory_value, attn_mask, blocked_rows=False)
+            return x + self.multihead_attn(y + query_pos, memory_key, memory_value, attn_mask, blocked_rows=False,
+                                           kept_projections=kept_projections)
         return self.norm(x + self.multihead_attn(x + query_pos, memory_key, memory_value, attn_mask,
-                                                 blocked_rows=False))
+                                                 blocked_rows=False, kept_projections=kept_projections))
 
 
 class FFNLayer(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.decoder import GROUNDING, OBJECT, SPATIAL
+from model.decoder import GROUNDING, OBJECT, SPATIAL, ImageDecoderCache
 from model.heads import LevelResampler, resize_bilinear
 from model.text_encoder import PROMPT_TEMPLATES, clean_class_name
 from model.tokenizer import get_tokenizer
@@ -201,3 +201,28 @@ def test_a_fully_blocked_attention_row_leaves_training_gradients_finite() -> Non
     assert all(torch.isfinite(p.grad).all() for p in attn.parameters())
     with torch.no_grad():  # the inference path (a bias, in place) gives the same output
         assert torch.allclose(attn(x, x, x, mask), out, atol=1e-6)
+
+
+def test_an_image_cache_keeps_the_many_query_projections_and_changes_no_output(tiny_model, tiny_predictor,
+                                                                            photo) -> None:
+    """A phrase's 101 grounding queries project every level's keys and values; with an image
+    cache the second call takes them from it and answers bitwise alike. A click's few queries
+    attend in the keys' input space and leave no projections behind; a batch cannot share one."""
+    m = tiny_model
+    mf, ms, spatial, grounding = _decoder_inputs(m, tiny_predictor, photo)
+    cache = ImageDecoderCache()
+    with torch.inference_mode():
+        m.decoder(ms, mf, object_queries=False, spatial=spatial, image_cache=cache)
+        assert cache.nbytes == 0
+        plain = m.decoder(ms, mf, object_queries=False, grounding=grounding)
+        first = m.decoder(ms, mf, object_queries=False, grounding=grounding, image_cache=cache)
+        kept = {i: dict(kv) for i, kv in cache.projections.items()}
+        again = m.decoder(ms, mf, object_queries=False, grounding=grounding, image_cache=cache)
+        with pytest.raises(ValueError, match="batch size 1"):
+            m.decoder([x.expand(2, -1, -1, -1) for x in ms], mf.expand(2, -1, -1, -1), image_cache=cache)
+    assert sorted(kept) == list(range(m.cfg.decoder.num_layers)) and all(set(kv) == {"k", "v"} for kv in kept.values())
+    assert all(again_kv["k"] is kept[i]["k"] for i, again_kv in cache.projections.items())  # read, not recomputed
+    for out in (first, again):
+        for a, b in zip(plain.rounds, out.rounds, strict=True):
+            assert torch.equal(a[GROUNDING].class_emb, b[GROUNDING].class_emb)
+            assert torch.equal(a[GROUNDING].mask_emb, b[GROUNDING].mask_emb)

@@ -139,6 +139,47 @@ def test_without_a_stored_object_pass_it_is_run_once_per_features_object(tiny_pr
     assert np.array_equal(cold.segment_map, warm.segment_map) and np.array_equal(cold.semantic, warm.semantic)
 
 
+def test_decoder_caches_answer_alike_stay_in_budget_and_go_with_their_features(tiny_model, photo) -> None:
+    """The predictor keeps each image's prompt-independent decoder work (a phrase's key and value
+    projections) for the features objects it decoded last, within `decoder_cache_mb`: answers
+    equal a predictor that keeps nothing, a second image pushes the first one's out of a budget
+    that holds one, and a features object that is dropped takes its cache with it."""
+    import gc
+
+    per_image = SeemPredictor(tiny_model, device="cpu")
+    f = per_image.encode([photo], object_pass=False)[0]
+    per_image.decode(f, Prompts(text="circle"))
+    one_image_mb = per_image.decoder_caches.nbytes / 2**20
+    assert one_image_mb > 0
+    keeping = SeemPredictor(tiny_model, device="cpu", decoder_cache_mb=1.5 * one_image_mb)
+    nothing = SeemPredictor(tiny_model, device="cpu", decoder_cache_mb=0)
+    first, second = (nothing.encode([im], object_pass=False)[0] for im in (photo, photo[::-1].copy()))
+    prompts = [Prompts(text="circle"), Prompts(text="square"), Prompts(spatial=(Point(60, 50),))]
+    for features in (first, second, first):
+        for p in prompts:
+            got = keeping.decode(features, p, vocabulary=["circle", "square"], max_masks=2)
+            want = nothing.decode(features, p, vocabulary=["circle", "square"], max_masks=2)
+            assert torch.equal(got.memory, want.memory)
+            assert [(m.score, m.label) for m in got.masks] == [(m.score, m.label) for m in want.masks]
+        assert len(keeping.decoder_caches) == 1  # the image decoded last
+        assert 0 < keeping.decoder_caches.nbytes <= keeping.decoder_caches.max_bytes
+    assert len(nothing.decoder_caches) == 0 and nothing.decoder_caches.nbytes == 0
+    del first, second, features
+    gc.collect()
+    assert len(keeping.decoder_caches) == 0
+
+
+def test_an_encoded_image_keeps_its_object_pass_projections_for_the_first_phrase(tiny_predictor, photo) -> None:
+    """`encode` runs the object queries' pass, which projects every level's keys and values;
+    the features it returns keep them, so their first phrase reuses that work."""
+    tiny_predictor.decoder_caches.clear()
+    f = tiny_predictor.encode([photo])[0]
+    kept = tiny_predictor.decoder_caches.nbytes
+    assert len(tiny_predictor.decoder_caches) == 1 and kept > 0
+    tiny_predictor.decode(f, Prompts(text="circle"))
+    assert tiny_predictor.decoder_caches.nbytes == kept  # nothing new to project
+
+
 def test_multi_object_pass_and_rounds(tiny_predictor, photo) -> None:
     f = tiny_predictor.encode([photo])[0]
     targets = [Prompts(spatial=(Point(10, 10),)), Prompts(spatial=(Box(100, 80, 160, 150),))]
