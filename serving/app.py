@@ -221,6 +221,7 @@ class Decoder:
         if refusal:
             raise RuntimeError(f"seem-ray refuses to start: {refusal}")
         self.predictor = load_predictor(self.config.model_spec(_device()))
+        self.predictor.decoder_caches.max_bytes = int(self.config.decoder.decoder_cache_mb * 2**20)
         warm_up(self.predictor)
         self.model_id_ = self.predictor.model_id
         self.store = FeatureStore(self.config.store, self.config.endpoint_url)
@@ -456,7 +457,9 @@ class Decoder:
         return {"replica": serve.get_replica_context().replica_id.unique_id,
                 "node_id": ray.get_runtime_context().get_node_id(), "model_id": self.model_id_, "device": str(self.predictor.device),
                 "torch_threads": torch.get_num_threads(), "cache_size": self.config.decoder.cache_size,
-                "cached_images": None if models is None else list(models), "misrouted": self._misrouted}
+                "cached_images": None if models is None else list(models), "misrouted": self._misrouted,
+                "decoder_cache_mb": self.predictor.decoder_caches.nbytes / 2**20,
+                "decoder_cache_images": len(self.predictor.decoder_caches)}
 
     # The local_* methods return an ApiError instead of raising it (see Encoder.encode).
     async def local_ingest(self, image_id: str, data: bytes | None) -> dict[str, Any] | ApiError:

@@ -70,6 +70,9 @@ class DecoderOptions(_Strict):
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0, ge=0)
     cache_size: int = Field(32, gt=0, description="ImageFeatures held per replica (LRU)")
+    decoder_cache_mb: float = Field(256, ge=0, description="MB per replica of the decoder's prompt-independent "
+                                                           "work kept for the images decoded last (a phrase's key "
+                                                           "and value projections; ~100 MB per Focal-T image); 0: none")
     max_ongoing_requests: int = Field(16, gt=0)
     # Requests wait in Serve's proxy (not in a replica) until a replica has a free slot.
     max_queued_requests: int = Field(256, description="-1: unbounded; beyond it requests get 503")
