@@ -256,15 +256,24 @@ def _more_prompts(size: tuple[int, int]) -> dict[str, Prompts]:
     }
 
 
+#: Rows printed for context, without a verdict against issue 17's 150 ms (see `_print_decode_rows`).
+NOT_DECODE_PATHS = ("decode_panoptic_no_pass", "decode_referring_no_pass", "object_pass_at_encode")
+
+
 def _print_decode_rows(r: dict[str, float], keys: list[str], conv_ms: float, machine_ratio: float,
                        args: argparse.Namespace) -> None:
     print(f"model: {args.model}; torch {torch.__version__}, {args.threads} threads, {args.clock} clock")
     print(f"calibration: 3x3 conv 512->512 at 128x176 = {conv_ms:.0f} ms here vs 252 ms in SPEED.md "
           f"(this machine is {machine_ratio:.2f}x the reference machine's time)")
-    print(f"{'decode path':<22}{'ours (ms)':>12}{'reference-machine ms':>22}{'<= 150':>8}")
+    print(f"{'decode path':<26}{'ours (ms)':>12}{'reference-machine ms':>22}{'<= 150':>8}")
     for key in keys:
         ref_ms = r[key + "_reference_machine"]
-        print(f"{key.removeprefix('decode_'):<22}{r[key]:>12.1f}{ref_ms:>22.1f}{'yes' if ref_ms <= 150 else 'NO':>8}")
+        # Issue 17's goal is about decoding features as encode writes them now; objects written
+        # before the object pass existed, and the pass itself (part of an encode), are context.
+        verdict = "-" if key in NOT_DECODE_PATHS else ("yes" if ref_ms <= 150 else "NO")
+        print(f"{key.removeprefix('decode_'):<26}{r[key]:>12.1f}{ref_ms:>22.1f}{verdict:>8}")
+    print("-: not a decode path on features as `encode` writes them (no_pass: objects written before the "
+          "object pass existed; object_pass_at_encode: part of encoding)")
 
 
 if __name__ == "__main__":
