@@ -2,7 +2,8 @@
 
 Prints, for a 512 x 683 image (the reference's SPEED.md settings: fp32, 2 threads):
 encode (backbone + pixel decoder), decode per prompt type (a click, a second click with
-memory, a box, a scribble, a polygon, a mask, a phrase, a referring region of another
+memory, a box, a scribble, a polygon, a mask, a phrase (also one whose words the text
+encoder has not seen), a referring region of another
 image and of the same image, a vocabulary = panoptic; each the first call on an image's
 cached features, which carry the object queries' pass as `encode` makes them, plus panoptic
 and referring again on an image whose object-query pass the predictor kept, a phrase again on
@@ -132,6 +133,7 @@ def main() -> None:
             ("decode: referring, same image", "decode_referring_same_image", None),
             ("decode: referring, target kept", "decode_referring_warm", None),
             ("decode: phrase", "decode_phrase", ref("decoder_phrase")),
+            ("decode: phrase, new words", "decode_phrase_new_words", None),
             ("decode: phrase, image kept", "decode_phrase_warm", None),
             ("decode: panoptic (vocabulary)", "decode_panoptic", ref("decoder_generic")),
             ("decode: panoptic, image kept", "decode_panoptic_warm", None),
@@ -219,6 +221,9 @@ def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str
                                                             vocabulary=vocab), repeats)
     r["decode_box"] = first_call(lambda f, o: box)
     r["decode_phrase"] = first_call(lambda f, o: phrase)
+    # The same with words the text encoder has not seen (its phrase cache cannot help).
+    fresh_words = (f"the red circle number {i}" for i in range(10**6))
+    r["decode_phrase_new_words"] = first_call(lambda f, o: Prompts(text=next(fresh_words)))
     # Another phrase on the same features object: the predictor kept the image's key and value
     # projections (`decoder_caches`; a checkout from before them times a first call again).
     other_phrase = Prompts(text="a small blue square")
@@ -234,7 +239,7 @@ def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str
     r["decode_referring_no_pass"] = median_ms(lambda: predictor.decode(
         replace(bare), Prompts(referring=(ReferringRegion(replace(other_bare), region),)), vocabulary=vocab), repeats)
     keys = ["decode_click", "decode_click2", "decode_box", *more, "decode_referring", "decode_referring_same_image",
-            "decode_phrase", "decode_phrase_warm", "decode_panoptic", "decode_panoptic_warm", "decode_referring_warm",
+            "decode_phrase", "decode_phrase_new_words", "decode_phrase_warm", "decode_panoptic", "decode_panoptic_warm", "decode_referring_warm",
             "decode_panoptic_no_pass", "decode_referring_no_pass"]
     if hasattr(predictor, "with_object_pass"):  # what the pass adds to an encode
         r["object_pass_at_encode"] = median_ms(lambda: predictor.with_object_pass(replace(bare)), repeats)

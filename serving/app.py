@@ -92,6 +92,9 @@ class Encoder:
 
         self.config = ServeConfig.model_validate(config)
         self.predictor = load_predictor(self.config.model_spec(_device()))
+        # Encoded features leave this process for the decoder replicas: keeping their decoder
+        # projections here (the object pass makes them) would only hold memory.
+        self.predictor.decoder_caches.max_bytes = 0
         warm_up(self.predictor, decode=False)
         self.store = FeatureStore(self.config.store, self.config.endpoint_url)
         self.metrics = EncoderMetrics()
