@@ -2,7 +2,7 @@
 
 A serving replica or an interactive session decodes the same cached image many times. Part of
 each call depends on the image alone (`decoder.ImageDecoderCache`: for Focal-T at 512 x 683
-about 90 MB of key and value projections, ~40% of a phrase). `DecoderCaches` keeps that work
+about 100 MB, mostly key and value projections, ~half of a phrase). `DecoderCaches` keeps that work
 for the features objects decoded most recently, as long as they live and within a byte
 budget, so the second phrase on an image skips it while memory stays bounded.
 """

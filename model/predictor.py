@@ -116,8 +116,8 @@ class SeemPredictor:
                  model_id: str | None = None, encode_batch_size: int = 4, autocast_bf16: bool | None = None,
                  decoder_cache_mb: float = 256.0) -> None:
         """decoder_cache_mb: memory for the decoder's prompt-independent work on the images decoded
-        most recently (`decoder_cache.DecoderCaches`; ~90 MB per Focal-T image at 512 x 683,
-        ~1 MB for seem-tiny); 0 keeps none."""
+        most recently (`decoder_cache.DecoderCaches`; ~100 MB per Focal-T image at 512 x 683,
+        ~2 MB for seem-tiny); 0 keeps none."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.cfg = model.cfg
