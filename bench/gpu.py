@@ -57,7 +57,9 @@ from model import Box, Point, Polygon, Prompts, Scribble, SeemPredictor, build_m
 from model.parity import FixtureRunner, Tolerance  # noqa: E402
 
 DEFAULT_FIXTURE = REPO.parent / "shared" / "seem-reference" / "tiny"
-PROMPT_TYPES = ("point", "box", "scribble", "polygon", "text", "text+point", "round-2")
+# "text" is a phrase on an image the predictor has decoded before (it keeps the image's decoder
+# projections); "text-first" the first phrase on a features object, as after a cache miss.
+PROMPT_TYPES = ("point", "box", "scribble", "polygon", "text", "text-first", "text+point", "round-2")
 SECTIONS = ("matmul", "encoder", "decoder", "parity")
 
 
@@ -224,6 +226,7 @@ def decoder_latency(predictor: SeemPredictor, plan: Plan) -> list[dict]:
     calls: dict[str, Callable[[], Any]] = {name: (lambda p=p: predictor.decode(features, p))
                                            for name, p in prompts.items()}
     calls["round-2"] = lambda: predictor.decode(features, second_round, previous_mask=first.memory)
+    calls["text-first"] = lambda: predictor.decode(dataclasses.replace(features), prompts["text"])
     rows = []
     for name in PROMPT_TYPES:
         times = timed(calls[name], predictor.device, plan.warmup, plan.min_time_s, min_iters=plan.decode_repeat)
