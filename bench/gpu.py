@@ -15,7 +15,7 @@ What it measures (issue 6 point 5), all on one device in one run:
    so the fraction below is a lower bound), and the fraction of the measured bf16 matmul
    rate the best bf16 encoder throughput reaches.
 4. `decoder`: latency of one `SeemPredictor.decode` call on cached features, per prompt
-   type (point, box, scribble, polygon, text, text+point, round-2 with the previous mask),
+   type (point, box, scribble, polygon, text, text-first, text+point, round-2 with the previous mask),
    with the model's default vocabulary labelling the mask.
 5. `parity`: the reference fixture folder (`--fixture`, default ../shared/seem-reference/tiny)
    run case by case with the model on the device, every output compared with the
