@@ -251,15 +251,41 @@ class SeemDecoder(nn.Module):
         mask_emb B x N x C, mask_features B x C x H x W -> B x N x H x W."""
         return PredictionHeads.mask_logits(mask_emb, mask_features)
 
+    def fill_image_cache(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor,
+                         cache: ImageDecoderCache, layers: list[int] | None = None) -> None:
+        """Compute now what a many-query call on this image keeps in `cache` (the key and value
+        projections of `layers`, default all, and the mask features at every level size),
+        exactly as that call computes them: e.g. while a server is idle, so that the image's
+        first phrase finds them. One image (batch 1), inference only."""
+        if mask_features.shape[0] != 1:
+            raise ValueError("an image cache serves one image: batch size 1")
+        levels = self.cfg.num_feature_levels
+        layers = list(range(self.cfg.num_layers)) if layers is None else layers
+        for level in sorted({i % levels for i in layers}):
+            value, key = self._level_memory(multi_scale, level)
+            for i in (i for i in layers if i % levels == level):
+                attn = self.transformer_cross_attention_layers[i].multihead_attn
+                attn.project_memory(key, value, cache.projections.setdefault(i, {}))
+        for m in multi_scale:
+            size = tuple(m.shape[-2:])
+            if size not in cache.resamplers:
+                cache.resamplers[size] = LevelResampler(mask_features, size)
+
+    def _level_memory(self, multi_scale: list[torch.Tensor], level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Level `level` as the cross-attention's memory: values (B x HW x C) and keys (values +
+        the positional encoding)."""
+        m = multi_scale[level]
+        value = (m + self.level_embed.weight[level][None, :, None, None]).flatten(2).transpose(1, 2)
+        return value, value + self.pe_layer(m).flatten(2).transpose(1, 2)
+
     def _start(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, object_queries: bool,
                grounding: GroundingInput | None, spatial: SpatialInput | None) -> "_DecoderRun":
         """Per-level keys and values, the query groups and the memories' masks of one forward."""
-        sources = self.level_sources(multi_scale)
-        values = [s.flatten(2).transpose(1, 2) for s in sources]  # B x HW x C
+        memory = [self._level_memory(multi_scale, level) for level in range(len(multi_scale))]
         run = _DecoderRun(
             mask_features=mask_features, grounding=grounding, spatial=spatial,
-            sizes=[tuple(s.shape[-2:]) for s in sources], values=values,
-            keys=[v + self.pe_layer(m).flatten(2).transpose(1, 2) for v, m in zip(values, multi_scale)])
+            sizes=[tuple(m.shape[-2:]) for m in multi_scale], values=[v for v, _ in memory],
+            keys=[k for _, k in memory])
         self._set_up_queries(run, object_queries)
         if MEMORY in run.content:
             self._set_up_memories(run)

@@ -61,6 +61,12 @@ class DecoderCaches:
                 _, (_, cache) = self._entries.popitem(last=False)
                 total -= cache.nbytes
 
+    def nbytes_of(self, features: ImageFeatures) -> int:
+        """Bytes kept for `features` (0 when nothing is)."""
+        with self._lock:
+            entry = self._entries.get(id(features))
+            return entry[1].nbytes if entry is not None and entry[0]() is features else 0
+
     @property
     def nbytes(self) -> int:
         with self._lock:

@@ -481,6 +481,21 @@ class SeemPredictor:
         return self.model.decoder(ms, mask_features, object_queries=True, full_masks="none",
                                   image_cache=cache).final[OBJECT]
 
+    @torch.inference_mode()
+    def warm(self, features: ImageFeatures, layers: Sequence[int] | None = None) -> bool:
+        """Compute the image's prompt-independent decoder work now (`decoder.ImageDecoderCache`:
+        the key and value projections of `layers`, default all, and the level-resized mask
+        features) and keep it with `features`, so that their first phrase skips it: what a
+        server can do while it waits for the user. A few layers at a time keep each step short.
+        Answers do not change. False when the predictor keeps no decoder caches."""
+        cache = self.decoder_caches.for_image(features)
+        if cache is None:
+            return False
+        mask_features, ms = self._maps(features)
+        self.model.decoder.fill_image_cache(ms, mask_features, cache, None if layers is None else list(layers))
+        self.decoder_caches.trim()
+        return True
+
     def _image_cache(self, call: _DecodeCall) -> ImageDecoderCache | None:
         """The decoder cache of the call's image: its prompt-independent work from earlier calls."""
         return self.decoder_caches.for_image(call.features)

@@ -119,16 +119,17 @@ class MultiheadAttention(nn.Module):
             out = torch.matmul(pooled, wv_h.transpose(1, 2))  # B x h x Nq x d
             out = out + b_v.view(h, 1, self.head_dim) * probs.sum(-1, keepdim=True)
         else:
-            k, v = self._projected_memory(key, value, kept_projections)
+            k, v = self.project_memory(key, value, kept_projections)
             probs = _masked_softmax(torch.matmul(q, k.transpose(-2, -1)), attn_mask, blocked_rows)
             out = torch.matmul(probs, v)
         out = out.transpose(1, 2).reshape(query.shape[0], nq, e)
         return self.out_proj(out)
 
 
-    def _projected_memory(self, key: torch.Tensor, value: torch.Tensor,
-                          kept: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values in head space (B x heads x Nk x d), from `kept` when it holds them."""
+    def project_memory(self, key: torch.Tensor, value: torch.Tensor,
+                       kept: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values in head space (B x heads x Nk x d), from `kept` when it holds them
+        (and left there when it does not, outside training)."""
         if kept is not None and "k" in kept:
             return kept["k"], kept["v"]
         e = self.embed_dim

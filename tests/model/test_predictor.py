@@ -365,3 +365,21 @@ def test_drop_negated_pieces_only_removes_and_is_off_for_the_reference(tiny_mode
     assert (results[True].memory <= results[False].memory).all()
     assert not get_config("seem-focalt-v1").inference.drop_negated_pieces
     assert get_config("seem-tiny").inference.drop_negated_pieces
+
+
+def test_warming_an_image_makes_its_first_phrase_find_the_projections(tiny_model, photo) -> None:
+    """`warm` computes what a phrase keeps (layer by layer, as a server does between requests):
+    the phrase then adds nothing to the cache and answers exactly as on a cold image."""
+    predictor = SeemPredictor(tiny_model, device="cpu")
+    cold, warmed = (predictor.encode([photo], object_pass=False)[0] for _ in range(2))
+    for layer in range(tiny_model.cfg.decoder.num_layers):
+        assert predictor.warm(warmed, [layer])
+    kept = predictor.decoder_caches.nbytes
+    assert kept > 0
+    phrase = Prompts(text="circle")
+    got = predictor.decode(warmed, phrase, vocabulary=["circle", "square"], max_masks=2)
+    assert predictor.decoder_caches.nbytes == kept  # the phrase found everything it projects
+    want = predictor.decode(cold, phrase, vocabulary=["circle", "square"], max_masks=2)
+    assert torch.equal(got.memory, want.memory)
+    assert [(m.score, m.label) for m in got.masks] == [(m.score, m.label) for m in want.masks]
+    assert not SeemPredictor(tiny_model, device="cpu", decoder_cache_mb=0).warm(cold)
