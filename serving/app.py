@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,9 @@ DECODER = "Decoder"
 #: Freshly encoded features waiting for the loader; more than this means requests were
 #: cancelled between encode and load, and the oldest entries are dropped (they are in the store).
 _MAX_INCOMING = 64
+#: How often a waiting warm-up looks whether the replica is idle, and how long it waits at most.
+_WARM_POLL_S = 0.01
+_WARM_PATIENCE_S = 60.0
 
 def _internal(exc: BaseException, where: str) -> ApiError:
     """Client errors pass through; anything else is logged and becomes a generic error."""
@@ -239,6 +243,8 @@ class Decoder:
         self._incoming: dict[str, Any] = {}
         # One encoder call per image even when several requests for a new image arrive together.
         self._encoding: dict[str, asyncio.Future] = {}
+        self._active = 0  # local_* calls in flight: a warm-up step runs only when there are none
+        self._warming: set[asyncio.Task] = set()
 
         async def load_features(image_id: str) -> Any:
             return await self._load(image_id)
@@ -278,7 +284,7 @@ class Decoder:
         if image_id in self._incoming:
             if loads is not None:
                 loads.append("encoder")
-            return self._incoming.pop(image_id)
+            return self._schedule_warm(image_id, self._incoming.pop(image_id))
         if loads is not None:
             loads.append("store")
         try:
@@ -293,7 +299,45 @@ class Decoder:
             # here, off the event loop, rather than on every decode.
             full = await self._on_model(False, self.predictor.materialize, features)
             features = full.to(dtype=features.dtype)
+        return self._schedule_warm(image_id, features)
+
+    def _schedule_warm(self, image_id: str, features: Any) -> Any:
+        """Warm the decoder for a newly loaded image in the background (`_warm`); returns `features`."""
+        if self.config.decoder.warm_images and self.predictor.decoder_caches.max_bytes > 0:
+            task = asyncio.get_running_loop().create_task(self._warm(image_id, features))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
         return features
+
+    async def _warm(self, image_id: str, features: Any) -> None:
+        """The image's prompt-independent decoder work (`SeemPredictor.warm`), so that its first
+        phrase skips it: one layer per step, each only while no request is in flight, so a
+        request that arrives meanwhile waits for one step at most (up to ~100 ms of one core for
+        Focal-T's stride-8 layers, under 1 ms for seem-tiny). Stops when the image left the LRU
+        or the replica stayed busy for `_WARM_PATIENCE_S`."""
+        deadline = time.monotonic() + _WARM_PATIENCE_S
+        for layer in range(self.predictor.cfg.decoder.num_layers):
+            while self._active or self._model_lock.locked():
+                if time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(_WARM_POLL_S)
+            lru = self._lru()
+            if lru is not None and lru.get(image_id) is not features:
+                return  # evicted (or never kept): its work would be dropped with it
+            try:
+                await self._on_model(False, self.predictor.warm, features, [layer])
+            except Exception:  # an optimisation only: the phrase computes what is missing
+                log.exception("warming the decoder for image %s failed", image_id)
+                return
+
+    @contextlib.contextmanager
+    def _serving(self) -> Any:
+        """Counts a request in flight (see `_warm`)."""
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
 
     async def _on_model(self, inline: bool, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` with the model to itself: `inline` on this event loop (a click: the hop
@@ -462,13 +506,16 @@ class Decoder:
                 "torch_threads": torch.get_num_threads(), "cache_size": self.config.decoder.cache_size,
                 "cached_images": None if models is None else list(models), "misrouted": self._misrouted,
                 "decoder_cache_mb": self.predictor.decoder_caches.nbytes / 2**20,
-                "decoder_cache_images": len(self.predictor.decoder_caches)}
+                "decoder_cache_images": len(self.predictor.decoder_caches),
+                "warm_images": None if models is None else [i for i, f in list(models.items())
+                                                            if self.predictor.decoder_caches.nbytes_of(f) > 0]}
 
     # The local_* methods return an ApiError instead of raising it (see Encoder.encode).
     async def local_ingest(self, image_id: str, data: bytes | None) -> dict[str, Any] | ApiError:
         """Make sure this replica holds the image's features (encode if new)."""
         try:
-            features, cached = await self._features(image_id, data)
+            with self._serving():
+                features, cached = await self._features(image_id, data)
         except Exception as e:
             return _internal(e, "ingest")
         height, width = features.original_size
@@ -483,13 +530,14 @@ class Decoder:
 
         started = time.perf_counter()
         try:
-            features, _ = await self._features(image_id, data)
-            referring = {}
-            for rid in referring_image_ids(request):
-                referring[rid], _ = await self._features(rid, None)
-            features_ms = (time.perf_counter() - started) * 1000
-            decode_started = time.perf_counter()
-            body = await self._on_model(True, segment, self.predictor, features, request, referring)
+            with self._serving():
+                features, _ = await self._features(image_id, data)
+                referring = {}
+                for rid in referring_image_ids(request):
+                    referring[rid], _ = await self._features(rid, None)
+                features_ms = (time.perf_counter() - started) * 1000
+                decode_started = time.perf_counter()
+                body = await self._on_model(True, segment, self.predictor, features, request, referring)
             self.metrics.decode_latency.observe((time.perf_counter() - decode_started) * 1000, tags={"op": "segment"})
         except Exception as e:
             return _internal(e, "segment")
@@ -504,10 +552,11 @@ class Decoder:
 
         try:
             started = time.perf_counter()
-            features, _ = await self._features(image_id, data)
-            features_ms = (time.perf_counter() - started) * 1000
-            started = time.perf_counter()
-            body = await self._on_model(False, panoptic, self.predictor, features, request)
+            with self._serving():
+                features, _ = await self._features(image_id, data)
+                features_ms = (time.perf_counter() - started) * 1000
+                started = time.perf_counter()
+                body = await self._on_model(False, panoptic, self.predictor, features, request)
             self.metrics.decode_latency.observe((time.perf_counter() - started) * 1000, tags={"op": "panoptic"})
         except Exception as e:
             return _internal(e, "panoptic")

@@ -73,6 +73,9 @@ class DecoderOptions(_Strict):
     decoder_cache_mb: float = Field(256, ge=0, description="MB per replica of the decoder's prompt-independent "
                                                            "work kept for the images decoded last (a phrase's key "
                                                            "and value projections; ~100 MB per Focal-T image); 0: none")
+    warm_images: bool = Field(True, description="compute a newly loaded image's decoder projections while the "
+                                                  "replica has no request, one layer at a time, so that its first "
+                                                  "phrase skips them (within decoder_cache_mb)")
     max_ongoing_requests: int = Field(16, gt=0)
     # Requests wait in Serve's proxy (not in a replica) until a replica has a free slot.
     max_queued_requests: int = Field(256, description="-1: unbounded; beyond it requests get 503")
