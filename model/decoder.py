@@ -199,7 +199,10 @@ class SeemDecoder(nn.Module):
     # ------------------------------------------------------------------ inputs
     def level_sources(self, multi_scale: list[torch.Tensor]) -> list[torch.Tensor]:
         """B x C x h x w maps -> decoder inputs src_l = map + level_embed[l] (B x C x h x w)."""
-        return [m + self.level_embed.weight[l][None, :, None, None] for l, m in enumerate(multi_scale)]
+        return [self._level_source(m, l) for l, m in enumerate(multi_scale)]
+
+    def _level_source(self, m: torch.Tensor, level: int) -> torch.Tensor:
+        return m + self.level_embed.weight[level][None, :, None, None]
 
     def draw_query_sources(self, num_prompts: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return draw_query_sources(self.cfg.num_queries, self.cfg.queries_per_prompt * num_prompts, generator)
@@ -275,7 +278,7 @@ class SeemDecoder(nn.Module):
         """Level `level` as the cross-attention's memory: values (B x HW x C) and keys (values +
         the positional encoding)."""
         m = multi_scale[level]
-        value = (m + self.level_embed.weight[level][None, :, None, None]).flatten(2).transpose(1, 2)
+        value = self._level_source(m, level).flatten(2).transpose(1, 2)
         return value, value + self.pe_layer(m).flatten(2).transpose(1, 2)
 
     def _start(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, object_queries: bool,

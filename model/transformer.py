@@ -125,7 +125,6 @@ class MultiheadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(query.shape[0], nq, e)
         return self.out_proj(out)
 
-
     def project_memory(self, key: torch.Tensor, value: torch.Tensor,
                        kept: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values in head space (B x heads x Nk x d), from `kept` when it holds them
