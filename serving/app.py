@@ -244,7 +244,9 @@ class Decoder:
         # One encoder call per image even when several requests for a new image arrive together.
         self._encoding: dict[str, asyncio.Future] = {}
         self._active = 0  # local_* calls in flight: a warm-up step runs only when there are none
-        self._warming: set[asyncio.Task] = set()
+        # The image loaded last, waiting to be warmed (`_warm`), and the one task that warms.
+        self._warm_next: tuple[str, Any] | None = None
+        self._warm_task: asyncio.Task | None = None
 
         async def load_features(image_id: str) -> Any:
             return await self._load(image_id)
@@ -302,19 +304,29 @@ class Decoder:
         return self._schedule_warm(image_id, features)
 
     def _schedule_warm(self, image_id: str, features: Any) -> Any:
-        """Warm the decoder for a newly loaded image in the background (`_warm`); returns `features`."""
+        """Warm the decoder for a newly loaded image in the background (`_warm_latest`);
+        returns `features`."""
         if self.config.decoder.warm_images and self.predictor.decoder_caches.max_bytes > 0:
-            task = asyncio.get_running_loop().create_task(self._warm(image_id, features))
-            self._warming.add(task)
-            task.add_done_callback(self._warming.discard)
+            self._warm_next = (image_id, features)
+            if self._warm_task is None or self._warm_task.done():
+                self._warm_task = asyncio.get_running_loop().create_task(self._warm_latest())
         return features
+
+    async def _warm_latest(self) -> None:
+        """Warm the images loaded last, one at a time: an image loaded meanwhile takes over
+        (the one a user just sent is the one they prompt next; warming each of a burst of
+        uploads would only evict the others' work from the bounded decoder cache)."""
+        while self._warm_next is not None:
+            image_id, features = self._warm_next
+            self._warm_next = None
+            await self._warm(image_id, features)
 
     async def _warm(self, image_id: str, features: Any) -> None:
         """The image's prompt-independent decoder work (`SeemPredictor.warm`), so that its first
         phrase skips it: one layer per step, each only while no request is in flight, so a
         request that arrives meanwhile waits for one step at most (up to ~100 ms of one core for
-        Focal-T's stride-8 layers, under 1 ms for seem-tiny). Stops when the image left the LRU
-        or the replica stayed busy for `_WARM_PATIENCE_S`."""
+        Focal-T's stride-8 layers, under 1 ms for seem-tiny). Stops when another image was
+        loaded, when this one left the LRU, or when the replica stayed busy for `_WARM_PATIENCE_S`."""
         deadline = time.monotonic() + _WARM_PATIENCE_S
         for layer in range(self.predictor.cfg.decoder.num_layers):
             while self._active or self._model_lock.locked():
@@ -322,8 +334,8 @@ class Decoder:
                     return
                 await asyncio.sleep(_WARM_POLL_S)
             lru = self._lru()
-            if lru is not None and lru.get(image_id) is not features:
-                return  # evicted (or never kept): its work would be dropped with it
+            if self._warm_next is not None or (lru is not None and lru.get(image_id) is not features):
+                return  # superseded, or evicted (its work would be dropped with it)
             try:
                 await self._on_model(False, self.predictor.warm, features, [layer])
             except Exception:  # an optimisation only: the phrase computes what is missing
