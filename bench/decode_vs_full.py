@@ -229,6 +229,8 @@ def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str
     other_phrase = Prompts(text="a small blue square")
     predictor.decode(features, phrase, vocabulary=vocab)
     r["decode_phrase_warm"] = median_ms(lambda: predictor.decode(features, other_phrase, vocabulary=vocab), repeats)
+    if hasattr(predictor, "warm"):  # a checkout from before `warm` has no such rows
+        r.update(_time_warmed_phrase(predictor, features, phrase, vocab, repeats))
     r["decode_panoptic"] = median_ms(lambda: predictor.panoptic(replace(features), vocab), repeats)
     r["decode_panoptic_warm"] = median_ms(lambda: predictor.panoptic(features, vocab), repeats)
     r["decode_referring_warm"] = median_ms(lambda: predictor.decode(
@@ -241,12 +243,38 @@ def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str
     keys = ["decode_click", "decode_click2", "decode_box", *more, "decode_referring", "decode_referring_same_image",
             "decode_phrase", "decode_phrase_new_words", "decode_phrase_warm", "decode_panoptic", "decode_panoptic_warm", "decode_referring_warm",
             "decode_panoptic_no_pass", "decode_referring_no_pass"]
+    after_kept = keys.index("decode_phrase_warm") + 1
+    keys[after_kept:after_kept] = [k for k in ("decode_phrase_warmed", "warm_step_max", "warm_all_layers") if k in r]
     if hasattr(predictor, "with_object_pass"):  # what the pass adds to an encode
         r["object_pass_at_encode"] = median_ms(lambda: predictor.with_object_pass(replace(bare)), repeats)
         keys.append("object_pass_at_encode")
     for key in keys:
         r[key + "_reference_machine"] = r[key] / machine_ratio
     return r, keys
+
+
+def _time_warmed_phrase(predictor, features, phrase: Prompts, vocab: list[str], repeats: int) -> dict[str, float]:
+    """A serving replica's first phrase on an image it warmed while idle (`SeemPredictor.warm`,
+    one layer per step, untimed here), and what the warm-up costs: its longest step (what a
+    request arriving meanwhile may wait) and all its steps together. Same clock as `median_ms`."""
+    clock = getattr(median_ms, "keywords", {}).get("clock", time.perf_counter)
+    layers = range(predictor.cfg.decoder.num_layers)
+    phrase_ms, step_ms, total_ms = [], [], []
+    for i in range(repeats + 1):  # the first round warms up the allocator, as median_ms does
+        target = replace(features)
+        steps = []
+        for layer in layers:
+            t = clock()
+            predictor.warm(target, [layer])
+            steps.append((clock() - t) * 1000)
+        t = clock()
+        predictor.decode(target, phrase, vocabulary=vocab)
+        if i:
+            phrase_ms.append((clock() - t) * 1000)
+            step_ms.append(max(steps))
+            total_ms.append(sum(steps))
+    return {"decode_phrase_warmed": float(np.median(phrase_ms)), "warm_step_max": float(np.median(step_ms)),
+            "warm_all_layers": float(np.median(total_ms))}
 
 
 def _more_prompts(size: tuple[int, int]) -> dict[str, Prompts]:
@@ -262,7 +290,8 @@ def _more_prompts(size: tuple[int, int]) -> dict[str, Prompts]:
 
 
 #: Rows printed for context, without a verdict against issue 17's 150 ms (see `_print_decode_rows`).
-NOT_DECODE_PATHS = ("decode_panoptic_no_pass", "decode_referring_no_pass", "object_pass_at_encode")
+NOT_DECODE_PATHS = ("decode_panoptic_no_pass", "decode_referring_no_pass", "object_pass_at_encode",
+                    "warm_step_max", "warm_all_layers")
 
 
 def _print_decode_rows(r: dict[str, float], keys: list[str], conv_ms: float, machine_ratio: float,
@@ -278,7 +307,7 @@ def _print_decode_rows(r: dict[str, float], keys: list[str], conv_ms: float, mac
         verdict = "-" if key in NOT_DECODE_PATHS else ("yes" if ref_ms <= 150 else "NO")
         print(f"{key.removeprefix('decode_'):<26}{r[key]:>12.1f}{ref_ms:>22.1f}{verdict:>8}")
     print("-: not a decode path on features as `encode` writes them (no_pass: objects written before the "
-          "object pass existed; object_pass_at_encode: part of encoding)")
+          "object pass existed; object_pass_at_encode: part of encoding; warm_*: work a server does while idle)")
 
 
 if __name__ == "__main__":
