@@ -29,6 +29,14 @@ the decode of all of them; the IoU columns
 project y back to `mask_features` with the model's conv (outside the timing), which is
 what the decoder's consumers compute lazily.
 
+`kltS/MS_SCHEME/PREDICTOR` rotates `mask_features`' 512 channels into the principal axes
+of another image's (`--basis-image`; a basis that would ship with the model, so no bytes
+per image), after removing that image's channel means, and quantises every component with
+one step, S times the features' RMS (equal steps give the least squared error for the bytes
+at high rate). A reader would keep the features rotated and rotate the few vectors that meet
+them instead (mask embeddings, sampled prompt points), so the load stops at the rotated
+levels; the IoU columns rotate back outside the timing.
+
 Columns: `MB` bytes per image; `rel_err` RMS error relative to the features' RMS; `load ms`
 CPU time to turn the bytes back into float32 tensors (prototypes: zstd + escapes + the
 inverse predictor + dequantisation; store rows: `deserialize_features`, which also
@@ -254,8 +262,36 @@ def measure_relu_candidate(features: ImageFeatures, y: torch.Tensor, predictor, 
     return row, got
 
 
-def measure_candidate(features: ImageFeatures, name: str, repeat: int) -> tuple[dict, ImageFeatures]:
-    """Bytes, load time and the features a reader would get, for one candidate."""
+def klt_basis(features: ImageFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """Principal axes (C x C, columns by falling variance) and channel means (C x 1) of the
+    `mask_features` of `features`."""
+    mask_features = features.tensors["mask_features"].numpy().astype(np.float64)
+    x = mask_features.reshape(mask_features.shape[0], -1)
+    mean = x.mean(1, keepdims=True)
+    variance, axes = np.linalg.eigh((x - mean) @ (x - mean).T / x.shape[1])
+    return axes[:, np.argsort(variance)[::-1]].astype(np.float32), mean.astype(np.float32)
+
+
+def quantize_rotated(x: np.ndarray, basis: tuple[np.ndarray, np.ndarray], relative_step: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """C x H x W -> (levels of the rotated components, offset 0, one step), as `quantize`."""
+    axes, mean = basis
+    rotated = axes.T @ (x.reshape(x.shape[0], -1) - mean)
+    step = np.float32(relative_step * np.sqrt((x.astype(np.float64) ** 2).mean()))
+    q = np.round(rotated / step).astype(np.int32).reshape(x.shape)
+    return q, np.zeros((1, 1, 1), np.float32), np.full((1, 1, 1), step, np.float32)
+
+
+def rotate_back(rotated: torch.Tensor, basis: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+    axes, mean = basis
+    c = rotated.shape[0]
+    return (torch.from_numpy(axes) @ rotated.reshape(c, -1) + torch.from_numpy(mean)).reshape(rotated.shape)
+
+
+def measure_candidate(features: ImageFeatures, name: str, repeat: int,
+                      basis: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, ImageFeatures]:
+    """Bytes, load time and the features a reader would get, for one candidate (`basis`:
+    `klt_basis` of another image, for `klt` candidates)."""
     if name.startswith("store:"):
         data = serialize_features(features, content_sha256(name.encode()), dtype=name[6:], compress="shuffle+zstd")
         times = []
@@ -269,7 +305,10 @@ def measure_candidate(features: ImageFeatures, name: str, repeat: int) -> tuple[
     for key, t in features.tensors.items():
         if key in OBJECT_PASS_TENSORS:
             continue  # (as in the relu candidates; the float16 pass is left out of these rows' bytes)
-        q, lo, step = quantize(t.numpy(), mf_scheme if key == "mask_features" else ms_scheme)
+        if key == "mask_features" and mf_scheme.startswith("klt"):
+            q, lo, step = quantize_rotated(t.numpy(), basis, float(mf_scheme[3:]))
+        else:
+            q, lo, step = quantize(t.numpy(), mf_scheme if key == "mask_features" else ms_scheme)
         blobs = encode_residuals(residuals(q, predictor))
         nbytes += sum(map(len, blobs)) + 4 * (lo.size + step.size)
         encoded[key] = (blobs, q.shape, predictor, lo, step)
@@ -279,6 +318,8 @@ def measure_candidate(features: ImageFeatures, name: str, repeat: int) -> tuple[
         tensors = {key: decode_residuals(*args) for key, args in encoded.items()}
         times.append(time.process_time() - t0)
     tensors.update({k: v for k, v in features.tensors.items() if k in OBJECT_PASS_TENSORS})
+    if mf_scheme.startswith("klt"):  # what the rotated consumers would see, for the IoU columns
+        tensors["mask_features"] = rotate_back(tensors["mask_features"], basis)
     got = ImageFeatures.from_parts(tensors, features.metadata())
     return {"candidate": name, "bytes": nbytes, "load_ms": 1e3 * min(times)}, got
 
@@ -290,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default="pipeline/samples/astronaut.jpg")
     parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--basis-image", default="pipeline/samples/chelsea.jpg",
+                        help="the image whose mask features give `klt` candidates their axes")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
@@ -304,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     reference = reference.to(dtype=torch.float32)
     y = activation["y"].to(torch.float32)
     probe = MaskProbe(predictor, reference)
+    basis = None
+    if any(name.startswith("klt") for name in args.candidates.split(",")):
+        basis = klt_basis(predictor.encode([decode_image(Path(args.basis_image).read_bytes())],
+                                           stage="pixel_decoder")[0].to(dtype=torch.float32))
     print(f"{args.model} ({predictor.model_id}), {args.image}, input {reference.input_size}; load: "
           f"{os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}", flush=True)
     print(f"{'candidate':<26} {'MB':>6} {'rel_err':>8} {'load ms':>8} {'click IoU':>9} {'inst IoU':>8}", flush=True)
@@ -312,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         if name.startswith("relu"):
             row, got = measure_relu_candidate(reference, y, predictor, name, args.repeat)
         else:
-            row, got = measure_candidate(reference, name, args.repeat)
+            row, got = measure_candidate(reference, name, args.repeat, basis)
         row["rel_err"] = rel_rms_error(reference, got)
         row.update(probe.compare(got.to(dtype=torch.float32)))
         rows.append(row)
