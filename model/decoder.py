@@ -114,6 +114,14 @@ def _take_rows(t: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     return torch.gather(t, 1, index)
 
 
+def _level_resampler(resamplers: dict[tuple[int, int], LevelResampler], mask_features: torch.Tensor,
+                     size: tuple[int, int]) -> LevelResampler:
+    """The resampler of `size` in `resamplers`, made (and kept there) on first use."""
+    if size not in resamplers:
+        resamplers[size] = LevelResampler(mask_features, size)
+    return resamplers[size]
+
+
 @dataclass
 class ImageDecoderCache:
     """The decoder's work on one image that no prompt changes, kept between calls on it.
@@ -270,9 +278,7 @@ class SeemDecoder(nn.Module):
                 attn = self.transformer_cross_attention_layers[i].multihead_attn
                 attn.project_memory(key, value, cache.projections.setdefault(i, {}))
         for m in multi_scale:
-            size = tuple(m.shape[-2:])
-            if size not in cache.resamplers:
-                cache.resamplers[size] = LevelResampler(mask_features, size)
+            _level_resampler(cache.resamplers, mask_features, tuple(m.shape[-2:]))
 
     def _level_memory(self, multi_scale: list[torch.Tensor], level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Level `level` as the cross-attention's memory: values (B x HW x C) and keys (values +
@@ -354,9 +360,7 @@ class SeemDecoder(nn.Module):
             if not full:
                 heads.masks = None
         else:
-            if size not in run.resamplers:
-                run.resamplers[size] = LevelResampler(run.mask_features, size)
-            level_masks = run.resamplers[size](heads.mask_emb)
+            level_masks = _level_resampler(run.resamplers, run.mask_features, size)(heads.mask_emb)
         # torch.split: one backward node per tensor instead of one per group slice.
         class_emb = heads.class_emb.split(sizes_q, dim=1)
         mask_emb = heads.mask_emb.split(sizes_q, dim=1)

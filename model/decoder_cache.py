@@ -36,10 +36,10 @@ class DecoderCaches:
             return None
         key = id(features)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0]() is features:
+            cache = self._live(features)
+            if cache is not None:
                 self._entries.move_to_end(key)
-                return entry[1]
+                return cache
             cache = ImageDecoderCache()
             self._entries[key] = (weakref.ref(features, self._forget_callback(key)), cache)
             return cache
@@ -64,8 +64,8 @@ class DecoderCaches:
     def nbytes_of(self, features: ImageFeatures) -> int:
         """Bytes kept for `features` (0 when nothing is)."""
         with self._lock:
-            entry = self._entries.get(id(features))
-            return entry[1].nbytes if entry is not None and entry[0]() is features else 0
+            cache = self._live(features)
+            return 0 if cache is None else cache.nbytes
 
     @property
     def nbytes(self) -> int:
@@ -79,6 +79,11 @@ class DecoderCaches:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def _live(self, features: ImageFeatures) -> ImageDecoderCache | None:
+        """The entry of `features` itself (an id can outlive its object and be reused); under the lock."""
+        entry = self._entries.get(id(features))
+        return entry[1] if entry is not None and entry[0]() is features else None
 
     def _forget_callback(self, key: int):  # noqa: ANN202 - a weakref callback
         entries, lock = self._entries, self._lock
