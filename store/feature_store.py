@@ -488,13 +488,29 @@ def deserialize_features(
     expect_sha256: str | None = None,
     expect_model_id: str | None = None,
 ) -> ImageFeatures:
-    """Verify and decode a store object (format version 1 or 2). Floating tensors are cast
+    """Verify and decode a store object (format version 1, 2 or 3). Floating tensors are cast
     to `dtype` (None keeps the stored dtype; quantised ones then come back as float16,
-    whose rounding is far below the int8 step). Raises `CorruptObject` (naming `uri`)
+    whose rounding is far below the quantiser's step). Raises `CorruptObject` (naming `uri`)
     when verification fails."""
-    from safetensors.torch import load
-
     header = _parse_header(data, uri)
+    meta = header.metadata
+    _verify_object(data, header, uri, expect_sha256, expect_model_id)
+    try:
+        tensors, quantized = _dequantized(_decoded_tensors(data, header), meta)
+        for name, t in tensors.items():
+            want = torch.float16 if dtype is None and name in quantized else dtype
+            if want is not None and t.is_floating_point() and t.dtype != want:
+                tensors[name] = t.to(want)
+        return ImageFeatures.from_parts(tensors, meta)
+    except CorruptObject:
+        raise
+    except Exception as e:  # checksum passed, so this is a foreign/inconsistent object
+        raise CorruptObject(uri, f"cannot decode: {type(e).__name__}: {e}") from e
+
+
+def _verify_object(data: bytes, header: _Header, uri: str, expect_sha256: str | None,
+                   expect_model_id: str | None) -> None:
+    """A known format, an intact checksum, and (when given) the expected image and model."""
     meta = header.metadata
     if meta.get("store.format") not in (FORMAT_V1, FORMAT_V2, FORMAT_V3):
         raise CorruptObject(uri, f"not a seem-ray feature object (format {meta.get('store.format')!r})")
@@ -510,40 +526,38 @@ def deserialize_features(
     if expect_model_id is not None and meta.get("model_id") != expect_model_id:
         raise CorruptObject(uri, f"object holds model {meta.get('model_id')!r}, expected {expect_model_id!r}")
 
+
+def _decoded_tensors(data: bytes, header: _Header) -> dict[str, torch.Tensor]:
+    """The object's tensors as the metadata's `store.tensors` lists them: stored ones as they
+    are, coded ones decompressed (and, in version 2, their row deltas undone). Raises
+    ValueError where the metadata and the stored tensors disagree."""
+    from safetensors.torch import load
+
+    meta = header.metadata
     codec = meta.get("store.codec", "none")
-    try:
-        delta = set(json.loads(meta.get("store.delta", "[]"))) if meta["store.format"] == FORMAT_V2 else set()
-        logical = json.loads(meta["store.tensors"])
-        if set(logical) != set(header.entries):
-            raise ValueError("tensor list does not match the header")
-        stored = load(bytes(data) if not isinstance(data, bytes) else data)
-        tensors: dict[str, torch.Tensor] = {}
-        for name, spec in logical.items():
-            want = _NAME_TO_TORCH[spec["dtype"]]
-            shape = tuple(int(s) for s in spec["shape"])
-            t = stored[name]
-            if codec == "none":
-                if t.dtype != want or tuple(t.shape) != shape:
-                    raise ValueError(f"tensor {name!r} is {t.dtype}{tuple(t.shape)}, metadata says {want}{shape}")
-            else:
-                itemsize = torch.empty(0, dtype=want).element_size()
-                nbytes = itemsize * int(np.prod(shape, dtype=np.int64))
-                raw = _decode_blob(t.numpy().data, nbytes, itemsize, codec)
-                if name in delta:
-                    raw = _undelta_rows(raw, shape[-1])
-                # (an empty array's stride is 0, which view() refuses: e.g. no escapes)
-                t = torch.from_numpy(raw).view(want).reshape(shape) if nbytes else torch.empty(shape, dtype=want)
-            tensors[name] = t
-        tensors, quantized = _dequantized(tensors, meta)
-        for name, t in tensors.items():
-            want = torch.float16 if dtype is None and name in quantized else dtype
-            if want is not None and t.is_floating_point() and t.dtype != want:
-                tensors[name] = t.to(want)
-        return ImageFeatures.from_parts(tensors, meta)
-    except CorruptObject:
-        raise
-    except Exception as e:  # checksum passed, so this is a foreign/inconsistent object
-        raise CorruptObject(uri, f"cannot decode: {type(e).__name__}: {e}") from e
+    delta = set(json.loads(meta.get("store.delta", "[]"))) if meta["store.format"] == FORMAT_V2 else set()
+    logical = json.loads(meta["store.tensors"])
+    if set(logical) != set(header.entries):
+        raise ValueError("tensor list does not match the header")
+    stored = load(bytes(data) if not isinstance(data, bytes) else data)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, spec in logical.items():
+        want = _NAME_TO_TORCH[spec["dtype"]]
+        shape = tuple(int(s) for s in spec["shape"])
+        t = stored[name]
+        if codec == "none":
+            if t.dtype != want or tuple(t.shape) != shape:
+                raise ValueError(f"tensor {name!r} is {t.dtype}{tuple(t.shape)}, metadata says {want}{shape}")
+        else:
+            itemsize = torch.empty(0, dtype=want).element_size()
+            nbytes = itemsize * int(np.prod(shape, dtype=np.int64))
+            raw = _decode_blob(t.numpy().data, nbytes, itemsize, codec)
+            if name in delta:
+                raw = _undelta_rows(raw, shape[-1])
+            # (an empty array's stride is 0, which view() refuses: e.g. no escapes)
+            t = torch.from_numpy(raw).view(want).reshape(shape) if nbytes else torch.empty(shape, dtype=want)
+        tensors[name] = t
+    return tensors
 
 
 def _dequantized(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], set[str]]:
