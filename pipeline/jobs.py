@@ -368,7 +368,6 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
     """Segment every image of `src` into `out` (a folder or s3://bucket/prefix), encoding
     into `store` first what is not encoded yet. Writes masks.parquet, annotations.json,
     errors.parquet and (on request) overlays/; see `pipeline.exports` for the formats."""
-    from pipeline import exports
     from storage import open_store
     from store.feature_store import FeatureStore
 
@@ -382,69 +381,85 @@ def segment_job(src: str | Sequence[SourceItem], out: str, store: str, segment: 
     predictor = load_predictor(dataclasses.replace(opts.model, device="cpu"))
     fstore = FeatureStore(store, opts.endpoint_url)
     out_store = open_store(out, endpoint_url=seg.out_endpoint_url)
+    spec, categories = _segment_spec(predictor, seg, out_store.root_uri)
+    inputs, errors = _segment_inputs(fstore, enc.model_id, listed)
 
-    # What to segment into, decided once here so every worker uses the same ids.
-    panoptic = seg.vocabulary is not None or not seg.texts
+    pipeline_started = time.perf_counter()
+    results = _run_segmenter(inputs, enc.model_id, fstore.root_uri, spec, seg, opts)
+    summary = SegmentSummary(encode=enc, out=out_store.root_uri, pipeline_seconds=time.perf_counter() - pipeline_started)
+    info = {
+        "description": "seem-ray segment",
+        "model_id": enc.model_id,
+        "vocabulary": list(spec.vocabulary) if spec.panoptic else [],
+        "texts": list(spec.texts),
+        "source": src if isinstance(src, str) else f"{len(pc.unique(listed['uri']))} listed items",
+    }
+    _write_segment_outputs(out_store, results, errors, categories, info, summary)
+    if seg.overlays:
+        summary.files["overlays"] = out_store.uri("overlays")
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _segment_spec(predictor: Any, seg: SegmentOptions, out_uri: str) -> tuple[SegmentSpec, list[dict[str, Any]]]:
+    """What to segment into and the COCO categories, decided once here so that every worker
+    uses the same ids: panoptic over the vocabulary unless only phrases are asked for."""
+    from pipeline import exports
     from model.types import Vocabulary
 
+    panoptic = seg.vocabulary is not None or not seg.texts
     vocab = Vocabulary.resolve(seg.vocabulary, seg.stuff, predictor.default_vocabulary)
     vocab_names, stuff = vocab.names, tuple(seg.stuff) if seg.stuff is not None else vocab.stuff_names
     texts = tuple(dict.fromkeys(t.strip() for t in seg.texts if t.strip()))
     categories = exports.build_categories(vocab_names, stuff, texts, panoptic)
     spec = SegmentSpec(vocabulary=vocab_names, stuff=stuff, texts=texts, panoptic=panoptic,
                        categories={c["name"]: c["id"] for c in categories}, overlays=seg.overlays,
-                       out_uri=out_store.root_uri if seg.overlays else None, out_endpoint_url=seg.out_endpoint_url)
+                       out_uri=out_uri if seg.overlays else None, out_endpoint_url=seg.out_endpoint_url)
+    return spec, categories
 
-    # The images to segment: every listed uri's latest manifest row (one per uri).
-    table = fstore.manifest(enc.model_id).read()
+
+def _segment_inputs(fstore: Any, model_id: str, listed: pa.Table) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """The images to segment (every listed uri's latest manifest row with status ok, ids 1..N
+    in uri order) and (uri, reason) of the listed ones that cannot be: failed to encode, or
+    no manifest row."""
+    table = fstore.manifest(model_id).read()
     # Filter in Arrow: the manifest can hold many more images than this source.
     table = table.filter(pc.is_in(table["uri"], value_set=listed["uri"]))
     rows = table.select(["uri", "sha256", "width", "height", "status", "error"]).to_pylist()
     recorded = {r["uri"] for r in rows}
-    listed = set(listed["uri"].to_pylist())
-    errors: list[tuple[str, str]] = [(r["uri"], r["error"] or "encode: failed") for r in rows if r["status"] != "ok"]
+    errors = [(r["uri"], r["error"] or "encode: failed") for r in rows if r["status"] != "ok"]
     errors += [(u, error_text("encode", "no manifest row after the encode pass (concurrent run?)"))
-               for u in sorted(listed - recorded)]
+               for u in sorted(set(listed["uri"].to_pylist()) - recorded)]
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["uri"])
     inputs = pa.table({
         "image_id": list(range(1, len(ok) + 1)),
-        "uri": [r["uri"] for r in ok],
-        "sha256": [r["sha256"] for r in ok],
-        "width": [r["width"] for r in ok],
-        "height": [r["height"] for r in ok],
+        **{column: [r[column] for r in ok] for column in ("uri", "sha256", "width", "height")},
     }, schema=SEGMENT_INPUT_SCHEMA)
+    return inputs, errors
 
-    pipeline_started = time.perf_counter()
-    results = _run_segmenter(inputs, enc.model_id, fstore.root_uri, spec, seg, opts)
-    summary = SegmentSummary(encode=enc, out=out_store.root_uri, pipeline_seconds=time.perf_counter() - pipeline_started)
+
+def _write_segment_outputs(out_store: Any, results: pa.Table, errors: list[tuple[str, str]],
+                           categories: list[dict[str, Any]], info: dict[str, Any], summary: SegmentSummary) -> None:
+    """masks.parquet, errors.parquet and annotations.json from the segmenter's rows (and the
+    errors before it); fills the summary's counts and files."""
+    from pipeline import exports
 
     # Deterministic outputs: images in uri order keep the ids given above.
     results = results.sort_by([("uri", "ascending")])
     good = results.filter(pc.equal(results["status"], "ok"))
     bad = results.filter(pc.not_equal(results["status"], "ok"))
-    errors += list(zip(bad["uri"].to_pylist(), bad["error"].to_pylist()))
+    errors = errors + list(zip(bad["uri"].to_pylist(), bad["error"].to_pylist()))
     # Images that failed here are dropped and the survivors renumbered 1..N in uri order,
     # so the COCO ids stay dense and do not depend on which worker failed what.
     good = good.set_column(0, "image_id", pa.array(range(1, good.num_rows + 1), pa.int64()))
     masks = exports.masks_table(good)
     errors_tbl = exports.errors_table(errors)
-    info = {
-        "description": "seem-ray segment",
-        "model_id": enc.model_id,
-        "vocabulary": list(vocab_names) if panoptic else [],
-        "texts": list(texts),
-        "source": src if isinstance(src, str) else f"{len(listed)} listed items",
-    }
     coco = exports.coco_document(good, masks, categories, info)
     summary.files = exports.write_outputs(out_store, masks, errors_tbl, coco)
-    if seg.overlays:
-        summary.files["overlays"] = out_store.uri("overlays")
     summary.segmented = good.num_rows
     summary.failed = errors_tbl.num_rows
     summary.masks = masks.num_rows
     summary.reencoded = int(sum(results["reencoded"].to_pylist())) if results.num_rows else 0
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _run_segmenter(inputs: pa.Table, model_id: str, store_uri: str, spec: SegmentSpec, seg: SegmentOptions,
