@@ -366,27 +366,8 @@ def check_kuberay(path: Path | str, serve_config: Path | str | None = REPO / "in
     if cluster is None:
         report.errors.append(f"{kind}: no Ray cluster spec (KubeRay needs rayClusterSpec/rayClusterConfig here)")
         return report
-    # KubeRay's controller checks (ray-operator/controllers/ray/utils/validation.go).
-    for g in cluster.get("workerGroupSpecs") or []:
-        lo, hi, n = g.get("minReplicas", 0), g.get("maxReplicas", 0), g.get("replicas")
-        if lo > hi:
-            report.errors.append(f"worker group {g['groupName']!r}: minReplicas {lo} > maxReplicas {hi}")
-        if n is not None and not lo <= n <= hi:
-            report.errors.append(f"worker group {g['groupName']!r}: replicas {n} outside [{lo}, {hi}]")
-    for where, template in _pod_templates(cluster):
-        if not ((template.get("spec") or {}).get("containers")):
-            report.errors.append(f"{where}: no container")
-    # Versions: the image's Ray is the rayVersion is this checkout's Ray.
-    if str(cluster.get("rayVersion")) != ray_version():
-        report.errors.append(f"rayVersion {cluster.get('rayVersion')!r} != this checkout's Ray {ray_version()}")
-    images = {c.get("image") for _, t in _pod_templates(cluster) for c in (t.get("spec") or {}).get("containers", [])}
-    if len(images) != 1:
-        report.errors.append(f"head and workers should run one image, found {sorted(map(str, images))}")
-    gpu_groups = [g["groupName"] for g in cluster.get("workerGroupSpecs") or []
-                  if any("nvidia.com/gpu" in ((c.get("resources") or {}).get("limits") or {})
-                         for c in (g.get("template") or {}).get("spec", {}).get("containers", []))]
-    if not gpu_groups:
-        report.errors.append("no GPU worker group (a container limit on nvidia.com/gpu)")
+    cluster_errors, gpu_groups = _cluster_errors(cluster)
+    report.errors += cluster_errors
     if kind == "RayService":
         text = manifest["spec"].get("serveConfigV2")
         if not isinstance(text, str):
@@ -404,16 +385,50 @@ def check_kuberay(path: Path | str, serve_config: Path | str | None = REPO / "in
                 report.errors.append(f"serveConfigV2 differs from {_rel(serve_config)} (the same application "
                                      "must be deployed everywhere: render both with infra/configure.py)")
     else:
-        entry = manifest["spec"].get("entrypoint", "")
-        if not entry:
-            report.errors.append("RayJob: empty entrypoint")
-        elif entry.split()[0] == "seem":
-            problem = check_seem_command(entry)
-            if problem:
-                report.errors.append(f"entrypoint does not parse as a seem command: {problem}")
+        report.errors += _rayjob_errors(manifest)
     report.notes.append(f"{kind} {manifest['metadata']['name']!r}: CRD fields, KubeRay checks, Ray {ray_version()}, "
                         f"GPU groups {gpu_groups}")
     return report
+
+
+def _cluster_errors(cluster: dict) -> tuple[list[str], list[str]]:
+    """What KubeRay's controller would refuse in a Ray cluster spec
+    (ray-operator/controllers/ray/utils/validation.go) and what this project requires of one
+    (this checkout's Ray, one image, a GPU worker group); and the names of the GPU groups."""
+    errors = []
+    for g in cluster.get("workerGroupSpecs") or []:
+        lo, hi, n = g.get("minReplicas", 0), g.get("maxReplicas", 0), g.get("replicas")
+        if lo > hi:
+            errors.append(f"worker group {g['groupName']!r}: minReplicas {lo} > maxReplicas {hi}")
+        if n is not None and not lo <= n <= hi:
+            errors.append(f"worker group {g['groupName']!r}: replicas {n} outside [{lo}, {hi}]")
+    for where, template in _pod_templates(cluster):
+        if not ((template.get("spec") or {}).get("containers")):
+            errors.append(f"{where}: no container")
+    # Versions: rayVersion (the Ray the image runs) must be this checkout's Ray.
+    if str(cluster.get("rayVersion")) != ray_version():
+        errors.append(f"rayVersion {cluster.get('rayVersion')!r} != this checkout's Ray {ray_version()}")
+    images = {c.get("image") for _, t in _pod_templates(cluster) for c in (t.get("spec") or {}).get("containers", [])}
+    if len(images) != 1:
+        errors.append(f"head and workers should run one image, found {sorted(map(str, images))}")
+    gpu_groups = [g["groupName"] for g in cluster.get("workerGroupSpecs") or []
+                  if any("nvidia.com/gpu" in ((c.get("resources") or {}).get("limits") or {})
+                         for c in (g.get("template") or {}).get("spec", {}).get("containers", []))]
+    if not gpu_groups:
+        errors.append("no GPU worker group (a container limit on nvidia.com/gpu)")
+    return errors, gpu_groups
+
+
+def _rayjob_errors(manifest: dict) -> list[str]:
+    """A RayJob's entrypoint: present, and a seem command that parses."""
+    entry = manifest["spec"].get("entrypoint", "")
+    if not entry:
+        return ["RayJob: empty entrypoint"]
+    if entry.split()[0] == "seem":
+        problem = check_seem_command(entry)
+        if problem:
+            return [f"entrypoint does not parse as a seem command: {problem}"]
+    return []
 
 
 def _service_hardening_errors(cluster: dict) -> list[str]:
