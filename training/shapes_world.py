@@ -475,7 +475,7 @@ def _place_things(h: int, w: int, n_things: int, rng: Generator) -> tuple[list[_
     visible thing of the same colour: two touching red shapes would look like one blob
     whose split the model could not possibly see.
     """
-    from scipy.ndimage import binary_dilation, label
+    from scipy.ndimage import binary_dilation
 
     side = min(h, w)
     owner = np.full((h, w), -1, dtype=np.int32)
@@ -505,29 +505,13 @@ def _place_things(h: int, w: int, n_things: int, rng: Generator) -> tuple[list[_
             sl = (slice(wy0 - y0, wy1 - y0), slice(wx0 - x0, wx1 - x0))
             hidden = win[hard[sl]]
             lost = np.bincount(hidden[hidden >= 0], minlength=len(placed))
-            ok = all(
-                visible[i] - lost[i] >= max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * placed[i].full_area)
-                for i in range(len(placed))
-            )
-            if ok:
-                touched = win[near[sl]]
-                touched = np.unique(touched[touched >= 0])
-                ok = all(placed[i].color != color for i in touched)
-            if not ok:
+            if not _stays_visible(placed, visible, lost) or _touches_same_colour(win[near[sl]], placed, color):
                 continue
             # Draw it, then check that no occluded thing fell apart; undo if one did.
             footprint = hard[sl]
             before = win[footprint]
             win[footprint] = len(placed)
-            for i in np.nonzero(lost)[0]:
-                p = placed[i]
-                m = p.hard.shape[0]
-                piece = owner[max(p.y0, 0) : p.y0 + m, max(p.x0, 0) : p.x0 + m] == i
-                labels, count = label(piece)
-                if count > 1 and np.bincount(labels.ravel())[1:].max() < MIN_MAIN_PIECE * (visible[i] - lost[i]):
-                    ok = False
-                    break
-            if not ok:
+            if _splits_an_occluded_thing(owner, placed, visible, lost):
                 win[footprint] = before
                 continue
             for i in range(len(placed)):
@@ -538,12 +522,89 @@ def _place_things(h: int, w: int, n_things: int, rng: Generator) -> tuple[list[_
     return placed, owner
 
 
+def _stays_visible(placed: list[_Placed], visible: list[int], lost: np.ndarray) -> bool:
+    """Every earlier thing keeps MIN_VISIBLE_PIXELS and MIN_VISIBLE_FRACTION of its area when
+    it loses `lost[i]` more pixels."""
+    return all(visible[i] - lost[i] >= max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * placed[i].full_area)
+               for i in range(len(placed)))
+
+
+def _touches_same_colour(touched: np.ndarray, placed: list[_Placed], color: str) -> bool:
+    """Whether a visible thing among the owners `touched` (-1: none) has colour `color`."""
+    touched = np.unique(touched[touched >= 0])
+    return any(placed[i].color == color for i in touched)
+
+
+def _splits_an_occluded_thing(owner: np.ndarray, placed: list[_Placed], visible: list[int], lost: np.ndarray) -> bool:
+    """Whether a thing that lost pixels now falls into pieces whose largest is below
+    MIN_MAIN_PIECE of what stays visible of it (`owner` already holds the new thing)."""
+    from scipy.ndimage import label
+
+    for i in np.nonzero(lost)[0]:
+        p = placed[i]
+        m = p.hard.shape[0]
+        piece = owner[max(p.y0, 0) : p.y0 + m, max(p.x0, 0) : p.x0 + m] == i
+        labels, count = label(piece)
+        if count > 1 and np.bincount(labels.ravel())[1:].max() < MIN_MAIN_PIECE * (visible[i] - lost[i]):
+            return True
+    return False
+
+
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys = np.nonzero(mask.any(axis=1))[0]
     xs = np.nonzero(mask.any(axis=0))[0]
     if len(xs) == 0:
         return (0, 0, 0, 0)
     return (int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1))
+
+
+def _paint(seed: int, h: int, w: int, region: np.ndarray, stuff_names: list[str], things: list[_Placed]) -> np.ndarray:
+    """The scene's pixels: background textures, then the things composited in drawing order
+    with their 16-level coverage, in integers (exact, so identical everywhere)."""
+    tex_rng = _rng(seed, _STREAM_TEXTURE)
+    image = np.zeros((h, w, 3), dtype=np.uint8)
+    for k, name in enumerate(stuff_names):
+        rows = np.nonzero((region == k).any(axis=1))[0]
+        if len(rows) == 0:
+            continue
+        r0, r1 = int(rows[0]), int(rows[-1]) + 1
+        tex = _to_uint8(_texture(name, h, w, r0, r1, tex_rng))
+        np.copyto(image[r0:r1], tex, where=(region[r0:r1] == k)[..., None])
+    full = _SS * _SS
+    for t in things:
+        n = t.hard.shape[0]
+        wy0, wx0, wy1, wx1 = max(t.y0, 0), max(t.x0, 0), min(t.y0 + n, h), min(t.x0 + n, w)
+        cov = t.coverage[wy0 - t.y0 : wy1 - t.y0, wx0 - t.x0 : wx1 - t.x0].astype(np.int32)[..., None]
+        win = image[wy0:wy1, wx0:wx1]
+        blended = (win.astype(np.int32) * (full - cov) + np.array(t.rgb, np.int32) * cov + full // 2) // full
+        win[...] = blended.astype(np.uint8)
+    return image
+
+
+def _panoptic_truth(owner: np.ndarray, region: np.ndarray, stuff_names: list[str],
+                    things: list[_Placed]) -> tuple[np.ndarray, list[Segment]]:
+    """Segment map and segments: things 1..k in drawing order, then each stuff class that
+    stays visible."""
+    n_t = len(things)
+    provisional = np.where(owner >= 0, owner, n_t + region).astype(np.int32)  # 0-based
+    areas = np.bincount(provisional.ravel(), minlength=n_t + len(stuff_names))
+    segments: list[Segment] = []
+    lut = np.zeros(len(areas), np.int32)
+    for i, t in enumerate(things):
+        sid = len(segments) + 1
+        lut[i] = sid
+        n = t.hard.shape[0]
+        wy0, wx0 = max(t.y0, 0), max(t.x0, 0)
+        x, y, bw, bh = _bbox(owner[wy0 : t.y0 + n, wx0 : t.x0 + n] == i)  # a thing never leaves its window
+        attrs = ThingAttributes(t.shape, t.color, t.size, t.center, float(t.radius), float(t.rotation), t.rgb, t.full_area)
+        segments.append(Segment(sid, t.shape, CATEGORIES.index(t.shape), True, int(areas[i]), (x + wx0, y + wy0, bw, bh), attrs))
+    for k, name in enumerate(stuff_names):
+        if areas[n_t + k] == 0:
+            continue  # wholly covered by things: no segment
+        sid = len(segments) + 1
+        lut[n_t + k] = sid
+        segments.append(Segment(sid, name, CATEGORIES.index(name), False, int(areas[n_t + k]), _bbox(provisional == n_t + k)))
+    return lut[provisional], segments
 
 
 def generate_scene(
@@ -571,51 +632,10 @@ def generate_scene(
     layout, region, stuff_names = _background_layout(h, w, rng)
     things, owner = _place_things(h, w, n_things, rng)
 
-    # Image: background textures, then things composited in drawing order with their
-    # 16-level coverage, in integers (exact, so identical everywhere).
-    tex_rng = _rng(seed, _STREAM_TEXTURE)
-    image = np.zeros((h, w, 3), dtype=np.uint8)
-    for k, name in enumerate(stuff_names):
-        rows = np.nonzero((region == k).any(axis=1))[0]
-        if len(rows) == 0:
-            continue
-        r0, r1 = int(rows[0]), int(rows[-1]) + 1
-        tex = _to_uint8(_texture(name, h, w, r0, r1, tex_rng))
-        np.copyto(image[r0:r1], tex, where=(region[r0:r1] == k)[..., None])
-    full = _SS * _SS
-    for t in things:
-        n = t.hard.shape[0]
-        wy0, wx0, wy1, wx1 = max(t.y0, 0), max(t.x0, 0), min(t.y0 + n, h), min(t.x0 + n, w)
-        cov = t.coverage[wy0 - t.y0 : wy1 - t.y0, wx0 - t.x0 : wx1 - t.x0].astype(np.int32)[..., None]
-        win = image[wy0:wy1, wx0:wx1]
-        blended = (win.astype(np.int32) * (full - cov) + np.array(t.rgb, np.int32) * cov + full // 2) // full
-        win[...] = blended.astype(np.uint8)
-    image_u8 = image
-
-    # Panoptic ground truth: things 1..k in drawing order, then each present stuff class.
-    n_t = len(things)
-    provisional = np.where(owner >= 0, owner, n_t + region).astype(np.int32)  # 0-based
-    areas = np.bincount(provisional.ravel(), minlength=n_t + len(stuff_names))
-    segments: list[Segment] = []
-    lut = np.zeros(len(areas), np.int32)
-    for i, t in enumerate(things):
-        sid = len(segments) + 1
-        lut[i] = sid
-        n = t.hard.shape[0]
-        wy0, wx0 = max(t.y0, 0), max(t.x0, 0)
-        x, y, bw, bh = _bbox(owner[wy0 : t.y0 + n, wx0 : t.x0 + n] == i)  # a thing never leaves its window
-        attrs = ThingAttributes(t.shape, t.color, t.size, t.center, float(t.radius), float(t.rotation), t.rgb, t.full_area)
-        segments.append(Segment(sid, t.shape, CATEGORIES.index(t.shape), True, int(areas[i]), (x + wx0, y + wy0, bw, bh), attrs))
-    for k, name in enumerate(stuff_names):
-        if areas[n_t + k] == 0:
-            continue  # wholly covered by things: no segment
-        sid = len(segments) + 1
-        lut[n_t + k] = sid
-        segments.append(Segment(sid, name, CATEGORIES.index(name), False, int(areas[n_t + k]), _bbox(provisional == n_t + k)))
-    segment_map = lut[provisional]
-
+    image = _paint(seed, h, w, region, stuff_names, things)
+    segment_map, segments = _panoptic_truth(owner, region, stuff_names, things)
     phrases = make_phrases([s for s in segments if s.isthing], w, h, _rng(seed, _STREAM_WORDING))
-    return Scene(seed=int(seed), image=image_u8, segment_map=segment_map, segments=segments, phrases=phrases, layout=layout)
+    return Scene(seed=int(seed), image=image, segment_map=segment_map, segments=segments, phrases=phrases, layout=layout)
 
 
 def generate_scenes(seeds: Iterable[int], **kwargs) -> Iterable[Scene]:
