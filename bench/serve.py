@@ -307,6 +307,35 @@ def throughput(app: App, args: argparse.Namespace, replicas: int) -> dict:
 
 
 def main() -> int:
+    args = _parse_args()
+    app = App(tempfile.mkdtemp(prefix="seem-bench-store-"), free_port())
+    results: dict = {"machine": f"{platform.node()} {os.cpu_count()} CPUs {platform.processor() or platform.machine()}",
+                     "date": time.strftime("%Y-%m-%d"), "command": " ".join(["bench/serve.py"] + sys.argv[1:])}
+    try:
+        if args.only in (None, "latency"):
+            results["latency"] = latency(app, args)
+        if args.only in (None, "hits"):
+            results["hit_rate"] = [hit_rate(app, args, mode) for mode in HIT_MODES]
+        if args.only in (None, "throughput"):
+            results["throughput"] = [throughput(app, args, int(n)) for n in args.replica_counts.split(",")]
+    finally:
+        app.close()
+
+    print(f"\n{results['machine']}, {results['date']}: {results['command']}\n")
+    if "latency" in results:
+        _print_latency(results["latency"])
+    if "hit_rate" in results:
+        _print_hit_rate(results["hit_rate"])
+    if "throughput" in results:
+        _print_throughput(results["throughput"])
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _parse_args() -> argparse.Namespace:
+    """The options, with the environment Ray and Serve read when they start set from them."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=300, help="sequential requests for the latency part")
     p.add_argument("--warmup", type=int, default=20)
@@ -347,62 +376,49 @@ def main() -> int:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(args.direct_port)
         os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(args.direct_port + 100)
+    return args
 
-    app = App(tempfile.mkdtemp(prefix="seem-bench-store-"), free_port())
-    results: dict = {"machine": f"{platform.node()} {os.cpu_count()} CPUs {platform.processor() or platform.machine()}",
-                     "date": time.strftime("%Y-%m-%d"), "command": " ".join(["bench/serve.py"] + sys.argv[1:])}
-    try:
-        if args.only in (None, "latency"):
-            results["latency"] = latency(app, args)
-        if args.only in (None, "hits"):
-            results["hit_rate"] = [hit_rate(app, args, mode) for mode in HIT_MODES]
-        if args.only in (None, "throughput"):
-            results["throughput"] = [throughput(app, args, int(n)) for n in args.replica_counts.split(",")]
-    finally:
-        app.close()
 
-    print(f"\n{results['machine']}, {results['date']}: {results['command']}\n")
-    if "latency" in results:
-        lat = results["latency"]
-        print(f"| one click, {lat['requests']} requests of each kind, interleaved | p50 ms | p95 ms |\n|---|---|---|")
-        print(f"| (a) in process, same features, {lat['torch_threads']} torch thread(s) | "
-              f"{lat['in_process_p50_ms']:.1f} | {lat['in_process_p95_ms']:.1f} |")
-        print(f"| (b) GET /healthz through the same proxy (Serve's one-hop round trip) | "
-              f"{lat['healthz_p50_ms']:.1f} | {lat['healthz_p95_ms']:.1f} |")
-        print(f"| (c) POST /v1/segment, one click, at the client | {lat['http_p50_ms']:.1f} | {lat['http_p95_ms']:.1f} |")
-        verdict = "met" if lat["added_p50_ms"] <= lat["goal_p50_ms"] else "NOT met"
-        print(f"| **added = (c) - (a)** vs goal (b) + 3 ms = {lat['goal_p50_ms']:.1f}: {verdict} | "
-              f"**{lat['added_p50_ms']:.1f}** | |")
-        print(f"| of which proxy + HTTP (client - the API's total) | {lat['proxy_and_http_p50_ms']:.1f} | |")
-        print(f"| of which the API: auth, parse, validate, JSON (total - decoder call) | {lat['api_own_p50_ms']:.1f} | |")
-        print(f"| of which hops after the API (decoder call - decoder's own time) | "
-              f"{lat['hops_after_the_api_p50_ms']:.1f} | |")
-        print(f"| of which feature lookup, batching, thread hop in the decoder | "
-              f"{lat['features_and_thread_hop_p50_ms']:.1f} | |")
-        print(f"| decode + RLE inside the replica | {lat['replica_decode_p50_ms']:.1f} | |")
-        print(f"| requests whose routing header named another image (replica's count) | {lat['misrouted']} | |")
-        if "direct_http_p50_ms" in lat:
-            print(f"| direct ingress: HTTP at the client | {lat['direct_http_p50_ms']:.1f} | {lat['direct_http_p95_ms']:.1f} |")
-            print(f"| **added with direct ingress** | **{lat['direct_added_p50_ms']:.1f}** | |")
-        print()
-    if "hit_rate" in results:
-        print("| routing | replicas | LRU per replica | images | requests | hits | misses | hit rate | req/s |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for h in results["hit_rate"]:
-            print(f"| {h['routing']} | {h['replicas']} | {h['cache_size']} | {h['images']} | "
-                  f"{h['requests']} | {h['hits']:.0f} | {h['misses']:.0f} | {100 * h['hit_rate']:.1f}% | "
-                  f"{h['req_per_s']:.0f} |")
-    if "throughput" in results:
-        base = results["throughput"][0]["req_per_s"]
-        print(f"\n| decoder replicas | torch threads each | clients | requests | req/s | vs {results['throughput'][0]['replicas']} "
-              "| p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|")
-        for t in results["throughput"]:
-            print(f"| {t['replicas']} | {t['torch_threads']} | {t['clients']} | {t['requests']} | {t['req_per_s']:.1f} | "
-                  f"{t['req_per_s'] / base:.2f}x | {t['p50_ms']:.1f} | {t['p99_ms']:.1f} |")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+def _print_latency(lat: dict) -> None:
+    print(f"| one click, {lat['requests']} requests of each kind, interleaved | p50 ms | p95 ms |\n|---|---|---|")
+    print(f"| (a) in process, same features, {lat['torch_threads']} torch thread(s) | "
+          f"{lat['in_process_p50_ms']:.1f} | {lat['in_process_p95_ms']:.1f} |")
+    print(f"| (b) GET /healthz through the same proxy (Serve's one-hop round trip) | "
+          f"{lat['healthz_p50_ms']:.1f} | {lat['healthz_p95_ms']:.1f} |")
+    print(f"| (c) POST /v1/segment, one click, at the client | {lat['http_p50_ms']:.1f} | {lat['http_p95_ms']:.1f} |")
+    verdict = "met" if lat["added_p50_ms"] <= lat["goal_p50_ms"] else "NOT met"
+    print(f"| **added = (c) - (a)** vs goal (b) + 3 ms = {lat['goal_p50_ms']:.1f}: {verdict} | "
+          f"**{lat['added_p50_ms']:.1f}** | |")
+    print(f"| of which proxy + HTTP (client - the API's total) | {lat['proxy_and_http_p50_ms']:.1f} | |")
+    print(f"| of which the API: auth, parse, validate, JSON (total - decoder call) | {lat['api_own_p50_ms']:.1f} | |")
+    print(f"| of which hops after the API (decoder call - decoder's own time) | "
+          f"{lat['hops_after_the_api_p50_ms']:.1f} | |")
+    print(f"| of which feature lookup, batching, thread hop in the decoder | "
+          f"{lat['features_and_thread_hop_p50_ms']:.1f} | |")
+    print(f"| decode + RLE inside the replica | {lat['replica_decode_p50_ms']:.1f} | |")
+    print(f"| requests whose routing header named another image (replica's count) | {lat['misrouted']} | |")
+    if "direct_http_p50_ms" in lat:
+        print(f"| direct ingress: HTTP at the client | {lat['direct_http_p50_ms']:.1f} | {lat['direct_http_p95_ms']:.1f} |")
+        print(f"| **added with direct ingress** | **{lat['direct_added_p50_ms']:.1f}** | |")
+    print()
+
+
+def _print_hit_rate(rows: list[dict]) -> None:
+    print("| routing | replicas | LRU per replica | images | requests | hits | misses | hit rate | req/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for h in rows:
+        print(f"| {h['routing']} | {h['replicas']} | {h['cache_size']} | {h['images']} | "
+              f"{h['requests']} | {h['hits']:.0f} | {h['misses']:.0f} | {100 * h['hit_rate']:.1f}% | "
+              f"{h['req_per_s']:.0f} |")
+
+
+def _print_throughput(rows: list[dict]) -> None:
+    base = rows[0]["req_per_s"]
+    print(f"\n| decoder replicas | torch threads each | clients | requests | req/s | vs {rows[0]['replicas']} "
+          "| p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|")
+    for t in rows:
+        print(f"| {t['replicas']} | {t['torch_threads']} | {t['clients']} | {t['requests']} | {t['req_per_s']:.1f} | "
+              f"{t['req_per_s'] / base:.2f}x | {t['p50_ms']:.1f} | {t['p99_ms']:.1f} |")
 
 
 if __name__ == "__main__":
