@@ -56,6 +56,37 @@ REFERENCE_PEAK_RSS_GB = 7.18
 
 
 def main() -> None:
+    args = _parse_args()
+    torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        global median_ms
+        median_ms = functools.partial(median_ms, clock=time.process_time)
+
+    conv_ms = _calibration_ms(args.repeats)
+    machine_ratio = conv_ms / REFERENCE_MS["conv3x3_512_stride4"]
+
+    predictor = build_predictor(args.model, weights=None, device="cpu")
+    rng = np.random.default_rng(0)
+    image = (rng.random((512, 683, 3)) * 255).astype(np.uint8)
+    vocab = ["red circle", "blue square", "green triangle", "sky", "grass"]
+    predictor.vocabulary_embeddings(vocab)
+    features = predictor.encode([image])[0]
+    other = predictor.encode([(rng.random((512, 683, 3)) * 255).astype(np.uint8)])[0]  # a referring image
+    r, decode_keys = _time_decodes(predictor, features, other, image, vocab, args.repeats, machine_ratio)
+    if args.store_bytes:
+        r.update(_store_bytes(features))
+    if args.decode_only:
+        _print_decode_rows(r, decode_keys, conv_ms, machine_ratio, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": args.model, "ours_ms": r, "machine_ratio": machine_ratio},
+                                                  indent=2))
+        return
+    r.update(_time_full(predictor, features, image, vocab, args.repeats, args.names))
+    r["ratio_full_click_over_decode_click"] = r["full_click"] / r["decode_click"]
+    _print_full_report(r, args, features, conv_ms, machine_ratio)
+
+
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="seem-focalt-v1", help="a registered model name")
     parser.add_argument("--repeats", type=int, default=5)
@@ -69,52 +100,35 @@ def main() -> None:
                         help="time the decode paths only (no encode, full forward or vocabulary rows)")
     parser.add_argument("--store-bytes", action="store_true",
                         help="also print the bytes of a store object with and without the object pass, per format")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.clock == "cpu":
-        global median_ms
-        median_ms = functools.partial(median_ms, clock=time.process_time)
+    return parser.parse_args()
 
-    conv_ms = _calibration_ms(args.repeats)
-    machine_ratio = conv_ms / REFERENCE_MS["conv3x3_512_stride4"]
 
-    predictor = build_predictor(args.model, weights=None, device="cpu")
-    reference_ms = REFERENCE_MS if args.model == "seem-focalt-v1" else {}
-    rng = np.random.default_rng(0)
-    image = (rng.random((512, 683, 3)) * 255).astype(np.uint8)
-    vocab = ["red circle", "blue square", "green triangle", "sky", "grass"]
-    predictor.vocabulary_embeddings(vocab)
-    features = predictor.encode([image])[0]
-    other = predictor.encode([(rng.random((512, 683, 3)) * 255).astype(np.uint8)])[0]  # a referring image
+def _time_full(predictor, features, image: np.ndarray, vocab: list[str], repeats: int, names: int) -> dict[str, float]:
+    """Encode, the full forward with a click, the vocabulary embedding per class name, peak RSS."""
     click = Prompts(spatial=(Point(200.0, 150.0),))
-    r, decode_keys = _time_decodes(predictor, features, other, image, vocab, args.repeats, machine_ratio)
-    if args.store_bytes:
-        r.update(_store_bytes(features))
-    if args.decode_only:
-        _print_decode_rows(r, decode_keys, conv_ms, machine_ratio, args)
-        if args.json:
-            Path(args.json).write_text(json.dumps({"model": args.model, "ours_ms": r, "machine_ratio": machine_ratio},
-                                                  indent=2))
-        return
-    r["encode"] = median_ms(lambda: predictor.encode([image]), args.repeats)
+    r: dict[str, float] = {}
+    r["encode"] = median_ms(lambda: predictor.encode([image]), repeats)
     r["full_click"] = median_ms(lambda: predictor.decode(predictor.encode([image])[0], click, vocabulary=vocab),
-                            max(3, args.repeats // 2))
+                            max(3, repeats // 2))
     from model.coco_classes import COCO_PANOPTIC_CLASSES
 
-    names = list(COCO_PANOPTIC_CLASSES[: args.names])
+    class_names = list(COCO_PANOPTIC_CLASSES[:names])
     te = predictor.model.text_encoder
 
     def embed_names() -> None:
         te._class_cache.clear()  # keep the templates' prefix cache: it is built once per model
         with torch.inference_mode():
-            te.class_embeddings(names)
+            te.class_embeddings(class_names)
 
-    r["vocabulary_per_name"] = median_ms(embed_names, 3) / len(names)
-    r["ratio_full_click_over_decode_click"] = r["full_click"] / r["decode_click"]
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    r["peak_rss_gb"] = peak_gb
+    r["vocabulary_per_name"] = median_ms(embed_names, 3) / len(class_names)
+    r["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     r["cached_features_mb_fp32"] = features.nbytes / 2**20
+    return r
 
+
+def _print_full_report(r: dict[str, float], args: argparse.Namespace, features, conv_ms: float,
+                       machine_ratio: float) -> None:
+    reference_ms = REFERENCE_MS if args.model == "seem-focalt-v1" else {}
     print(f"model: {args.model}, input {features.input_size} padded to {features.padded_size}")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
     print(f"calibration: 3x3 conv 512->512 at 128x176 = {conv_ms:.0f} ms here vs 252 ms in SPEED.md "
@@ -147,7 +161,7 @@ def main() -> None:
         ref_s = f"{ref_ms:>16.0f}{ref_ms * machine_ratio:>16.0f}" if ref_ms else f"{'-':>16}{'-':>16}"
         print(f"{label:<34}{r[key]:>12.1f}{ref_s}")
     print(f"full forward / decode-with-click: {r['ratio_full_click_over_decode_click']:.1f}x")
-    print(f"peak RSS: {peak_gb:.2f} GB" + (f" (reference: {REFERENCE_PEAK_RSS_GB} GB)" if reference_ms else ""))
+    print(f"peak RSS: {r['peak_rss_gb']:.2f} GB" + (f" (reference: {REFERENCE_PEAK_RSS_GB} GB)" if reference_ms else ""))
     print(f"cached features (fp32): {r['cached_features_mb_fp32']:.1f} MiB")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "ours_ms": r, "reference_ms": reference_ms,
@@ -199,7 +213,6 @@ def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str
     first = predictor.decode(features, click, vocabulary=vocab)
     click2 = Prompts(spatial=(Point(200.0, 150.0), Point(500.0, 400.0, positive=False)))
     box = Prompts(spatial=(Box(100.0, 80.0, 300.0, 260.0),))
-    phrase = Prompts(text="the red circle")
     region = (Point(200.0, 150.0),)
     r: dict[str, float] = {}
 
@@ -220,17 +233,7 @@ def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str
     r["decode_click2"] = median_ms(lambda: predictor.decode(replace(features), click2, previous_mask=first.memory,
                                                             vocabulary=vocab), repeats)
     r["decode_box"] = first_call(lambda f, o: box)
-    r["decode_phrase"] = first_call(lambda f, o: phrase)
-    # The same with words the text encoder has not seen (its phrase cache cannot help).
-    fresh_words = (f"the red circle number {i}" for i in range(10**6))
-    r["decode_phrase_new_words"] = first_call(lambda f, o: Prompts(text=next(fresh_words)))
-    # Another phrase on the same features object: the predictor kept the image's key and value
-    # projections (`decoder_caches`; a checkout from before them times a first call again).
-    other_phrase = Prompts(text="a small blue square")
-    predictor.decode(features, phrase, vocabulary=vocab)
-    r["decode_phrase_warm"] = median_ms(lambda: predictor.decode(features, other_phrase, vocabulary=vocab), repeats)
-    if hasattr(predictor, "warm"):  # a checkout from before `warm` has no such rows
-        r.update(_time_warmed_phrase(predictor, features, phrase, vocab, repeats))
+    r.update(_time_phrases(predictor, features, vocab, repeats, first_call))
     r["decode_panoptic"] = median_ms(lambda: predictor.panoptic(replace(features), vocab), repeats)
     r["decode_panoptic_warm"] = median_ms(lambda: predictor.panoptic(features, vocab), repeats)
     r["decode_referring_warm"] = median_ms(lambda: predictor.decode(
@@ -251,6 +254,25 @@ def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str
     for key in keys:
         r[key + "_reference_machine"] = r[key] / machine_ratio
     return r, keys
+
+
+def _time_phrases(predictor, features, vocab: list[str], repeats: int, first_call) -> dict[str, float]:
+    """A phrase as the first call on an image, the same with words the text encoder has not
+    seen, another phrase on a kept image, and (`_time_warmed_phrase`) after the idle warm-up."""
+    phrase = Prompts(text="the red circle")
+    r: dict[str, float] = {}
+    r["decode_phrase"] = first_call(lambda f, o: phrase)
+    # The same with words the text encoder has not seen (its phrase cache cannot help).
+    fresh_words = (f"the red circle number {i}" for i in range(10**6))
+    r["decode_phrase_new_words"] = first_call(lambda f, o: Prompts(text=next(fresh_words)))
+    # Another phrase on the same features object: the predictor kept the image's key and value
+    # projections (`decoder_caches`; a checkout from before them times a first call again).
+    other_phrase = Prompts(text="a small blue square")
+    predictor.decode(features, phrase, vocabulary=vocab)
+    r["decode_phrase_warm"] = median_ms(lambda: predictor.decode(features, other_phrase, vocabulary=vocab), repeats)
+    if hasattr(predictor, "warm"):  # a checkout from before `warm` has no such rows
+        r.update(_time_warmed_phrase(predictor, features, phrase, vocab, repeats))
+    return r
 
 
 def _time_warmed_phrase(predictor, features, phrase: Prompts, vocab: list[str], repeats: int) -> dict[str, float]:
