@@ -230,18 +230,7 @@ def machine() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="48,192", help="two corpus sizes: throughput on the larger, memory on both")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved loop/ray rounds for the ratio")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--decode-in", default="actor,tasks", help="Ray variants to time: actor, tasks or both")
-    parser.add_argument("--torch-threads", type=int, help="torch threads of the encoder actor (default: the job's)")
-    parser.add_argument("--loop-threads", default="default,1",
-                        help="torch threads of the loop variants ('default' = torch's own choice); ratios use the "
-                             "fastest loop of each round")
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "seem-bench-pipeline"))
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
+    args = _parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = args.decode_in.split(",")
     work = Path(args.workdir)
@@ -268,6 +257,38 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / name, ignore_errors=True)
     run_loop(corpora[min(sizes)], work / "warm-loop", args.batch_size, DEFAULT_FEATURE_FORMAT, None)
     run_ray(corpora[min(sizes)], work / "warm-ray", args.batch_size, variants[0], args.torch_threads)
+    rounds = _timed_rounds(big, work, loops, variants, args)
+    ratios = _ratios(rounds, variants, max(sizes))
+    memory = {n: _memory_row(corpora[n], n, work, args.batch_size) for n in sizes}
+    ray.shutdown()
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "model_id": model_id, "batch_size": args.batch_size,
+                                               "rounds": rounds, "ratios": ratios, "memory": memory,
+                                               "format": dataclasses.asdict(DEFAULT_FEATURE_FORMAT)}, indent=2))
+    return 0
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="48,192", help="two corpus sizes: throughput on the larger, memory on both")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved loop/ray rounds for the ratio")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--decode-in", default="actor,tasks", help="Ray variants to time: actor, tasks or both")
+    parser.add_argument("--torch-threads", type=int, help="torch threads of the encoder actor (default: the job's)")
+    parser.add_argument("--loop-threads", default="default,1",
+                        help="torch threads of the loop variants ('default' = torch's own choice); ratios use the "
+                             "fastest loop of each round")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "seem-bench-pipeline"))
+    parser.add_argument("--json", help="write the results here")
+    return parser.parse_args(argv)
+
+
+def _timed_rounds(big: Path, work: Path, loops: dict[str, int | None], variants: list[str],
+                  args: argparse.Namespace) -> list[dict]:
+    """Interleaved rounds of every loop and Ray variant on the larger corpus; each round's
+    fastest plain loop is its baseline ("loop")."""
+    from pipeline.stages import DEFAULT_FEATURE_FORMAT
+
     rounds: list[dict] = []
     for r in range(args.rounds):
         entry: dict = {}
@@ -284,29 +305,29 @@ def main(argv: list[str] | None = None) -> int:
         best = max(loops, key=lambda n: entry[n]["ips"])
         entry["loop"] = dict(entry[best], variant=best)  # the fastest plain loop is the baseline
         rounds.append(entry)
+    return rounds
 
+
+def _ratios(rounds: list[dict], variants: list[str], images: int) -> dict[str, dict]:
+    """Ray / loop throughput per variant, whole job and steady state, median over the rounds."""
     ratios = {}
     for v in variants:
         whole = [e[f"ray-{v}"]["ips"] / e["loop"]["ips"] for e in rounds]
         steady = [e[f"ray-{v}"]["steady_ips"] / e["loop"]["steady_ips"] for e in rounds
                   if "steady_ips" in e[f"ray-{v}"] and "steady_ips" in e["loop"]]
         ratios[v] = {"whole_job": statistics.median(whole), "steady": statistics.median(steady) if steady else None}
-        print(f"ray ({v}) / loop, {max(sizes)} images, median of {args.rounds}: whole job {ratios[v]['whole_job']:.2f}, "
+        print(f"ray ({v}) / loop, {images} images, median of {len(rounds)}: whole job {ratios[v]['whole_job']:.2f}, "
               f"steady state {ratios[v]['steady'] if ratios[v]['steady'] is None else round(ratios[v]['steady'], 2)}")
+    return ratios
 
-    memory = {}
-    for n in sizes:
-        memory[n] = run_memory(corpora[n], work, args.batch_size)
-        m = memory[n]
-        print(f"peak RSS, {n:>5} images: encode {m['encode_peak_total_mb']:7.0f} MB all processes "
-              f"({m['encode_peak_worker_mb']:5.0f} MB largest worker); segment {m['segment_peak_total_mb']:7.0f} MB "
-              f"({m['segment_peak_worker_mb']:5.0f} MB largest worker; {m['masks']} masks)", flush=True)
-    ray.shutdown()
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "model_id": model_id, "batch_size": args.batch_size,
-                                               "rounds": rounds, "ratios": ratios, "memory": memory,
-                                               "format": dataclasses.asdict(DEFAULT_FEATURE_FORMAT)}, indent=2))
-    return 0
+
+def _memory_row(corpus: Path, n: int, work: Path, batch_size: int) -> dict:
+    """Peak RSS of an encode and a segment job on `corpus` (n images), printed."""
+    m = run_memory(corpus, work, batch_size)
+    print(f"peak RSS, {n:>5} images: encode {m['encode_peak_total_mb']:7.0f} MB all processes "
+          f"({m['encode_peak_worker_mb']:5.0f} MB largest worker); segment {m['segment_peak_total_mb']:7.0f} MB "
+          f"({m['segment_peak_worker_mb']:5.0f} MB largest worker; {m['masks']} masks)", flush=True)
+    return m
 
 
 if __name__ == "__main__":
