@@ -257,6 +257,18 @@ def print_model_table(rows: list[dict], meta: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    global _STAT, _CLOCK
+    _STAT = statistics.median if args.stat == "median" else min
+    _CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    if args.model and not args.image:
+        parser.error("--model needs --image")
+    return _main_model(args) if args.model else _main_features(args)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", help="a features .safetensors file (default: synthetic Focal-T v1 features)")
     parser.add_argument("--store", help="store root to write to (default: a temporary local directory)")
@@ -273,30 +285,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stat", choices=("median", "min"), default="median", help="summary of the --repeat timings")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or process CPU time (use with BENCH_THREADS=1 on a shared machine)")
-    args = parser.parse_args(argv)
-    global _STAT, _CLOCK
-    _STAT = statistics.median if args.stat == "median" else min
-    _CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    return parser
 
-    if args.model:
-        if not args.image:
-            parser.error("--model needs --image")
-        with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
-            store = open_store(args.store, endpoint_url=args.endpoint_url) if args.store else \
-                LocalStore(tmp, fsync=not args.no_fsync)
-            rows, meta = run_model(args, store)
-        print(f"store: {args.store or 'local temp dir'}{' (no fsync)' if args.no_fsync else ''}; repeat {args.repeat}, "
-              f"{args.stat} of {args.clock} times; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-        print_model_table(rows, meta)
-        if args.json:
-            meta.update({"store": args.store or "local-tmp", "fsync": not args.no_fsync, "repeat": args.repeat,
-                         "stat": args.stat, "clock": args.clock, "threads": torch.get_num_threads(),
-                         "cpus": os.cpu_count(), "torch": torch.__version__})
-            Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        return 0
 
+def _main_model(args: argparse.Namespace) -> int:
+    """--model: encode --image with the model, then every stage / dtype / codec, with mask IoU."""
+    with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
+        store = open_store(args.store, endpoint_url=args.endpoint_url) if args.store else \
+            LocalStore(tmp, fsync=not args.no_fsync)
+        rows, meta = run_model(args, store)
+    print(f"store: {args.store or 'local temp dir'}{' (no fsync)' if args.no_fsync else ''}; repeat {args.repeat}, "
+          f"{args.stat} of {args.clock} times; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print_model_table(rows, meta)
+    if args.json:
+        meta.update({"store": args.store or "local-tmp", "fsync": not args.no_fsync, "repeat": args.repeat,
+                     "stat": args.stat, "clock": args.clock, "threads": torch.get_num_threads(),
+                     "cpus": os.cpu_count(), "torch": torch.__version__})
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return 0
+
+
+def _main_features(args: argparse.Namespace) -> int:
+    """A features file (or synthetic Focal-T features) in every dtype / codec."""
     features = load_features(args.features) if args.features else synthetic_features()
     with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
         if args.store:
