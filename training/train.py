@@ -267,6 +267,17 @@ def load_training_state(directory: Path, seem: Seem, optimizer: torch.optim.Opti
 
 
 # -------------------------------------------------------------------- Ray Train
+def _worker_data(seem: Any, cfg: TrainConfig, rank: int, world: int) -> tuple[Any, int]:
+    """This worker's batches (Shapes World, or its shard of a COCO dataset) and the number
+    of classes the criterion scores."""
+    if cfg.dataset == "shapes-world":
+        data = ShapesWorldBatches(seem.cfg, cfg.batch_size, seed=cfg.seed, rank=rank,
+                                  lookalike_fraction=cfg.lookalike_fraction)
+        return data, len(data.batch(0).vocabulary)
+    data = CocoBatches(seem.cfg, cfg.dataset, cfg.images, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    return data, len(data.vocabulary) if data.vocabulary else len(data.batch(0).vocabulary)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -294,14 +305,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             last, history = load_training_state(Path(d), seem, optimizer, generator, rng)
             start = last + 1
-    if cfg.dataset == "shapes-world":
-        data = ShapesWorldBatches(seem.cfg, cfg.batch_size, seed=cfg.seed, rank=rank,
-                                  lookalike_fraction=cfg.lookalike_fraction)
-        vocabulary = None
-    else:
-        data = CocoBatches(seem.cfg, cfg.dataset, cfg.images, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
-        vocabulary = data.vocabulary
-    num_classes = len(vocabulary) if vocabulary else len(data.batch(0).vocabulary)
+    data, num_classes = _worker_data(seem, cfg, rank, world)
     criterion = SeemCriterion(cfg.loss, num_classes)
     started = time.time()
     window: list[dict[str, float]] = []
