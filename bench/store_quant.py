@@ -37,6 +37,17 @@ at high rate). A reader would keep the features rotated and rotate the few vecto
 them instead (mask embeddings, sampled prompt points), so the load stops at the rotated
 levels; the IoU columns rotate back outside the timing.
 
+`axesS/MS_SCHEME/PREDICTOR` weighs errors by what they do to mask logits instead: a logit is
+a mask embedding's dot product with `mask_features`, so an error e moves the logits by e' M e
+on average, M the second moment of the mask embeddings the model produces (`mask_axes`: from
+a calibration image, `--axes-image`, encoded and decoded with clicks, a box and a phrase; a
+basis that would be computed once per model, so no bytes per image). The 512 channels are
+rotated into M's eigenvectors and component k gets the step S * rms * sqrt(mean weight /
+weight_k): fine where the embeddings point, coarse where they do not. Levels of the finest
+components exceed int16, so their escapes are int32. `load ms` stops at the rotated levels
+(a reader that rotated the few vectors meeting them, as for `klt`); what rotating them back
+costs (a 512 x 512 product over every position, today's consumers) is printed beside it.
+
 Columns: `MB` bytes per image; `rel_err` RMS error relative to the features' RMS; `load ms`
 CPU time to turn the bytes back into float32 tensors (prototypes: zstd + escapes + the
 inverse predictor + dequantisation; store rows: `deserialize_features`, which also
@@ -115,8 +126,9 @@ def residuals(q: np.ndarray, predictor: str) -> np.ndarray:
     return r
 
 
-def encode_residuals(r: np.ndarray) -> tuple[bytes, bytes]:
-    """int8 stream (-128 = escape) and the escaped values as int16, each zstd-compressed."""
+def encode_residuals(r: np.ndarray, wide: bool = False) -> tuple[bytes, bytes]:
+    """int8 stream (-128 = escape) and the escaped values as int16 (int32 if `wide`), each
+    zstd-compressed."""
     import pyarrow as pa
 
     zstd = pa.Codec("zstd", compression_level=3)
@@ -124,27 +136,29 @@ def encode_residuals(r: np.ndarray) -> tuple[bytes, bytes]:
     escaped = (flat < -127) | (flat > 127)
     stream = np.where(escaped, -128, flat).astype(np.int8)
     return (zstd.compress(pa.py_buffer(stream), asbytes=True),
-            zstd.compress(pa.py_buffer(flat[escaped].astype(np.int16)), asbytes=True))
+            zstd.compress(pa.py_buffer(flat[escaped].astype(np.int32 if wide else np.int16)), asbytes=True))
 
 
 def decode_residuals(blobs: tuple[bytes, bytes], shape: tuple[int, ...], predictor: str,
-                     lo: np.ndarray, step: np.ndarray) -> torch.Tensor:
+                     lo: np.ndarray, step: np.ndarray, wide: bool = False) -> torch.Tensor:
     """The load path of a prototype: bytes -> float32 tensor (what `load ms` times)."""
     import pyarrow as pa
 
     zstd = pa.Codec("zstd")
     n = int(np.prod(shape))
+    levels = np.int32 if wide else np.int16  # int16 wraps, and the levels of the B-bit schemes fit in it
     stream = np.frombuffer(zstd.decompress(blobs[0], decompressed_size=n, asbytes=True), dtype=np.int8)
-    r = stream.astype(np.int16)
+    r = stream.astype(levels)
     where = np.flatnonzero(stream == -128)
     if where.size:
-        r[where] = np.frombuffer(zstd.decompress(blobs[1], decompressed_size=2 * where.size, asbytes=True), np.int16)
+        width = np.dtype(levels).itemsize
+        r[where] = np.frombuffer(zstd.decompress(blobs[1], decompressed_size=width * where.size, asbytes=True), levels)
     if predictor == "up":  # differences with the row above (y's `up` coding)
-        q = np.cumsum(r.reshape(shape), axis=-2, dtype=np.int16)
+        q = np.cumsum(r.reshape(shape), axis=-2, dtype=levels)
     else:
-        q = np.cumsum(r.reshape(shape), axis=-1, dtype=np.int16)  # int16 wraps, and the levels fit in it
+        q = np.cumsum(r.reshape(shape), axis=-1, dtype=levels)
     if predictor == "planar":
-        q = np.cumsum(q, axis=-2, dtype=np.int16)
+        q = np.cumsum(q, axis=-2, dtype=levels)
     return torch.from_numpy(q).to(torch.float32).mul_(torch.from_numpy(step)).add_(torch.from_numpy(lo))
 
 
@@ -288,10 +302,64 @@ def rotate_back(rotated: torch.Tensor, basis: tuple[np.ndarray, np.ndarray]) -> 
     return (torch.from_numpy(axes) @ rotated.reshape(c, -1) + torch.from_numpy(mean)).reshape(rotated.shape)
 
 
+def mask_axes(predictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Axes along which errors in `mask_features` move mask logits, from one calibration image:
+    the eigenvectors (C x C, columns by falling weight) and eigenvalues (C) of the second
+    moment of every mask embedding the heads produce while the image is encoded (the object
+    queries' pass, every round) and decoded with 9 clicks, a box and a phrase; and the
+    image's channel means (C x 1). A logit is mask_emb . mask_features, so an error e in the
+    features moves the logits of those embeddings by e' M e on average (M that moment)."""
+    from dataclasses import replace
+
+    from model import Box, Point, Prompts
+
+    embeddings = []
+    heads = predictor.model.decoder.heads
+    hook = heads.register_forward_hook(
+        lambda module, inputs, out: embeddings.append(out.mask_emb.detach().reshape(-1, out.mask_emb.shape[-1])))
+    try:
+        features = predictor.encode([image], stage="pixel_decoder")[0]
+        h, w = image.shape[:2]
+        prompts = [Prompts(spatial=(Point(w * (i + 1) / 4, h * (j + 1) / 4),)) for j in range(3) for i in range(3)]
+        prompts += [Prompts(spatial=(Box(w * 0.2, h * 0.2, w * 0.6, h * 0.7),)), Prompts(text="the animal")]
+        for prompt in prompts:
+            predictor.decode(replace(features), prompt)
+    finally:
+        hook.remove()
+    e = torch.cat(embeddings).to(torch.float64).numpy()
+    weight, axes = np.linalg.eigh(e.T @ e / e.shape[0])
+    order = np.argsort(weight)[::-1]
+    mask_features = features.tensors["mask_features"].to(torch.float64).numpy()
+    mean = mask_features.reshape(mask_features.shape[0], -1).mean(1, keepdims=True)
+    return axes[:, order].astype(np.float32), weight[order], mean.astype(np.float32)
+
+
+def quantize_along_axes(x: np.ndarray, basis: tuple[np.ndarray, np.ndarray, np.ndarray], relative_step: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """C x H x W -> (levels of the components along `mask_axes`, offset 0, a step per
+    component): step_k = S * rms * sqrt(mean weight / weight_k), the steps that give every
+    component the same share of the logits' squared error (the least bytes for that error
+    at high rate)."""
+    axes, weight, mean = basis
+    weight = np.maximum(weight, weight[0] * 1e-12)
+    rms = np.sqrt((x.astype(np.float64) ** 2).mean())
+    step = (relative_step * rms * np.sqrt(weight.mean() / weight)).astype(np.float32)[:, None]
+    rotated = axes.T @ (x.reshape(x.shape[0], -1) - mean)
+    q = np.round(rotated / step).astype(np.int64).reshape(x.shape)
+    return q, np.zeros((x.shape[0], 1, 1), np.float32), step[:, :, None]
+
+
+def rotate_back_axes(rotated: torch.Tensor, basis: tuple[np.ndarray, np.ndarray, np.ndarray]) -> torch.Tensor:
+    axes, _, mean = basis
+    c = rotated.shape[0]
+    return torch.addmm(torch.from_numpy(mean), torch.from_numpy(axes), rotated.reshape(c, -1)).reshape(rotated.shape)
+
+
 def measure_candidate(features: ImageFeatures, name: str, repeat: int,
-                      basis: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, ImageFeatures]:
+                      basis: tuple[np.ndarray, np.ndarray] | None = None,
+                      axes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[dict, ImageFeatures]:
     """Bytes, load time and the features a reader would get, for one candidate (`basis`:
-    `klt_basis` of another image, for `klt` candidates)."""
+    `klt_basis` of another image, for `klt` candidates; `axes`: `mask_axes`, for `axes` ones)."""
     if name.startswith("store:"):
         data = serialize_features(features, content_sha256(name.encode()), dtype=name[6:], compress="shuffle+zstd")
         times = []
@@ -305,23 +373,34 @@ def measure_candidate(features: ImageFeatures, name: str, repeat: int,
     for key, t in features.tensors.items():
         if key in OBJECT_PASS_TENSORS:
             continue  # (as in the relu candidates; the float16 pass is left out of these rows' bytes)
+        wide = key == "mask_features" and mf_scheme.startswith("axes")
         if key == "mask_features" and mf_scheme.startswith("klt"):
             q, lo, step = quantize_rotated(t.numpy(), basis, float(mf_scheme[3:]))
+        elif wide:
+            q, lo, step = quantize_along_axes(t.numpy(), axes, float(mf_scheme[4:]))
         else:
             q, lo, step = quantize(t.numpy(), mf_scheme if key == "mask_features" else ms_scheme)
-        blobs = encode_residuals(residuals(q, predictor))
+        blobs = encode_residuals(residuals(q, predictor), wide)
         nbytes += sum(map(len, blobs)) + 4 * (lo.size + step.size)
-        encoded[key] = (blobs, q.shape, predictor, lo, step)
+        encoded[key] = (blobs, q.shape, predictor, lo, step, wide)
     times = []
     for _ in range(repeat):
         t0 = time.process_time()
         tensors = {key: decode_residuals(*args) for key, args in encoded.items()}
         times.append(time.process_time() - t0)
     tensors.update({k: v for k, v in features.tensors.items() if k in OBJECT_PASS_TENSORS})
+    row = {"candidate": name, "bytes": nbytes, "load_ms": 1e3 * min(times)}
     if mf_scheme.startswith("klt"):  # what the rotated consumers would see, for the IoU columns
         tensors["mask_features"] = rotate_back(tensors["mask_features"], basis)
+    elif mf_scheme.startswith("axes"):  # also timed: what a reader with today's consumers adds to the load
+        rotated, times = tensors["mask_features"], []
+        for _ in range(repeat):
+            t0 = time.process_time()
+            tensors["mask_features"] = rotate_back_axes(rotated, axes)
+            times.append(time.process_time() - t0)
+        row["rotate_back_ms"] = 1e3 * min(times)
     got = ImageFeatures.from_parts(tensors, features.metadata())
-    return {"candidate": name, "bytes": nbytes, "load_ms": 1e3 * min(times)}, got
+    return row, got
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--basis-image", default="pipeline/samples/chelsea.jpg",
                         help="the image whose mask features give `klt` candidates their axes")
+    parser.add_argument("--axes-image", default="pipeline/samples/chelsea.jpg",
+                        help="the calibration image whose mask embeddings give `axes` candidates their axes")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
@@ -351,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(name.startswith("klt") for name in args.candidates.split(",")):
         basis = klt_basis(predictor.encode([decode_image(Path(args.basis_image).read_bytes())],
                                            stage="pixel_decoder")[0].to(dtype=torch.float32))
+    axes = None
+    if any(name.startswith("axes") for name in args.candidates.split(",")):
+        axes = mask_axes(predictor, decode_image(Path(args.axes_image).read_bytes()))
     print(f"{args.model} ({predictor.model_id}), {args.image}, input {reference.input_size}; load: "
           f"{os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}", flush=True)
     print(f"{'candidate':<26} {'MB':>6} {'rel_err':>8} {'load ms':>8} {'click IoU':>9} {'inst IoU':>8}", flush=True)
@@ -359,12 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         if name.startswith("relu"):
             row, got = measure_relu_candidate(reference, y, predictor, name, args.repeat)
         else:
-            row, got = measure_candidate(reference, name, args.repeat, basis)
+            row, got = measure_candidate(reference, name, args.repeat, basis, axes)
         row["rel_err"] = rel_rms_error(reference, got)
         row.update(probe.compare(got.to(dtype=torch.float32)))
         rows.append(row)
         print(f"{name:<26} {row['bytes'] / 1e6:6.2f} {row['rel_err']:8.1e} {row['load_ms']:8.1f} "
-              f"{row['click_iou']:9.4f} {row['inst_iou'] or 0:8.4f}", flush=True)
+              f"{row['click_iou']:9.4f} {row['inst_iou'] or 0:8.4f}"
+              + (f"  (+ rotate back {row['rotate_back_ms']:.1f} ms)" if "rotate_back_ms" in row else ""), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     return 0
