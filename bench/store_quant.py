@@ -43,7 +43,8 @@ on average, M the second moment of the mask embeddings the model produces (`mask
 a calibration image, `--axes-image`, encoded and decoded with clicks, a box and a phrase; a
 basis that would be computed once per model, so no bytes per image). The 512 channels are
 rotated into M's eigenvectors and component k gets the step S * rms * sqrt(mean weight /
-weight_k): fine where the embeddings point, coarse where they do not. Levels of the finest
+weight_k) (`axesS_CAP`: at most CAP * S * rms): fine where the embeddings point, coarse where
+they do not. Levels of the finest
 components exceed int16, so their escapes are int32. `load ms` stops at the rotated levels
 (a reader that rotated the few vectors meeting them, as for `klt`); what rotating them back
 costs (a 512 x 512 product over every position, today's consumers) is printed beside it.
@@ -334,16 +335,17 @@ def mask_axes(predictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return axes[:, order].astype(np.float32), weight[order], mean.astype(np.float32)
 
 
-def quantize_along_axes(x: np.ndarray, basis: tuple[np.ndarray, np.ndarray, np.ndarray], relative_step: float
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize_along_axes(x: np.ndarray, basis: tuple[np.ndarray, np.ndarray, np.ndarray], relative_step: float,
+                        cap: float = float("inf")) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """C x H x W -> (levels of the components along `mask_axes`, offset 0, a step per
-    component): step_k = S * rms * sqrt(mean weight / weight_k), the steps that give every
-    component the same share of the logits' squared error (the least bytes for that error
-    at high rate)."""
+    component): step_k = S * rms * min(cap, sqrt(mean weight / weight_k)), the steps that give
+    every component the same share of the logits' squared error (the least bytes for that
+    error at high rate); `cap` bounds how much coarser than S * rms a step may get, for the
+    consumers that read the features along every axis (sampled prompt points)."""
     axes, weight, mean = basis
     weight = np.maximum(weight, weight[0] * 1e-12)
     rms = np.sqrt((x.astype(np.float64) ** 2).mean())
-    step = (relative_step * rms * np.sqrt(weight.mean() / weight)).astype(np.float32)[:, None]
+    step = (relative_step * rms * np.minimum(cap, np.sqrt(weight.mean() / weight))).astype(np.float32)[:, None]
     rotated = axes.T @ (x.reshape(x.shape[0], -1) - mean)
     q = np.round(rotated / step).astype(np.int64).reshape(x.shape)
     return q, np.zeros((x.shape[0], 1, 1), np.float32), step[:, :, None]
@@ -377,7 +379,8 @@ def measure_candidate(features: ImageFeatures, name: str, repeat: int,
         if key == "mask_features" and mf_scheme.startswith("klt"):
             q, lo, step = quantize_rotated(t.numpy(), basis, float(mf_scheme[3:]))
         elif wide:
-            q, lo, step = quantize_along_axes(t.numpy(), axes, float(mf_scheme[4:]))
+            step_and_cap = [float(v) for v in mf_scheme[4:].split("_")]  # axesS or axesS_CAP
+            q, lo, step = quantize_along_axes(t.numpy(), axes, *step_and_cap)
         else:
             q, lo, step = quantize(t.numpy(), mf_scheme if key == "mask_features" else ms_scheme)
         blobs = encode_residuals(residuals(q, predictor), wide)
