@@ -246,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     loops = {f"loop-{t}": (None if t == "default" else int(t)) for t in args.loop_threads.split(",")}
     info = machine()
     corpora = {n: make_corpus(work, n) for n in sizes}
-    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    from rayinit import start_or_join
+
+    # Always a new local Ray (a bare ray.init() would join one `ray start` left behind).
+    start_or_join("local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     model_id = load_predictor(ModelSpec()).model_id
     print(f"{info['cpu']}, {info['cores']} cores, load {info['loadavg_at_start']}; model {model_id}; "
           f"torch {torch.__version__} (default {DEFAULT_THREADS} threads); batch {args.batch_size}", flush=True)

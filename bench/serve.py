@@ -65,7 +65,6 @@ class App:
     """The seem-ray application on this machine's Ray, redeployed per configuration."""
 
     def __init__(self, store: str, metrics_port: int) -> None:
-        import ray
         from ray import serve
 
         from serving.proxy_guard import CALLBACK_ENV, CALLBACK_PATH
@@ -77,9 +76,14 @@ class App:
 
         for name, value in getattr(cli, "SERVE_LATENCY_ENV", {}).items():  # and Serve's settings (none before)
             os.environ.setdefault(name, value)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 object_store_memory=512 << 20, _metrics_export_port=metrics_port,
-                 _system_config={"metrics_report_interval_ms": 1000})
+        from rayinit import start_or_join
+
+        # Always a new local Ray (a bare ray.init() would join one `ray start` left behind),
+        # started again if the machine misses Ray's start-up window.
+        start_or_join("local", local_options={"num_cpus": os.cpu_count(), "object_store_memory": 512 << 20,
+                                              "_metrics_export_port": metrics_port,
+                                              "_system_config": {"metrics_report_interval_ms": 1000}},
+                      include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         self.store = store
         self.base = f"http://127.0.0.1:{self.port}"

@@ -155,7 +155,10 @@ def bench_bulk(videos: int, frames: int, actors: int) -> None:
         plain_loop("before")  # the loop before and after the Ray job: the load of a shared machine drifts
         import ray
 
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+        from rayinit import start_or_join
+
+        start_or_join("local", local_options={"num_cpus": os.cpu_count()}, include_dashboard=False,
+                      logging_level="WARNING")
         try:
             started = time.perf_counter()
             summary = video_job(str(src), str(prompts), f"{tmp}/ray", VideoJobOptions(actors=actors, progress=False))

@@ -93,6 +93,7 @@ def serving(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     import ray
     from ray import serve
 
+    from rayinit import start_or_join
     from serving.app import APP_NAME, build_app
     from tests.s3_server import _client
     from training.shapes_world import generate_scene
@@ -117,8 +118,11 @@ def serving(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     os.environ.setdefault(CALLBACK_ENV, CALLBACK_PATH)  # the proxy runs serving.proxy_guard, as `seem serve` sets up
     # The S3 fixture has put the endpoint and dummy credentials in os.environ; the raylet
     # and so every replica inherit them from this process.
-    ray.init(num_cpus=2, object_store_memory=512 << 20, include_dashboard=False, log_to_driver=False,
-             _metrics_export_port=metrics_port, _system_config={"metrics_report_interval_ms": 1000})
+    # Started again if a busy machine misses Ray's 30 s start-up window (rayinit).
+    start_or_join("local", local_options={"num_cpus": 2, "object_store_memory": 512 << 20,
+                                          "_metrics_export_port": metrics_port,
+                                          "_system_config": {"metrics_report_interval_ms": 1000}},
+                  include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         app = build_app({

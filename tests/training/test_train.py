@@ -10,14 +10,17 @@ import ray
 import torch
 
 from model import build_model, load_checkpoint
+from rayinit import start_or_join
 from training.losses import LossWeights
 from training.train import TrainConfig, _absolute_local_paths, run_training
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    # A new local Ray, started again if a busy machine misses Ray's 30 s start-up window
+    # (a clean-clone run of the suite lost this test's setup to it once).
+    start_or_join("local", local_options={"num_cpus": 2, "object_store_memory": 256 * 1024**2},
+                  include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
