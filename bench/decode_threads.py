@@ -77,6 +77,9 @@ class _ProjectionsAhead:
 
     @staticmethod
     def _project(decoder, multi_scale, cache, ready: list[threading.Event]) -> None:
+        # What `SeemDecoder.fill_image_cache` computes, spelt out here because the layers need
+        # their projections in layer order, each announced as soon as it is made, while that
+        # method goes level by level.
         torch.set_num_threads(1)
         levels, memory = decoder.cfg.num_feature_levels, {}
         with torch.inference_mode():
