@@ -16,6 +16,7 @@ _EXPORTS = {
     "DEFAULT_MODEL": ".build", "MODEL_REGISTRY": ".build", "build_model": ".build", "get_config": ".build",
     "CheckpointError": ".checkpoint", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint",
     "SeemConfig": ".config",
+    "MaskAxes": ".mask_axes",
     "Draws": ".predictor", "PromptError": ".predictor", "SeemPredictor": ".predictor",
     **{name: ".types" for name in ("Box", "ImageFeatures", "MaskPrompt", "MaskResult", "PanopticResult", "PanopticSegment", "Point",
                                     "Polygon", "Prompts", "ReferringRegion", "Scribble", "Segmentation", "Vocabulary")},
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .build import DEFAULT_MODEL, MODEL_REGISTRY, build_model, get_config  # noqa: F401
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401
     from .config import SeemConfig  # noqa: F401
+    from .mask_axes import MaskAxes  # noqa: F401
     from .predictor import Draws, PromptError, SeemPredictor  # noqa: F401
     from .types import (Box, ImageFeatures, MaskPrompt, MaskResult, PanopticResult, Point, Polygon,  # noqa: F401
                         Prompts, ReferringRegion, Scribble, Segmentation, Vocabulary)

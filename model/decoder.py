@@ -28,6 +28,7 @@ from torch import nn
 
 from .config import DecoderConfig
 from .heads import HeadOutput, LevelResampler, PredictionHeads, resize_bilinear
+from .mask_axes import MaskAxes
 from .transformer import CrossAttentionLayer, FFNLayer, PositionEmbeddingSine, SelfAttentionLayer
 from .visual_sampler import draw_prompt_points
 
@@ -150,6 +151,7 @@ class _DecoderRun:
     """What one forward pass carries from layer to layer."""
 
     mask_features: torch.Tensor
+    mask_axes: MaskAxes | None  # the frame of `mask_features` (None: channels)
     grounding: GroundingInput | None
     spatial: SpatialInput | None
     sizes: list[tuple[int, int]]  # per level
@@ -229,8 +231,11 @@ class SeemDecoder(nn.Module):
         spatial: SpatialInput | None = None,
         full_masks: str = "final",
         image_cache: ImageDecoderCache | None = None,
+        mask_axes: MaskAxes | None = None,
     ) -> DecoderOutput:
-        """multi_scale: 3 maps B x C x h_l x w_l (strides 32, 16, 8); mask_features B x C x H x W.
+        """multi_scale: 3 maps B x C x h_l x w_l (strides 32, 16, 8); mask_features B x C x H x W,
+        in the frame of `mask_axes` (None: channels; model.mask_axes), which the output's mask
+        embeddings are then in too.
 
         full_masks: "final" computes stride-4 masks for the last round only (intermediate
         rounds only need them at the next level's size); "all" for every round (deep
@@ -244,7 +249,7 @@ class SeemDecoder(nn.Module):
             raise ValueError("nothing to decode: no object queries and no prompt")
         if image_cache is not None and mask_features.shape[0] != 1:
             raise ValueError("an image cache serves one image: batch size 1")
-        run = self._start(multi_scale, mask_features, object_queries, grounding, spatial)
+        run = self._start(multi_scale, mask_features, mask_axes, object_queries, grounding, spatial)
         if image_cache is not None:
             run.image_cache, run.resamplers = image_cache, image_cache.resamplers
         num_layers = self.cfg.num_layers
@@ -287,12 +292,12 @@ class SeemDecoder(nn.Module):
         value = self._level_source(m, level).flatten(2).transpose(1, 2)
         return value, value + self.pe_layer(m).flatten(2).transpose(1, 2)
 
-    def _start(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, object_queries: bool,
-               grounding: GroundingInput | None, spatial: SpatialInput | None) -> "_DecoderRun":
+    def _start(self, multi_scale: list[torch.Tensor], mask_features: torch.Tensor, mask_axes: MaskAxes | None,
+               object_queries: bool, grounding: GroundingInput | None, spatial: SpatialInput | None) -> "_DecoderRun":
         """Per-level keys and values, the query groups and the memories' masks of one forward."""
         memory = [self._level_memory(multi_scale, level) for level in range(len(multi_scale))]
         run = _DecoderRun(
-            mask_features=mask_features, grounding=grounding, spatial=spatial,
+            mask_features=mask_features, mask_axes=mask_axes, grounding=grounding, spatial=spatial,
             sizes=[tuple(m.shape[-2:]) for m in multi_scale], values=[v for v, _ in memory],
             keys=[k for _, k in memory])
         self._set_up_queries(run, object_queries)
@@ -353,7 +358,7 @@ class SeemDecoder(nn.Module):
         x = torch.cat([run.content[n] for n in names], dim=1)
         # With few queries the stride-4 masks are cheaper than gathering the map's rows.
         stride4 = full or sum(sizes_q) <= self.STRIDE4_QUERY_LIMIT
-        heads = self.heads(x, run.mask_features if stride4 else None)
+        heads = self.heads(x, run.mask_features if stride4 else None, run.mask_axes)
         size = run.sizes[next_level]
         if stride4:
             level_masks = resize_bilinear(heads.masks, size)

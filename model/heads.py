@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mask_axes import MaskAxes
 from .transformer import MLP
 
 
@@ -36,11 +37,15 @@ class PredictionHeads(nn.Module):
         nn.init.trunc_normal_(self.class_embed, std=0.02)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
-    def forward(self, queries: torch.Tensor, mask_features: torch.Tensor | None) -> HeadOutput:
-        """queries B x N x hidden; mask_features B x M x H x W (None: skip the stride-4 masks)."""
+    def forward(self, queries: torch.Tensor, mask_features: torch.Tensor | None,
+                mask_axes: MaskAxes | None = None) -> HeadOutput:
+        """queries B x N x hidden; mask_features B x M x H x W (None: skip the stride-4 masks),
+        in the frame of `mask_axes` (None: channels), the frame the mask embeddings are given in."""
         x = self.decoder_norm(queries)
         class_emb = x @ self.class_embed
         mask_emb = self.mask_embed(x)
+        if mask_axes is not None:
+            mask_emb = mask_axes.in_frame(mask_emb)
         masks = None if mask_features is None else self.mask_logits(mask_emb, mask_features)
         return HeadOutput(class_emb, mask_emb, masks)
 

@@ -18,6 +18,7 @@ give equal results) in the reference's order; `Draws` injects explicit values.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 import weakref
@@ -33,16 +34,34 @@ from .checkpoint import state_digest
 from .decoder import GROUNDING, OBJECT, SPATIAL, DecoderOutput, ImageDecoderCache, SeemDecoder
 from .decoder_cache import DecoderCaches
 from .heads import HeadOutput
+from .mask_axes import MaskAxes, axes_from_embeddings, change_frame
 from .postprocess import (grounding_scores, instance_inference, negated_pieces, panoptic_keep, panoptic_merge,
                           semantic_inference, spatial_selection_logits, to_original)
 from .seem import Seem
 from .transforms import (PreparedImage, PromptError, PromptRasterizer, mask_to_memory, padded_size, prepare_image,
                          resized_size)
-from .types import (OBJECT_PASS_TENSORS, ImageFeatures, MaskResult, PanopticResult, PanopticSegment, Prompts,
-                    ReferringRegion, Segmentation, Vocabulary)
+from .types import (OBJECT_PASS_TENSORS, Box, ImageFeatures, MaskResult, PanopticResult, PanopticSegment, Point,
+                    Prompts, ReferringRegion, Segmentation, Vocabulary)
 from .visual_sampler import SpatialTokens
 
 __all__ = ["SeemPredictor", "Draws", "PromptError", "PreparedImage"]
+
+
+CALIBRATION_IMAGE = Path(__file__).parent / "assets" / "calibration.jpg"  # pipeline/samples/chelsea.jpg
+
+
+def _calibration_image() -> np.ndarray:
+    from .image_io import decode_image
+
+    return decode_image(CALIBRATION_IMAGE.read_bytes())
+
+
+def _calibration_prompts(height: int, width: int) -> list[Prompts]:
+    """The prompts `SeemPredictor.mask_axes` decodes a calibration image with: the kinds whose
+    embeddings differ (clicks everywhere, a box, a phrase); the object queries come with encode."""
+    clicks = [Prompts(spatial=(Point(width * (i + 1) / 4, height * (j + 1) / 4),)) for j in range(3) for i in range(3)]
+    box = Prompts(spatial=(Box(width * 0.2, height * 0.2, width * 0.6, height * 0.7),))
+    return [*clicks, box, Prompts(text="the animal")]
 
 
 @dataclass
@@ -132,6 +151,7 @@ class SeemPredictor:
         # object queries' pass, which never sees prompts (`_object_pass`).
         self._object_passes: weakref.WeakKeyDictionary[ImageFeatures, HeadOutput] = weakref.WeakKeyDictionary()
         self.decoder_caches = DecoderCaches(int(decoder_cache_mb * 2**20))
+        self._calibrated_axes: MaskAxes | None = None  # `mask_axes()` of the bundled calibration image
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = DEFAULT_MODEL, weights: str | Path | None = "default",
@@ -210,11 +230,10 @@ class SeemPredictor:
             return features
         mask_features, ms = self._maps(features)
         cache = self.decoder_caches.for_image(features)
-        obj = self._run_object_pass(mask_features, ms, cache)
+        obj = self._run_object_pass(mask_features, ms, features.mask_axes, cache)
         tensors = {**features.tensors, OBJECT_PASS_TENSORS[0]: obj.class_emb[0].contiguous(),
                    OBJECT_PASS_TENSORS[1]: obj.mask_emb[0].contiguous()}
-        out = ImageFeatures(features.model_id, features.original_size, features.input_size, features.padded_size,
-                            tensors, features.stage)
+        out = dataclasses.replace(features, tensors=tensors)
         if cache is not None:  # the pass projected every level: a phrase on `out` reuses that
             self.decoder_caches.adopt(out, cache)
         return out
@@ -241,6 +260,30 @@ class SeemPredictor:
         tensors = {"mask_features": mask_features[0], **{f"ms{l}": m[0] for l, m in enumerate(ms)}}
         return ImageFeatures(features.model_id, features.original_size, features.input_size,
                              features.padded_size, tensors, "pixel_decoder")
+
+    def mask_axes(self, images: Sequence[np.ndarray] | None = None) -> MaskAxes:
+        """The axes of this model's mask space, by how much its mask embeddings use them
+        (`model.mask_axes`; what store format 4 keeps mask features along). Measured from
+        every mask embedding the heads produce while `images` (default: the bundled
+        calibration photo, model/assets/calibration.jpg) are encoded and decoded with a 3 x 3
+        grid of clicks, a box and a phrase each: ~2,300 vectors for Focal-T. Once per
+        predictor for the default images (a second or two of a CPU for Focal-T)."""
+        if images is None and self._calibrated_axes is not None:
+            return self._calibrated_axes
+        embeddings: list[torch.Tensor] = []
+        hook = self.model.decoder.heads.register_forward_hook(
+            lambda module, inputs, out: embeddings.append(out.mask_emb.detach().reshape(-1, out.mask_emb.shape[-1])))
+        try:
+            for image in images if images is not None else [_calibration_image()]:
+                features = self.encode([image])[0]
+                for prompt in _calibration_prompts(*image.shape[:2]):
+                    self.decode(dataclasses.replace(features), prompt)
+        finally:
+            hook.remove()
+        axes = axes_from_embeddings(torch.cat(embeddings))
+        if images is None:
+            self._calibrated_axes = axes
+        return axes
 
     def _maps(self, features: ImageFeatures) -> tuple[torch.Tensor, list[torch.Tensor]]:
         f = self.materialize(features)
@@ -380,7 +423,7 @@ class SeemPredictor:
         m = self.model
         grounding, phrase_emb = m.grounding_input([texts])
         out = m.decoder(call.ms, call.mask_features, object_queries=False, grounding=grounding,
-                        full_masks="none", image_cache=self._image_cache(call))  # masks only for the queries kept, below
+                        full_masks="none", image_cache=self._image_cache(call), mask_axes=call.features.mask_axes)  # masks only for the queries kept, below
         self.decoder_caches.trim()
         g = out.final[GROUNDING]
         scores = grounding_scores(g.class_emb[0], phrase_emb[0], m.text_encoder.logit_scale,
@@ -421,17 +464,22 @@ class SeemPredictor:
         """The target's visual prompts as decoder tokens: its own prompts on this image and, on
         the token route, its referring regions' prompts on their own images."""
         def tokens(pos: torch.Tensor, neg: torch.Tensor, mask_features: torch.Tensor,
-                   ms: list[torch.Tensor]) -> SpatialTokens:
-            return self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), mask_features[0],
-                                             [x[0] for x in ms], generator)
+                   ms: list[torch.Tensor], mask_axes: MaskAxes | None) -> SpatialTokens:
+            made = self.model.spatial_tokens(pos.to(self.device), neg.to(self.device), mask_features[0],
+                                             [x[0] for x in ms], generator, mask_axes)
+            # Mean features of another image's prompts join this image's in its frame.
+            return dataclasses.replace(made, **{name: change_frame(getattr(made, name), mask_axes, frame)
+                                                for name in ("pos_embed", "neg_embed")})
 
         parts = []
+        f, frame = call.features, call.features.mask_axes
         if target.spatial:
-            f = call.features
             raster = PromptRasterizer(f.original_size, f.input_size)
-            parts.append(tokens(*raster.prompt_masks(target.spatial, f.padded_size), call.mask_features, call.ms))
+            parts.append(tokens(*raster.prompt_masks(target.spatial, f.padded_size), call.mask_features, call.ms,
+                                frame))
         if self.referring_route == "tokens":
-            parts += [tokens(*self._referring_masks(ref), *self._maps(ref.features)) for ref in target.referring]
+            parts += [tokens(*self._referring_masks(ref), *self._maps(ref.features), ref.features.mask_axes)
+                      for ref in target.referring]
         return SpatialTokens.concat(parts)
 
     def _referring_masks(self, ref: ReferringRegion) -> tuple[torch.Tensor, torch.Tensor]:
@@ -470,16 +518,17 @@ class SeemPredictor:
             return HeadOutput(class_emb, mask_emb, None)
         obj = self._object_passes.get(features)
         if obj is None:
-            obj = self._run_object_pass(mask_features, ms, self.decoder_caches.for_image(features))
+            obj = self._run_object_pass(mask_features, ms, features.mask_axes, self.decoder_caches.for_image(features))
             self._object_passes[features] = obj
             self.decoder_caches.trim()
         return obj
 
-    def _run_object_pass(self, mask_features: torch.Tensor, ms: list[torch.Tensor],
+    def _run_object_pass(self, mask_features: torch.Tensor, ms: list[torch.Tensor], mask_axes: MaskAxes | None,
                          cache: ImageDecoderCache | None = None) -> HeadOutput:
-        """The object queries alone through the decoder (no prompt, no stride-4 masks)."""
+        """The object queries alone through the decoder (no prompt, no stride-4 masks); mask
+        embeddings in the frame of `mask_axes`, as `mask_features` are."""
         return self.model.decoder(ms, mask_features, object_queries=True, full_masks="none",
-                                  image_cache=cache).final[OBJECT]
+                                  image_cache=cache, mask_axes=mask_axes).final[OBJECT]
 
     @torch.inference_mode()
     def warm(self, features: ImageFeatures, layers: Sequence[int] | None = None) -> bool:
@@ -603,7 +652,7 @@ class SeemPredictor:
             grounding, _ = m.grounding_input([[text]])
         spatial = m.spatial_input([tokens], source.to(self.device), prev_mask, memory_prompt, see_text=text is not None)
         out = m.decoder(call.ms, call.mask_features, object_queries=False, grounding=grounding, spatial=spatial,
-                        image_cache=self._image_cache(call))
+                        image_cache=self._image_cache(call), mask_axes=call.features.mask_axes)
         self.decoder_caches.trim()
         object_labels = call.vocab is not None and self._object_labels(call.vocab_emb)
         return self._spatial_segmentations(call, targets, out, spatial.pos_embed[0], references,

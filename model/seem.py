@@ -14,6 +14,7 @@ from .config import DeformPixelDecoderConfig, SeemConfig, ViTConfig
 from .decoder import GroundingInput, SeemDecoder, SpatialInput
 from .decoder_v0 import SeemDecoderV0
 from .deform_pixel_decoder import DeformPixelDecoder
+from .mask_axes import MaskAxes
 from .pixel_decoder import PixelDecoder
 from .text_encoder import LanguageEncoder
 from .visual_sampler import SpatialTokens, encode_visual_prompts
@@ -82,14 +83,16 @@ class Seem(nn.Module):
 
     # ------------------------------------------------------------------ prompts
     def spatial_tokens(self, pos_masks: torch.Tensor, neg_masks: torch.Tensor, mask_features: torch.Tensor,
-                       multi_scale: list[torch.Tensor], generator: torch.Generator | None = None) -> SpatialTokens:
-        """Prompt masks (ns x Hp x Wp) on ONE image with its unbatched features -> tokens."""
+                       multi_scale: list[torch.Tensor], generator: torch.Generator | None = None,
+                       mask_axes: MaskAxes | None = None) -> SpatialTokens:
+        """Prompt masks (ns x Hp x Wp) on ONE image with its unbatched features -> tokens
+        (`mask_axes`: the frame of `mask_features`, None: channels)."""
         dec = self.decoder
         sources = dec.level_sources([m[None] for m in multi_scale])
         return encode_visual_prompts(
             pos_masks.bool(), neg_masks.bool(), mask_features, [s[0] for s in sources],
             list(dec.mask_sptial_embed), dec.pn_indicator.weight, dec.cfg.max_spatial_len, generator,
-            dec.draw_prompt_points)
+            dec.draw_prompt_points, mask_axes)
 
     def spatial_input(self, per_image: list[SpatialTokens], query_source: torch.Tensor,
                       prev_mask: torch.Tensor | None = None, memory_prompt: torch.Tensor | None = None,

@@ -15,6 +15,8 @@ from typing import Iterable, Literal, Sequence, Union
 import numpy as np
 import torch
 
+from .mask_axes import MaskAxes, change_frame
+
 FEATURE_FORMAT_VERSION = 1
 
 
@@ -144,6 +146,9 @@ class ImageFeatures:
     the pass on first use (older store objects, `encode(object_pass=False)`).
     Sizes are (height, width). `input_size` is the resized image fed to the network,
     `padded_size` that size padded to the model's size divisibility.
+    `mask_axes`: when set, `mask_features` and `object_mask_emb` hold components along these
+    axes instead of channels (store format 4 keeps them so; model.mask_axes says why the
+    predictor reads them as they are); `in_frame` moves them between frames.
     """
 
     model_id: str
@@ -152,9 +157,27 @@ class ImageFeatures:
     padded_size: tuple[int, int]
     tensors: dict[str, torch.Tensor]
     stage: FeatureStage = "pixel_decoder"
+    mask_axes: MaskAxes | None = None
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ImageFeatures":
         return dataclasses.replace(self, tensors={k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()})
+
+    def in_frame(self, axes: MaskAxes | None) -> "ImageFeatures":
+        """These features with `mask_features` and `object_mask_emb` along `axes` (None:
+        channels); the other maps are not in the mask space and stay as they are."""
+        same = axes is self.mask_axes or (axes is not None and self.mask_axes is not None and axes.id == self.mask_axes.id)
+        if same:
+            return self
+        if self.stage != "pixel_decoder":
+            raise ValueError("only pixel-decoder features have mask features to rotate")
+        tensors = dict(self.tensors)
+        mf = tensors["mask_features"]
+        channels = mf if self.mask_axes is None else self.mask_axes.channels_of(mf.to(torch.float32))
+        tensors["mask_features"] = (channels if axes is None else axes.components(channels.to(torch.float32))).to(mf.dtype)
+        if OBJECT_PASS_TENSORS[1] in tensors:
+            emb = tensors[OBJECT_PASS_TENSORS[1]]
+            tensors[OBJECT_PASS_TENSORS[1]] = change_frame(emb.to(torch.float32), self.mask_axes, axes).to(emb.dtype)
+        return dataclasses.replace(self, tensors=tensors, mask_axes=axes)
 
     @property
     def has_object_pass(self) -> bool:

@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .mask_axes import MaskAxes, empty_in_frame
+
 
 @dataclass
 class PromptPoints:
@@ -73,13 +75,15 @@ def sample_at(feature_map: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
 
 def prompt_means(point_features: torch.Tensor, prompt: torch.Tensor, num_prompts: int,
-                 empty_value: float = -1.0) -> torch.Tensor:
-    """Mean feature per prompt (num_prompts x C); `empty_value` everywhere for a prompt without points."""
+                 empty_value: float | torch.Tensor = -1.0) -> torch.Tensor:
+    """Mean feature per prompt (num_prompts x C); `empty_value` (a number, or a C-vector) for a
+    prompt without points."""
     c = point_features.shape[1]
     sums = point_features.new_zeros((num_prompts, c)).index_add_(0, prompt, point_features)
     counts = torch.bincount(prompt, minlength=num_prompts).to(point_features.dtype)[:, None]
     means = sums / counts.clamp(min=1)
-    return torch.where(counts > 0, means, torch.full_like(means, empty_value))
+    empty = torch.as_tensor(empty_value, dtype=means.dtype, device=means.device)
+    return torch.where(counts > 0, means, empty.expand_as(means))
 
 
 @dataclass
@@ -159,6 +163,7 @@ def encode_visual_prompts(
     max_spatial_len: tuple[int, ...],
     generator: torch.Generator | None = None,
     draw: PromptDrawer = draw_prompt_points,
+    mask_axes: MaskAxes | None = None,
 ) -> SpatialTokens:
     """Prompt masks of one image (ns x Hp x Wp, bool) -> `SpatialTokens`.
 
@@ -166,11 +171,14 @@ def encode_visual_prompts(
     image: a referring region); `level_sources[l]`: C x h_l x w_l decoder inputs of level l
     of that image (`input_proj(ms_l) + level_embed[l]`); `spatial_embeds[l]`: C x C.
     `draw`: how prompt pixels are drawn (v1's per-prompt draw; v0 has its own, decoder_v0.py).
+    `mask_axes`: the frame of `mask_features` (None: channels), which the mean features
+    (`pos_embed`, `neg_embed`) are then in too (model.mask_axes).
     """
     draws = draw(pos_masks, neg_masks, max_spatial_len, len(level_sources), generator)
     ns = draws.num_prompts
-    pos_embed = prompt_means(sample_at(mask_features, draws.pos.coords), draws.pos.prompt, ns, draws.empty_value)
-    neg_embed = prompt_means(sample_at(mask_features, draws.neg.coords), draws.neg.prompt, ns, draws.empty_value)
+    empty = draws.empty_value if mask_axes is None else empty_in_frame(draws.empty_value, mask_axes, mask_features)
+    pos_embed = prompt_means(sample_at(mask_features, draws.pos.coords), draws.pos.prompt, ns, empty)
+    neg_embed = prompt_means(sample_at(mask_features, draws.neg.coords), draws.neg.prompt, ns, empty)
     tokens, token_prompt = [], []
     for source, proj, lp, ln in zip(level_sources, spatial_embeds, draws.level_pos, draws.level_neg):
         coords = torch.cat([lp.coords, ln.coords])
