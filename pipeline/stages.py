@@ -74,7 +74,8 @@ class FeatureFormat:
 
     stage: "pixel_decoder" (what the decoder consumes) or "backbone" (smaller; the pixel
     decoder runs again on every read). dtype: float16 / bfloat16 / float32 / int8 (per-channel
-quantisation, store format version 2). codec: a
+    quantisation, store format version 2) / int10 (levels, version 3) / axes (mask features
+    along the model's mask axes, version 4; pixel-decoder stage only). codec: a
     `store.feature_store.CODECS` name.
     """
 
@@ -89,6 +90,9 @@ quantisation, store format version 2). codec: a
             raise ValueError(f"feature stage must be 'pixel_decoder' or 'backbone', got {self.stage!r}")
         if self.dtype not in STORE_DTYPES:
             raise ValueError(f"feature dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
+        if self.dtype == "axes" and self.stage != "pixel_decoder":
+            raise ValueError("feature dtype 'axes' stores mask features along the model's mask axes: "
+                             "it needs --feature-stage pixel_decoder")
         if self.codec not in CODECS:
             raise ValueError(f"feature codec must be one of {CODECS}, got {self.codec!r}")
         if self.codec.endswith("zstd"):
@@ -426,7 +430,8 @@ class EncoderWorker:
             return results
         for r, f in zip(rows, features):
             try:
-                put = self.store.put_info(f, r["sha256"], dtype=self.format.dtype, compress=self.format.codec)
+                put = self.store.put_info(f, r["sha256"], dtype=self.format.dtype, compress=self.format.codec,
+                                          mask_axes=self.predictor.mask_axes)
                 results[id(r)] = (put.key, put.size, put.written, None)
             except Exception as e:
                 results[id(r)] = (None, None, False, error_text("store", _exception_reason(e)))
@@ -583,7 +588,8 @@ class SegmenterWorker:
         image = self._source_image(row)
         features = self.predictor.encode([image], stage=self.format.stage)[0]
         self.store.delete(self.model_id, row["sha256"])
-        self.store.put(features, row["sha256"], dtype=self.format.dtype, compress=self.format.codec)
+        self.store.put(features, row["sha256"], dtype=self.format.dtype, compress=self.format.codec,
+                       mask_axes=self.predictor.mask_axes)
         # Segment from what a later reader will get (the stored dtype), not the fp32 copy.
         return self.store.get(self.model_id, row["sha256"]), True
 

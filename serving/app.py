@@ -158,8 +158,10 @@ class Encoder:
             else:
                 for (i, image_id, _), feats in zip(todo, features):
                     try:
-                        self.store.put(feats, image_id, dtype=self.config.store_dtype, compress=self.config.store_codec)
-                        out[i] = as_stored(feats, self.config.store_dtype)  # what a cache miss would load
+                        dtype = self.config.store_dtype
+                        axes = self.store.writing_axes(model_id, self.predictor.mask_axes) if dtype == "axes" else None
+                        self.store.put(feats, image_id, dtype=dtype, compress=self.config.store_codec, mask_axes=axes)
+                        out[i] = as_stored(feats, dtype, axes)  # what a cache miss would load
                     except StoreError as e:
                         out[i] = ApiError("unavailable", f"feature store: {e}")
                     except Exception as e:

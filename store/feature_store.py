@@ -13,8 +13,10 @@ never executes code, unlike pickle). Its string metadata holds `ImageFeatures.me
 plus `store.*` keys:
 
 - `store.format`      "seem-ray-features/1" (float tensors), "seem-ray-features/2"
-                      (version 1 + int8 tensors) or "seem-ray-features/3" (version 1 +
-                      level tensors); readers take all three, so older objects keep loading
+                      (version 1 + int8 tensors), "seem-ray-features/3" (version 1 +
+                      level tensors) or "seem-ray-features/4" (version 3 with
+                      `mask_features` along the model's mask axes); readers take all four,
+                      so older objects keep loading
 - `store.image_sha256` the image hash the object is filed under (checked on read)
 - `store.codec`       "none", "zlib", "zstd", "shuffle+zlib" or "shuffle+zstd"
 - `store.tensors`     JSON {name: {"dtype", "shape"}} of the *logical* tensors
@@ -27,6 +29,12 @@ plus `store.*` keys:
                       tensor `name` (int8, -128 = escape), the escaped differences in
                       `name.escapes` (int16, in order), float32 `name.offset` and `name.step`
                       per channel; value = level * step + offset (`quantize_levels`).
+                      (version 4) {"mask_features": "axes-levels"} and the other maps as in
+                      version 3: `mask_features` holds components along the store's mask
+                      axes, coded as store.mask_axes describes (int32 `name.escapes`).
+- `store.mask_axes`   (version 4 only) the id of the mask axes the object is written along:
+                      the object `{model_id}/mask_axes/{id}.safetensors` of the same store
+                      (store.mask_axes); readers attach them as `ImageFeatures.mask_axes`
 
 Tensors: the maps of `ImageFeatures` and, when the features carry it, the object queries'
 pass (`object_class_emb`, `object_mask_emb`: Q x D each, `model.types.OBJECT_PASS_TENSORS`),
@@ -40,6 +48,11 @@ does to masks (docs/benchmarks.md, "Feature store format").
 
 `dtype="int10"` (version 3) gives `mask_features` 10-bit levels and the other maps 8: the
 finer step the click-IoU bound needs where every mask is read (bench/store_quant.py).
+
+`dtype="axes"` (version 4) keeps `mask_features` along the model's mask axes
+(model.mask_axes, store.mask_axes), with steps by how much the mask embeddings use each axis,
+and the other maps as int10 does: 0.73x int10's bytes at the same click-IoU drift on Focal-T,
+and a load that stops at the components (the predictor reads them as they are).
 
 Uncompressed, each feature map is stored as itself (dtype float16/bfloat16/float32).
 Compressed, each one is stored as a 1-D uint8 tensor holding the codec's output for the
@@ -60,17 +73,20 @@ import json
 import re
 import struct
 import zlib
-from typing import Any, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import numpy as np
 import torch
 
+from model.mask_axes import MaskAxes
 from model.types import OBJECT_PASS_TENSORS, ImageFeatures
 from storage import CorruptObject, ObjectStore, open_store
 from storage import NotFound as ObjectNotFound
 from store.backends import check_model_id
 from store.formats import FLOAT_STORE_DTYPES, STORE_CODECS, STORE_DTYPES, check_store_dtype
 from store.manifest import Manifest
+from store.mask_axes import (dequantize_components, deserialize_mask_axes, mask_axes_key, quantize_components,
+                             serialize_mask_axes)
 
 __all__ = [
     "FeatureStore",
@@ -88,7 +104,11 @@ __all__ = [
 FORMAT_V1 = "seem-ray-features/1"
 FORMAT_V2 = "seem-ray-features/2"
 FORMAT_V3 = "seem-ray-features/3"
-OBJECT_FORMAT = FORMAT_V3  # the newest; float objects are still written as version 1, int8 as version 2
+FORMAT_V4 = "seem-ray-features/4"
+#: The newest; float objects are still written as version 1, int8 as 2, int10 as 3.
+OBJECT_FORMAT = FORMAT_V4
+_FORMATS = (FORMAT_V1, FORMAT_V2, FORMAT_V3, FORMAT_V4)
+QUANT_AXES = "axes-levels"
 QUANT_INT8 = "int8-per-channel"
 #: Version 3's scheme: B-bit levels per channel between the channel's min and max, stored as
 #: differences with the neighbour above (an int8 stream, -128 = escape, + the escaped ones).
@@ -120,7 +140,8 @@ def _zstd_available() -> bool:
 #: real features and record in docs/benchmarks.md.
 DEFAULT_CODEC = "shuffle+zstd" if _zstd_available() else "shuffle+zlib"
 
-StoreDType = Literal["float16", "bfloat16", "float32", "int8", "int10"]
+StoreDType = Literal["float16", "bfloat16", "float32", "int8", "int10", "axes"]
+_QUANTIZED = ("int8", "int10", "axes")
 _STORE_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in FLOAT_STORE_DTYPES}
 # safetensors header dtype names <-> torch dtypes (only what the store writes/reads).
 _ST_DTYPES: dict[str, torch.dtype] = {
@@ -324,13 +345,30 @@ def _int10_bits(name: str) -> int:
     return INT10_BITS.get(name, _INT10_OTHER_BITS)
 
 
-def as_stored(features: ImageFeatures, dtype: StoreDType) -> ImageFeatures:
+def _in_store_frame(features: ImageFeatures, dtype: StoreDType | torch.dtype,
+                    mask_axes: MaskAxes | None) -> ImageFeatures:
+    """`features` with their mask features in the frame an object of `dtype` holds them in:
+    along the mask axes for "axes" (`mask_axes`, else the ones they are already along),
+    channels for every other dtype."""
+    if dtype != "axes":
+        return features.in_frame(None)
+    axes = mask_axes if mask_axes is not None else features.mask_axes
+    if axes is None:
+        raise ValueError("the 'axes' store dtype needs the model's mask axes (FeatureStore.put takes "
+                         "mask_axes=predictor.mask_axes)")
+    return features.in_frame(axes)
+
+
+def as_stored(features: ImageFeatures, dtype: StoreDType, mask_axes: MaskAxes | None = None) -> ImageFeatures:
     """`features` as `FeatureStore.get(..., dtype=None)` returns them from an object written
-    with `dtype`: the float dtype itself, or float16 after the quantisation round trip.
+    with `dtype` (along `mask_axes` for "axes"): the float dtype itself, or float16 after the
+    quantisation round trip (float32 for components along mask axes, whose finest steps are
+    below float16's rounding).
 
     A server that hands fresh features to its decoders uses this, so that masks do not
     depend on whether an image's features came from the encoder or from the store."""
     check_store_dtype(dtype)
+    features = _in_store_frame(features, dtype, mask_axes)
     if dtype in _STORE_DTYPES:
         return features.to(dtype=_STORE_DTYPES[dtype])
     tensors = dict(features.tensors)
@@ -340,6 +378,8 @@ def as_stored(features: ImageFeatures, dtype: StoreDType) -> ImageFeatures:
         t = t.detach().to("cpu")
         if name in OBJECT_PASS_TENSORS:
             tensors[name] = t.to(OBJECT_PASS_DTYPE)
+        elif dtype == "axes" and name == "mask_features":
+            tensors[name] = dequantize_components(*quantize_components(t, features.mask_axes.weights).values())
         elif dtype == "int8":
             tensors[name] = dequantize_int8(*quantize_int8(t)).to(torch.float16)
         else:
@@ -352,7 +392,7 @@ def as_stored(features: ImageFeatures, dtype: StoreDType) -> ImageFeatures:
 def _logical_tensors(features: ImageFeatures, dtype: StoreDType | torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors an object of `dtype` holds (before compression), and {name: scheme} of
     the quantised ones."""
-    quantize = isinstance(dtype, str) and dtype in ("int8", "int10")
+    quantize = isinstance(dtype, str) and dtype in _QUANTIZED
     store_dtype = torch.float32 if quantize else _STORE_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
     if store_dtype not in _STORE_DTYPES.values():
         raise ValueError(f"unsupported store dtype {dtype!r}; choose one of {STORE_DTYPES}")
@@ -365,8 +405,12 @@ def _logical_tensors(features: ImageFeatures, dtype: StoreDType | torch.dtype) -
         elif t.is_floating_point() and dtype == "int8":
             logical[name], logical[f"{name}.scale"] = quantize_int8(t)
             quant[name] = QUANT_INT8
+        elif name == "mask_features" and dtype == "axes":
+            logical.update({name + suffix: part for suffix, part in
+                            quantize_components(t, features.mask_axes.weights).items()})
+            quant[name] = QUANT_AXES
         elif t.is_floating_point() and quantize:
-            bits = _int10_bits(name)
+            bits = _int10_bits(name) if dtype == "int10" else _INT10_OTHER_BITS
             logical.update({name + suffix: part for suffix, part in quantize_levels(t, bits).items()})
             quant[name] = f"levels{bits}-per-channel-up"
         else:
@@ -381,12 +425,14 @@ def serialize_features(
     dtype: StoreDType | torch.dtype = "float16",
     compress: bool | str = False,
     level: int | None = None,
+    mask_axes: MaskAxes | None = None,
 ) -> bytes:
     """The store object for `features`: safetensors bytes (see the module docstring).
 
     Floating tensors are cast to `dtype` ("int8": quantised per channel, format version
-    2); other tensors keep theirs. `compress` is False, True (the default codec) or a
-    codec name from `CODECS`; `level` is the codec's compression level (zlib 1, zstd 3
+    2; "int10": version 3; "axes": version 4, along `mask_axes`, or the axes the features are
+    already along); other tensors keep theirs. `compress` is False, True (the default codec)
+    or a codec name from `CODECS`; `level` is the codec's compression level (zlib 1, zstd 3
     when None).
     """
     from safetensors.torch import save
@@ -396,12 +442,13 @@ def serialize_features(
     codec = _resolve_codec(compress)
     if not features.tensors:
         raise ValueError("ImageFeatures has no tensors")
+    features = _in_store_frame(features, dtype, mask_axes)
     logical, quant = _logical_tensors(features, dtype)
 
     metadata = dict(features.metadata())
     first = next(iter(logical.values()))  # the first feature's stored dtype, as version 1 wrote it
     metadata["dtype"] = str(dtype) if quant else str(first.dtype).replace("torch.", "")
-    version = FORMAT_V1 if not quant else FORMAT_V2 if dtype == "int8" else FORMAT_V3
+    version = FORMAT_V1 if not quant else {"int8": FORMAT_V2, "int10": FORMAT_V3}.get(str(dtype), FORMAT_V4)
     metadata.update(
         {
             "store.format": version,
@@ -417,6 +464,8 @@ def serialize_features(
     if quant:
         metadata["store.quant"] = json.dumps(quant, sort_keys=True)
         metadata["store.delta"] = json.dumps(delta)
+    if version == FORMAT_V4:
+        metadata["store.mask_axes"] = features.mask_axes.id
 
     stored: dict[str, torch.Tensor] = {}
     chunks: list[tuple[str, Any]] = []
@@ -487,32 +536,55 @@ def deserialize_features(
     dtype: torch.dtype | None = torch.float32,
     expect_sha256: str | None = None,
     expect_model_id: str | None = None,
+    mask_axes: "Callable[[str], MaskAxes] | None" = None,
 ) -> ImageFeatures:
-    """Verify and decode a store object (format version 1, 2 or 3). Floating tensors are cast
+    """Verify and decode a store object (format version 1 to 4). Floating tensors are cast
     to `dtype` (None keeps the stored dtype; quantised ones then come back as float16,
-    whose rounding is far below the quantiser's step). Raises `CorruptObject` (naming `uri`)
+    whose rounding is far below the quantiser's step, except components along mask axes:
+    float32). Version 4 objects come back along their mask axes, which `mask_axes` gives by
+    id (`FeatureStore.get` reads them from the store). Raises `CorruptObject` (naming `uri`)
     when verification fails."""
     header = _parse_header(data, uri)
     meta = header.metadata
     _verify_object(data, header, uri, expect_sha256, expect_model_id)
+    axes = _object_axes(meta, uri, mask_axes)
     try:
         tensors, quantized = _dequantized(_decoded_tensors(data, header), meta)
         for name, t in tensors.items():
             want = torch.float16 if dtype is None and name in quantized else dtype
+            if axes is not None and name == "mask_features" and want is not None:
+                want = torch.float32 if want == torch.float16 or want == torch.bfloat16 else want
             if want is not None and t.is_floating_point() and t.dtype != want:
                 tensors[name] = t.to(want)
-        return ImageFeatures.from_parts(tensors, meta)
+        features = ImageFeatures.from_parts(tensors, meta)
+        if axes is not None and axes.channels != features.tensors["mask_features"].shape[0]:
+            raise ValueError(f"{axes.channels} mask axes for {features.tensors['mask_features'].shape[0]} channels")
+        return dataclasses.replace(features, mask_axes=axes)
     except CorruptObject:
         raise
     except Exception as e:  # checksum passed, so this is a foreign/inconsistent object
         raise CorruptObject(uri, f"cannot decode: {type(e).__name__}: {e}") from e
 
 
+def _object_axes(meta: dict[str, str], uri: str, mask_axes: "Callable[[str], MaskAxes] | None") -> MaskAxes | None:
+    """The mask axes a version 4 object is written along (None for older versions)."""
+    if meta["store.format"] != FORMAT_V4:
+        return None
+    axes_id = meta.get("store.mask_axes", "")
+    if mask_axes is None:
+        raise ValueError(f"{uri} is along the mask axes {axes_id} of its store; read it with FeatureStore.get, "
+                         "or pass mask_axes= to deserialize_features")
+    try:
+        return mask_axes(axes_id)
+    except ObjectNotFound:
+        raise CorruptObject(uri, f"its mask axes {axes_id} are missing from the store") from None
+
+
 def _verify_object(data: bytes, header: _Header, uri: str, expect_sha256: str | None,
                    expect_model_id: str | None) -> None:
     """A known format, an intact checksum, and (when given) the expected image and model."""
     meta = header.metadata
-    if meta.get("store.format") not in (FORMAT_V1, FORMAT_V2, FORMAT_V3):
+    if meta.get("store.format") not in _FORMATS:
         raise CorruptObject(uri, f"not a seem-ray feature object (format {meta.get('store.format')!r})")
     view = memoryview(data)
     chunks = []
@@ -561,8 +633,9 @@ def _decoded_tensors(data: bytes, header: _Header) -> dict[str, torch.Tensor]:
 
 
 def _dequantized(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """Logical tensors of an object -> (feature tensors, the names that were quantised);
-    version 2 turns int8 + scale into float32, version 3 levels + offset + step."""
+    """Logical tensors of an object -> (feature tensors, the names quantised to levels that
+    float16 holds); version 2 turns int8 + scale into float32, versions 3 and 4 levels +
+    offset + step, version 4 `mask_features` components too."""
     if meta.get("store.format") == FORMAT_V1:
         return tensors, set()
     quant = json.loads(meta.get("store.quant", "{}"))
@@ -570,12 +643,15 @@ def _dequantized(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tupl
     for name, scheme in quant.items():
         if scheme == QUANT_INT8:
             out[name] = dequantize_int8(tensors[name], out.pop(f"{name}.scale"))
-        elif QUANT_LEVELS.match(scheme) and meta["store.format"] == FORMAT_V3:
+        elif QUANT_LEVELS.match(scheme) and meta["store.format"] in (FORMAT_V3, FORMAT_V4):
             parts = [out.pop(f"{name}{suffix}") for suffix in (".escapes", ".offset", ".step")]
             out[name] = dequantize_levels(tensors[name], *parts)
+        elif scheme == QUANT_AXES and meta["store.format"] == FORMAT_V4 and name == "mask_features":
+            parts = [out.pop(f"{name}{suffix}") for suffix in (".escapes", ".offset", ".step")]
+            out[name] = dequantize_components(tensors[name], *parts)
         else:
             raise ValueError(f"tensor {name!r}: unknown quantisation {scheme!r}")
-    return out, set(quant)
+    return out, {name for name, scheme in quant.items() if scheme != QUANT_AXES}
 
 
 # --------------------------------------------------------------------------- store
@@ -597,6 +673,12 @@ class FeatureStore:
     def __init__(self, root_uri: str, endpoint_url: str | None = None, *, backend: ObjectStore | None = None) -> None:
         self.backend = backend if backend is not None else open_store(root_uri, endpoint_url=endpoint_url)
         self.root_uri = self.backend.root_uri
+        self._axes: dict[tuple[str, str], MaskAxes] = {}  # (model id, axes id) -> verified axes
+        self._writing_axes: dict[str, MaskAxes] = {}  # model id -> the axes new objects are written along
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray ships stores to actors: the axes (1 MB each for Focal-T) are read again there.
+        return {**self.__dict__, "_axes": {}, "_writing_axes": {}}
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.root_uri!r})"
@@ -620,12 +702,15 @@ class FeatureStore:
         *,
         dtype: StoreDType | torch.dtype = "float16",
         compress: bool | str = False,
+        mask_axes: "MaskAxes | Callable[[], MaskAxes] | None" = None,
     ) -> str:
         """Store `features` of the image whose bytes hash to `sha256`; returns the key.
 
         Content-addressed and immutable: when the object exists nothing is written.
+        `mask_axes` (dtype "axes" only): how to measure the model's mask axes when the store
+        has none for it yet (`predictor.mask_axes`; see `writing_axes`).
         """
-        return self.put_info(features, sha256, dtype=dtype, compress=compress).key
+        return self.put_info(features, sha256, dtype=dtype, compress=compress, mask_axes=mask_axes).key
 
     def put_info(
         self,
@@ -634,6 +719,7 @@ class FeatureStore:
         *,
         dtype: StoreDType | torch.dtype = "float16",
         compress: bool | str = False,
+        mask_axes: "MaskAxes | Callable[[], MaskAxes] | None" = None,
     ) -> PutResult:
         """As `put`, also returning the object's size (the manifest's `bytes`) and
         whether this call wrote it."""
@@ -642,7 +728,12 @@ class FeatureStore:
             return PutResult(key, self.backend.stat(key).size, False)
         except ObjectNotFound:
             pass
-        data = serialize_features(features, sha256, dtype=dtype, compress=compress)
+        axes = None
+        if dtype == "axes" and features.mask_axes is None:
+            if mask_axes is None:
+                raise ValueError("the 'axes' store dtype needs mask_axes= (e.g. predictor.mask_axes)")
+            axes = self.writing_axes(features.model_id, mask_axes)
+        data = serialize_features(features, sha256, dtype=dtype, compress=compress, mask_axes=axes)
         if self.backend.put_atomic(key, data, overwrite=False):
             return PutResult(key, len(data), True)
         # Lost a race to another writer of the same image: its object stands.
@@ -653,8 +744,50 @@ class FeatureStore:
         key = self.key(model_id, sha256)
         data = self.backend.get(key)
         return deserialize_features(
-            data, uri=self.backend.uri(key), dtype=dtype, expect_sha256=sha256, expect_model_id=model_id
+            data, uri=self.backend.uri(key), dtype=dtype, expect_sha256=sha256, expect_model_id=model_id,
+            mask_axes=functools.partial(self.get_mask_axes, model_id),
         )
+
+    def get_mask_axes(self, model_id: str, axes_id: str) -> MaskAxes:
+        """The mask axes `axes_id` of `model_id` in this store (verified; kept once read).
+        Raises `ObjectNotFound` or `CorruptObject`."""
+        axes = self._axes.get((model_id, axes_id))
+        if axes is None:
+            key = mask_axes_key(model_id, axes_id)
+            try:
+                data = self.backend.get(key)
+            except ObjectNotFound:
+                if getattr(self._writing_axes.get(model_id), "id", None) == axes_id:
+                    del self._writing_axes[model_id]  # gone: the next writer stores axes again
+                raise
+            axes = deserialize_mask_axes(data, uri=self.backend.uri(key), expect_id=axes_id, expect_model_id=model_id)
+            self._axes[(model_id, axes_id)] = axes
+        return axes
+
+    def put_mask_axes(self, model_id: str, axes: MaskAxes) -> str:
+        """Store `axes` for `model_id` (immutable, like features); returns the key."""
+        key = mask_axes_key(model_id, axes.id)
+        if not self.backend.exists(key):
+            self.backend.put_atomic(key, serialize_mask_axes(axes, model_id), overwrite=False)
+        self._axes[(model_id, axes.id)] = axes
+        return key
+
+    def writing_axes(self, model_id: str, calibrate: "MaskAxes | Callable[[], MaskAxes]") -> MaskAxes:
+        """The mask axes new "axes" objects of `model_id` are written along: the ones already in
+        the store (the first by id, so that every writer settles on the same), else `calibrate`
+        (axes, or how to measure them: `predictor.mask_axes`), stored now. Any axes of the
+        model serve every image; keeping to one keeps a store at one 1 MB axes object."""
+        axes = self._writing_axes.get(model_id)
+        if axes is None:
+            prefix = mask_axes_key(model_id, "x")[: -len("x.safetensors")]
+            stored = sorted(key for key, _ in self.backend.list(prefix) if key.endswith(".safetensors"))
+            if stored:
+                axes = self.get_mask_axes(model_id, stored[0][len(prefix):-len(".safetensors")])
+            else:
+                axes = calibrate if isinstance(calibrate, MaskAxes) else calibrate()
+                self.put_mask_axes(model_id, axes)
+            self._writing_axes[model_id] = axes
+        return axes
 
     def delete(self, model_id: str, sha256: str) -> None:
         """Remove one object (e.g. one that failed verification, before re-encoding it)."""

@@ -14,8 +14,9 @@ __all__ = ["STORE_DTYPES", "FLOAT_STORE_DTYPES", "STORE_CODECS", "DEFAULT_STORE_
 #: Float formats: the tensors cast to this dtype (store format version 1).
 FLOAT_STORE_DTYPES = ("float16", "bfloat16", "float32")
 #: Every format a store object can be written in; "int8" = per-channel int8 (version 2),
-#: "int10" = 10-bit levels per channel for `mask_features`, 8 for the other maps (version 3).
-STORE_DTYPES = (*FLOAT_STORE_DTYPES, "int8", "int10")
+#: "int10" = 10-bit levels per channel for `mask_features`, 8 for the other maps (version 3),
+#: "axes" = `mask_features` along the model's mask axes, the other maps as int10's (version 4).
+STORE_DTYPES = (*FLOAT_STORE_DTYPES, "int8", "int10", "axes")
 #: Compression of the stored tensors (store.feature_store.CODECS). Every writer of new
 #: objects (`seem encode`, serving's encoder) uses the default, so an object's size does
 #: not depend on who wrote it: 26-27% fewer bytes than none (docs/benchmarks.md).

@@ -227,3 +227,53 @@ def test_feature_format_validation():
     with pytest.raises(ValueError, match="codec"):
         FeatureFormat(codec="lz4")
     assert dataclasses.replace(FeatureFormat(), codec="shuffle+zstd").codec == "shuffle+zstd"
+
+
+def test_axes_format_through_the_workers_and_lost_axes_healed(tmp_path, predictor):
+    """Format 4 in a bulk job: the encoder stores the model's mask axes once with its objects,
+    the segmenter reads the features along them (the masks of float32 features, to within the
+    quantisation), and an object whose axes were lost is encoded again, axes and all."""
+    paths = [SAMPLES / "shapes-2.png", SAMPLES / "chelsea.jpg"]
+    spec = SegmentSpec(texts=("circle",), panoptic=True, categories={})
+    rows = {}
+    for dtype in ("float32", "axes"):
+        store = FeatureStore(str(tmp_path / dtype))
+        fmt = FeatureFormat(dtype=dtype, codec="shuffle+zstd")
+        worker = EncoderWorker(model=MODEL, model_id=predictor.model_id, store_uri=store.root_uri,
+                               decode_options=DecodeOptions(), feature_format=fmt)
+        enc = worker(_items(paths)).to_pylist()
+        assert all(r["status"] == "ok" for r in enc)
+        inputs = pa.table({"image_id": [1, 2], "uri": [r["uri"] for r in enc], "sha256": [r["sha256"] for r in enc],
+                           "width": [r["width"] for r in enc], "height": [r["height"] for r in enc]},
+                          schema=SEGMENT_INPUT_SCHEMA)
+        segmenter = SegmenterWorker(model=MODEL, model_id=predictor.model_id, store_uri=store.root_uri,
+                                    segment=spec, feature_format=fmt)
+        rows[dtype] = segmenter(inputs).to_pylist()
+    axes_store = FeatureStore(str(tmp_path / "axes"))
+    assert len(list(axes_store.backend.list(f"{predictor.model_id}/mask_axes/"))) == 1
+    assert axes_store.get(predictor.model_id, rows["axes"][0]["sha256"]).mask_axes is not None
+    for want, got in zip(rows["float32"], rows["axes"]):
+        assert got["status"] == "ok" and not got["reencoded"], got["error"]
+        assert [m["label"] for m in got["masks"]] == [m["label"] for m in want["masks"]]
+        for a, b in zip(want["masks"], got["masks"]):
+            size = [want["height"], want["width"]]
+            ma, mb = (decode_mask({"size": size, "counts": m["rle_counts"]}) for m in (a, b))
+            assert (ma & mb).sum() / max((ma | mb).sum(), 1) > 0.97
+    # The axes object lost: the segmenter re-encodes the first image (storing the axes again),
+    # then reads as before.
+    for key, _ in list(axes_store.backend.list(f"{predictor.model_id}/mask_axes/")):
+        axes_store.backend.delete(key)
+    from pipeline.stages import _feature_store
+
+    _feature_store.cache_clear()  # as in a new worker process: the axes this one read are gone with it
+    from storage import CorruptObject
+
+    with pytest.raises(CorruptObject, match="mask axes"):
+        FeatureStore(axes_store.root_uri).get(predictor.model_id, rows["axes"][0]["sha256"])
+    segmenter = SegmenterWorker(model=MODEL, model_id=predictor.model_id, store_uri=axes_store.root_uri,
+                                segment=spec, feature_format=FeatureFormat(dtype="axes", codec="shuffle+zstd"))
+    healed = segmenter(inputs).to_pylist()
+    assert all(r["status"] == "ok" for r in healed) and healed[0]["reencoded"]
+    # (the axes it stored again are the ones the second object names: that one reads as it was)
+    assert [m["label"] for m in healed[0]["masks"]] == [m["label"] for m in rows["axes"][0]["masks"]]
+    assert len(list(axes_store.backend.list(f"{predictor.model_id}/mask_axes/"))) == 1

@@ -273,3 +273,31 @@ def test_features_stored_by_another_job_are_served_without_an_upload(serving: Se
     check_masks(r.json(), scene.height, scene.width)
     again = serving.upload(data)
     assert again["cached"] is True and (again["width"], again["height"]) == (scene.width, scene.height)
+
+
+def test_an_encoder_storing_along_mask_axes_and_the_decoders_reading_them(serving: ServingEnv) -> None:
+    """store_dtype "axes" (format 4): the encoder stores the model's mask axes with its first
+    object and hands its decoders what a cache miss loads; the running app's decoders read
+    such objects (features along the axes) and answer as from the fresh features."""
+    import torch
+
+    from serving.app import Encoder
+    from store import FeatureStore
+
+    scene = generate_scene(152)
+    data = png_bytes(scene.image)
+    encoder = Encoder.func_or_class({"store": str(serving.store_dir), "store_dtype": "axes",
+                                     "store_codec": "shuffle+zstd"})
+    fresh = encoder._encode_items([(sha256(data), data)])[0]
+    store = FeatureStore(str(serving.store_dir))
+    stored = store.get(encoder.predictor.model_id, sha256(data), dtype=None)
+    assert fresh.mask_axes is not None and stored.mask_axes.id == fresh.mask_axes.id
+    assert all(torch.equal(stored.tensors[k], fresh.tensors[k]) for k in stored.tensors)
+    prompt = {"type": "point", "xy": [scene.width // 2, scene.height // 2]}
+    r = serving.post_json("/v1/segment", {"image_id": sha256(data), "prompts": [prompt]})
+    assert r.status_code == 200, r.text
+    check_masks(r.json(), scene.height, scene.width)
+    from model import Point, Prompts
+
+    local = encoder.predictor.decode(fresh, Prompts(spatial=(Point(*prompt["xy"]),)))
+    assert r.json()["masks"][0]["area"] == int(local.masks[0].mask.sum())

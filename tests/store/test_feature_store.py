@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.mask_axes import MaskAxes
 from model.types import OBJECT_PASS_TENSORS, ImageFeatures
 from store import CorruptObject, FeatureStore, ObjectNotFound, content_sha256, deserialize_features, feature_key
 from store.feature_store import CODECS, as_stored, serialize_features
@@ -272,13 +273,19 @@ def test_as_stored_is_what_a_reader_of_the_object_gets(tmp_path, dtype) -> None:
     features = make_features()
     g = torch.Generator().manual_seed(1)  # with the object queries' pass (Q x D), as encode() makes them
     features.tensors.update({name: torch.randn(5, 8, generator=g) for name in OBJECT_PASS_TENSORS})
-    fs.put(features, SHA, dtype=dtype, compress="shuffle+zstd")
-    got, fresh = fs.get(MODEL, SHA, dtype=None), as_stored(features, dtype)
+    axes = None
+    if dtype == "axes":  # (format 4: along the model's mask axes; tests/store/test_axes_format.py)
+        q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+        axes = MaskAxes(q.to(torch.float32).contiguous(), torch.logspace(0, -3, 8))
+    fs.put(features, SHA, dtype=dtype, compress="shuffle+zstd", mask_axes=axes)
+    got, fresh = fs.get(MODEL, SHA, dtype=None), as_stored(features, dtype, axes)
     assert set(got.tensors) == set(features.tensors) and got.has_object_pass
     for name, t in got.tensors.items():
         assert t.dtype == fresh.tensors[name].dtype and torch.equal(t, fresh.tensors[name]), name
-    for name in OBJECT_PASS_TENSORS:  # never quantised: float16 in int8 / int10 objects, else their dtype
-        want = features.tensors[name].to(torch.float16 if dtype in ("int8", "int10") else getattr(torch, dtype))
+    in_frame = features.in_frame(axes)
+    for name in OBJECT_PASS_TENSORS:  # never quantised: float16 in quantised objects, else their dtype
+        quantised = dtype in ("int8", "int10", "axes")
+        want = in_frame.tensors[name].to(torch.float16 if quantised else getattr(torch, dtype))
         assert torch.equal(got.tensors[name], want), name
     with pytest.raises(ValueError, match="choose one of float16, bfloat16, float32, int8"):
         as_stored(features, "int4")
