@@ -3,6 +3,7 @@
 Layout under the store root (a local directory or `s3://bucket/prefix`)::
 
     {model_id}/features/{sha256[:2]}/{sha256}.safetensors   one object per (model, image)
+    {model_id}/mask_axes/{axes_id}.safetensors             the model's mask axes (format 4; store.mask_axes)
     {model_id}/manifest/part-….parquet                      see store.manifest
 
 `sha256` is the hash of the *image bytes*, so the same bytes under two URIs are encoded
@@ -51,8 +52,9 @@ finer step the click-IoU bound needs where every mask is read (bench/store_quant
 
 `dtype="axes"` (version 4) keeps `mask_features` along the model's mask axes
 (model.mask_axes, store.mask_axes), with steps by how much the mask embeddings use each axis,
-and the other maps as int10 does: 0.73x int10's bytes at the same click-IoU drift on Focal-T,
-and a load that stops at the components (the predictor reads them as they are).
+and the other maps as int10 does: for Focal-T at 512 x 512, 7.78 MB (0.73x int10's) at about
+int10's click-IoU drift, and a load that stops at the components (the predictor reads them
+as they are; docs/benchmarks.md, "Format version 4").
 
 Uncompressed, each feature map is stored as itself (dtype float16/bfloat16/float32).
 Compressed, each one is stored as a 1-D uint8 tensor holding the codec's output for the
@@ -444,29 +446,40 @@ def serialize_features(
         raise ValueError("ImageFeatures has no tensors")
     features = _in_store_frame(features, dtype, mask_axes)
     logical, quant = _logical_tensors(features, dtype)
+    version = FORMAT_V1 if not quant else {"int8": FORMAT_V2, "int10": FORMAT_V3}.get(str(dtype), FORMAT_V4)
+    delta = sorted(quant) if version == FORMAT_V2 and codec != "none" else []
+    metadata = _object_metadata(features, image_sha256, version, codec, logical, quant, delta)
+    metadata["dtype"] = str(dtype) if quant else metadata["dtype"]
+    stored, chunks = _stored_tensors(logical, codec, level, delta)
+    metadata["store.checksum"] = _checksum(metadata, chunks)
+    return save(stored, metadata=metadata)
 
+
+def _object_metadata(features: ImageFeatures, image_sha256: str, version: str, codec: str,
+                     logical: dict[str, torch.Tensor], quant: dict[str, str], delta: list[str]) -> dict[str, str]:
+    """An object's metadata, the checksum aside (see the module docstring)."""
     metadata = dict(features.metadata())
     first = next(iter(logical.values()))  # the first feature's stored dtype, as version 1 wrote it
-    metadata["dtype"] = str(dtype) if quant else str(first.dtype).replace("torch.", "")
-    version = FORMAT_V1 if not quant else {"int8": FORMAT_V2, "int10": FORMAT_V3}.get(str(dtype), FORMAT_V4)
-    metadata.update(
-        {
-            "store.format": version,
-            "store.image_sha256": image_sha256,
-            "store.codec": codec,
-            "store.tensors": json.dumps(
-                {n: {"dtype": _TORCH_NAMES[t.dtype], "shape": list(t.shape)} for n, t in logical.items()},
-                sort_keys=True,
-            ),
-        }
-    )
-    delta = sorted(quant) if version == FORMAT_V2 and codec != "none" else []
+    metadata["dtype"] = str(first.dtype).replace("torch.", "")
+    metadata.update({
+        "store.format": version,
+        "store.image_sha256": image_sha256,
+        "store.codec": codec,
+        "store.tensors": json.dumps(
+            {n: {"dtype": _TORCH_NAMES[t.dtype], "shape": list(t.shape)} for n, t in logical.items()}, sort_keys=True),
+    })
     if quant:
         metadata["store.quant"] = json.dumps(quant, sort_keys=True)
         metadata["store.delta"] = json.dumps(delta)
     if version == FORMAT_V4:
         metadata["store.mask_axes"] = features.mask_axes.id
+    return metadata
 
+
+def _stored_tensors(logical: dict[str, torch.Tensor], codec: str, level: int | None,
+                    delta: list[str]) -> tuple[dict[str, torch.Tensor], list[tuple[str, Any]]]:
+    """The tensors as the object stores them (raw, or each one's compressed bytes as uint8)
+    and the bytes the checksum covers, by name."""
     stored: dict[str, torch.Tensor] = {}
     chunks: list[tuple[str, Any]] = []
     for name, t in logical.items():
@@ -478,8 +491,7 @@ def serialize_features(
             blob = _encode_blob(raw, t.element_size(), codec, level)
             stored[name] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8)
             chunks.append((name, blob))
-    metadata["store.checksum"] = _checksum(metadata, chunks)
-    return save(stored, metadata=metadata)
+    return stored, chunks
 
 
 class _Header(NamedTuple):
