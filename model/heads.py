@@ -36,6 +36,8 @@ class PredictionHeads(nn.Module):
         self.class_embed = nn.Parameter(torch.empty(hidden_dim, dim_proj))
         nn.init.trunc_normal_(self.class_embed, std=0.02)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        # The last layer of `mask_embed` folded with some mask axes (`_mask_embed_in_frame`).
+        self._folded_last_layers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, queries: torch.Tensor, mask_features: torch.Tensor | None,
                 mask_axes: MaskAxes | None = None) -> HeadOutput:
@@ -43,11 +45,24 @@ class PredictionHeads(nn.Module):
         in the frame of `mask_axes` (None: channels), the frame the mask embeddings are given in."""
         x = self.decoder_norm(queries)
         class_emb = x @ self.class_embed
-        mask_emb = self.mask_embed(x)
-        if mask_axes is not None:
-            mask_emb = mask_axes.in_frame(mask_emb)
+        mask_emb = self.mask_embed(x) if mask_axes is None else self._mask_embed_in_frame(x, mask_axes)
         masks = None if mask_features is None else self.mask_logits(mask_emb, mask_features)
         return HeadOutput(class_emb, mask_emb, masks)
+
+    def _mask_embed_in_frame(self, x: torch.Tensor, mask_axes: MaskAxes) -> torch.Tensor:
+        """`mask_axes.in_frame(self.mask_embed(x))` with the rotation folded into the MLP's last
+        layer (U' W, U' b): the same cost as the plain head, not an extra C x C product per query."""
+        *hidden, last = self.mask_embed.layers
+        for layer in hidden:
+            x = F.relu(layer(x))
+        key = (mask_axes.id, last.weight.device, last.weight.dtype, last.weight._version, last.weight.data_ptr())
+        folded = self._folded_last_layers.get(key)
+        if folded is None:
+            axes = mask_axes.axes.to(last.weight)
+            folded = (axes.T @ last.weight.detach(), last.bias.detach() @ axes)
+            self._folded_last_layers.clear()  # one frame at a time is the common case; stale weights never stay
+            self._folded_last_layers[key] = folded
+        return F.linear(x, *folded)
 
     @staticmethod
     def mask_logits(mask_emb: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
