@@ -29,8 +29,11 @@ For every (stage, dtype) the object read back is decoded into masks and compared
 the masks of the float32 pixel-decoder features (the reference): `click IoU` (a 3 x 3
 grid of single clicks, one mask each), `inst IoU` (top-10 instance masks, each matched to
 its best reference mask of the same label) and `pan IoU` (panoptic segments likewise;
-"-" when the model finds none, as random weights do). `load ms` = read + decode +
-materialize: the cost of one cache miss in the decoder.
+"-" when the model finds none, as random weights do); `--all-prompts` adds box, scribble,
+phrase and memory-round IoU (`MaskProbe`). `load ms` = read + decode + materialize: the
+cost of one cache miss in the decoder. Format 4 ("axes") objects are written along the
+model's `predictor.mask_axes()` and loaded along them (no rotation back: the predictor
+reads them so).
 """
 from __future__ import annotations
 
@@ -108,12 +111,14 @@ def load_features(path: str) -> ImageFeatures:
 
 
 def rel_rms_error(ref: ImageFeatures, got: ImageFeatures) -> float:
+    ref = ref.in_frame(got.mask_axes)  # (a rotation keeps sums of squares)
     num = sum(float(((got.tensors[k] - v) ** 2).sum()) for k, v in ref.tensors.items())
     den = sum(float((v**2).sum()) for v in ref.tensors.values())
     return (num / den) ** 0.5 if den else 0.0
 
 
-def measure(features: ImageFeatures, store, dtype: str, codec: str, repeat: int) -> dict:
+def measure(features: ImageFeatures, store, dtype: str, codec: str, repeat: int, mask_axes=None) -> dict:
+    """`mask_axes`: the model's (`predictor.mask_axes()`), for dtype "axes"."""
     sha = content_sha256(f"{dtype}/{codec}".encode())
     key = feature_key(features.model_id, sha)
     encode_s, write_s, read_s, decode_s = [], [], [], []
@@ -121,13 +126,14 @@ def measure(features: ImageFeatures, store, dtype: str, codec: str, repeat: int)
     got = None
     for _ in range(repeat):
         t0 = _CLOCK()
-        data = serialize_features(features, sha, dtype=dtype, compress=codec)
+        data = serialize_features(features, sha, dtype=dtype, compress=codec, mask_axes=mask_axes)
         t1 = _CLOCK()
         store.put_atomic(key, data)
         t2 = _CLOCK()
         back = store.get(key)
         t3 = _CLOCK()
-        got = deserialize_features(back, uri=store.uri(key), dtype=torch.float32, expect_sha256=sha)
+        got = deserialize_features(back, uri=store.uri(key), dtype=torch.float32, expect_sha256=sha,
+                                   mask_axes=lambda _: mask_axes)
         t4 = _CLOCK()
         size = len(data)
         encode_s.append(t1 - t0)
@@ -171,15 +177,30 @@ def _matched_iou(ref: list, got: list) -> float | None:
     return sum(scores) / len(scores)
 
 
-class MaskProbe:
-    """Masks of one image under fixed prompts, to compare feature variants."""
+#: `--all-prompts`: phrases asked of every image (whatever it shows, each picks some mask).
+PROBE_PHRASES = ("the person", "the sky", "a flag", "the helmet", "a face", "the suit", "the wall", "a hand")
 
-    def __init__(self, predictor, reference: ImageFeatures) -> None:
-        from model import Point
+
+class MaskProbe:
+    """Masks of one image under fixed prompts, to compare feature variants. `all_prompts`
+    adds the other prompt types: 12 boxes and 12 three-point scribbles on a 4 x 3 grid, the
+    8 `PROBE_PHRASES` and a second click with the first click's memory (`box_iou`,
+    `scribble_iou`, `phrase_iou`, `memory_iou`: mean IoU with the reference's masks)."""
+
+    def __init__(self, predictor, reference: ImageFeatures, all_prompts: bool = False) -> None:
+        from model import Box, Point, Prompts, Scribble
 
         self.predictor = predictor
         h, w = reference.original_size
         self.clicks = [Point(w * (i + 1) / 4, h * (j + 1) / 4) for j in range(3) for i in range(3)]
+        grid = [(a, b) for a in (0.05, 0.25, 0.45, 0.6) for b in (0.05, 0.3, 0.55)]
+        self.others = {} if not all_prompts else {
+            "box": [Prompts(spatial=(Box(w * a, h * b, w * (a + 0.35), h * (b + 0.4)),)) for a, b in grid],
+            "scribble": [Prompts(spatial=(Scribble(((w * a, h * b), (w * (a + 0.2), h * (b + 0.1)),
+                                                    (w * (a + 0.3), h * (b + 0.3)))),)) for a, b in grid],
+            "phrase": [Prompts(text=t) for t in PROBE_PHRASES],
+        }
+        self.rounds = (Point(w * 0.5, h * 0.4), Point(w * 0.45, h * 0.6)) if all_prompts else None
         self.ref = self.masks(reference)
 
     def masks(self, features: ImageFeatures) -> dict:
@@ -187,16 +208,25 @@ class MaskProbe:
 
         p = self.predictor
         clicks = [p.decode(features, Prompts(spatial=(c,))).masks[0] for c in self.clicks]
-        return {"click": clicks, "inst": p.instances(features, top_k=10), "pan": p.panoptic(features).masks}
+        out = {"click": clicks, "inst": p.instances(features, top_k=10), "pan": p.panoptic(features).masks}
+        for kind, prompts in self.others.items():
+            out[kind] = [p.decode(features, prompt).masks[0] for prompt in prompts]
+        if self.rounds is not None:
+            first = p.decode(features, Prompts(spatial=(self.rounds[0],)))
+            out["memory"] = [p.decode(features, Prompts(spatial=(self.rounds[1],)), previous_mask=first.memory).masks[0]]
+        return out
 
     def compare(self, features: ImageFeatures) -> dict:
         got = self.masks(features)
-        return {
+        out = {
             "click_iou": sum(iou(a.mask, b.mask) for a, b in zip(self.ref["click"], got["click"])) / len(self.clicks),
             "inst_iou": _matched_iou(self.ref["inst"], got["inst"]),
             "pan_iou": _matched_iou(self.ref["pan"], got["pan"]),
             "pan_segments": len(self.ref["pan"]),
         }
+        for kind in (*self.others, *(["memory"] if self.rounds else [])):
+            out[f"{kind}_iou"] = sum(iou(a.mask, b.mask) for a, b in zip(self.ref[kind], got[kind])) / len(got[kind])
+        return out
 
 
 def run_model(args: argparse.Namespace, store) -> tuple[list[dict], dict]:
@@ -206,18 +236,22 @@ def run_model(args: argparse.Namespace, store) -> tuple[list[dict], dict]:
     predictor = _load_predictor(args.model, args.weights)
     image = decode_image(Path(args.image).read_bytes())
     reference = predictor.encode([image], stage="pixel_decoder")[0]
-    probe = MaskProbe(predictor, reference)
+    probe = MaskProbe(predictor, reference, args.all_prompts)
+    axes = predictor.mask_axes() if "axes" in args.dtypes.split(",") else None
     rows = []
     for stage in args.stages.split(","):
         features = reference if stage == "pixel_decoder" else predictor.encode([image], stage="backbone")[0]
         for dtype in args.dtypes.split(","):
+            if dtype == "axes" and stage == "backbone":
+                continue  # mask axes are a pixel-decoder-stage format
             agreement = None
             for codec in args.codecs.split(","):
-                row = measure(features, store, dtype, codec, args.repeat)
+                row = measure(features, store, dtype, codec, args.repeat, axes)
                 row["stage"] = stage
                 # The object as a reader gets it, then (backbone) the pixel decoder on top.
-                data = serialize_features(features, content_sha256(b"probe"), dtype=dtype, compress=codec)
-                got = deserialize_features(data, dtype=torch.float32)
+                data = serialize_features(features, content_sha256(b"probe"), dtype=dtype, compress=codec,
+                                          mask_axes=axes)
+                got = deserialize_features(data, dtype=torch.float32, mask_axes=lambda _: axes)
                 times = []
                 for _ in range(args.repeat):
                     t0 = _CLOCK()
@@ -247,13 +281,16 @@ def print_model_table(rows: list[dict], meta: dict) -> None:
         print(f"  {stage}: " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items()))
     header = (f"{'stage':<13} {'dtype':<9} {'codec':<13} {'MB':>6} {'write ms':>8} {'load ms':>8} {'(mat.)':>7} "
               f"{'rel_err':>8} {'click IoU':>9} {'inst IoU':>8} {'pan IoU':>7}")
+    others = [k for k in ("box_iou", "scribble_iou", "phrase_iou", "memory_iou") if rows and k in rows[0]]
+    header += "".join(f" {k[:-4] + ' IoU':>12}" for k in others)
     print(header)
     print("-" * len(header))
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for r in rows:
         print(f"{r['stage']:<13} {r['dtype']:<9} {r['codec']:<13} {r['bytes'] / 1e6:6.2f} "
               f"{r['encode_ms'] + r['write_ms']:8.1f} {r['load_ms']:8.1f} {r['materialize_ms']:7.1f} {r['rel_err']:8.1e} "
-              f"{fmt(r['click_iou']):>9} {fmt(r['inst_iou']):>8} {fmt(r['pan_iou']):>7}")
+              f"{fmt(r['click_iou']):>9} {fmt(r['inst_iou']):>8} {fmt(r['pan_iou']):>7}"
+              + "".join(f" {fmt(r[k]):>12}" for k in others))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,6 +319,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="weights for --model: a checkpoint, 'random' (seeded) or the default")
     parser.add_argument("--image", help="the image --model encodes")
     parser.add_argument("--stages", default="pixel_decoder,backbone", help="stages measured with --model")
+    parser.add_argument("--all-prompts", action="store_true",
+                        help="with --model: also box, scribble, phrase and memory-round IoU (MaskProbe)")
     parser.add_argument("--stat", choices=("median", "min"), default="median", help="summary of the --repeat timings")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or process CPU time (use with BENCH_THREADS=1 on a shared machine)")

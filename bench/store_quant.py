@@ -1,9 +1,11 @@
 """Rate/distortion of candidate feature quantisations (issue 17 item 4: <= 8 MB per stored
 Focal-T image with <= 0.5 point of click-IoU and instance-IoU drift, cache-miss load <= 100 ms).
 
-The store's own formats (`store:float16`, `store:int8`) go through the real
-serialize/deserialize code; every other candidate is a prototype of a format the store
-could adopt, measured here before any of it is written into store/:
+The store's own formats (`store:float16`, `store:int8`, `store:int10`, `store:axes`) go
+through the real serialize/deserialize code (`store:axes` along the predictor's mask axes
+from `--axes-image`); every other candidate is a prototype of a format the store could
+adopt, measured here before any of it is written into store/ (the `axes` prototype became
+format version 4, with the changes docs/benchmarks.md, "Format version 4", lists):
 
 - `symB` / `asymB`: B-bit levels per channel, symmetric around 0 (scale = max |x| / (2^(B-1) - 1),
   what format version 2 does at B = 8) or asymmetric (lowest value + step = range / (2^B - 1));
@@ -354,15 +356,18 @@ def quantize_along_axes(x: np.ndarray, basis: tuple[np.ndarray, np.ndarray, np.n
 
 def measure_candidate(features: ImageFeatures, name: str, repeat: int,
                       basis: tuple[np.ndarray, np.ndarray] | None = None,
-                      axes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[dict, ImageFeatures]:
+                      axes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                      store_axes=None) -> tuple[dict, ImageFeatures]:
     """Bytes, load time and the features a reader would get, for one candidate (`basis`:
-    `klt_basis` of another image, for `klt` candidates; `axes`: `mask_axes`, for `axes` ones)."""
+    `klt_basis` of another image, for `klt` candidates; `axes`: `mask_axes`, for `axes` ones;
+    `store_axes`: the predictor's `MaskAxes`, for `store:axes`)."""
     if name.startswith("store:"):
-        data = serialize_features(features, content_sha256(name.encode()), dtype=name[6:], compress="shuffle+zstd")
+        data = serialize_features(features, content_sha256(name.encode()), dtype=name[6:], compress="shuffle+zstd",
+                                  mask_axes=store_axes)
         times = []
         for _ in range(repeat):
             t0 = time.process_time()
-            got = deserialize_features(data, dtype=torch.float32)
+            got = deserialize_features(data, dtype=torch.float32, mask_axes=lambda _: store_axes)
             times.append(time.process_time() - t0)
         return {"candidate": name, "bytes": len(data), "load_ms": 1e3 * min(times)}, got
     mf_scheme, ms_scheme, predictor = name.split("/")
@@ -430,9 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(name.startswith("klt") for name in args.candidates.split(",")):
         basis = klt_basis(predictor.encode([decode_image(Path(args.basis_image).read_bytes())],
                                            stage="pixel_decoder")[0].to(dtype=torch.float32))
-    axes = None
+    axes = store_axes = None
     if any(name.startswith("axes") for name in args.candidates.split(",")):
         axes = mask_axes(predictor, decode_image(Path(args.axes_image).read_bytes()))
+    if "store:axes" in args.candidates.split(","):  # format 4, along the predictor's own calibration
+        store_axes = predictor.mask_axes([decode_image(Path(args.axes_image).read_bytes())])
     print(f"{args.model} ({predictor.model_id}), {args.image}, input {reference.input_size}; load: "
           f"{os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}", flush=True)
     print(f"{'candidate':<26} {'MB':>6} {'rel_err':>8} {'load ms':>8} {'click IoU':>9} {'inst IoU':>8}", flush=True)
@@ -441,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         if name.startswith("relu"):
             row, got = measure_relu_candidate(reference, y, predictor, name, args.repeat)
         else:
-            row, got = measure_candidate(reference, name, args.repeat, basis, axes)
+            row, got = measure_candidate(reference, name, args.repeat, basis, axes, store_axes)
         row["rel_err"] = rel_rms_error(reference, got)
         row.update(probe.compare(got.to(dtype=torch.float32)))
         rows.append(row)
