@@ -359,6 +359,22 @@ class SeemPredictor:
         phrase targets share one grounding pass, referring-only targets one object-query pass,
         visual targets without text one multi-object pass; composed targets (phrase + visual
         prompts) run alone. `previous_masks`: one per target, or None."""
+        targets, heard, memories = self._checked_targets(targets, previous_masks, vocabulary, max_masks)
+        started = time.perf_counter()
+        call = self._decode_call(features, vocabulary, max_masks, draws)
+        results = self._decode_targets(call, targets, memories)
+        elapsed = (time.perf_counter() - started) * 1000
+        for seg, h in zip(results, heard):
+            seg.timings_ms.setdefault("decode", elapsed)
+            if h is not None:
+                seg.transcript = h[1]
+        return results
+
+    def _checked_targets(self, targets: Sequence[Prompts], previous_masks: Sequence | None,
+                         vocabulary: Vocabulary | Sequence[str] | None, max_masks: int
+                         ) -> tuple[list[Prompts], list[tuple[Prompts, str] | None], list]:
+        """(targets with audio transcribed to text, what each one's audio said, one previous
+        mask or None per target), or a PromptError saying what is wrong with the request."""
         targets = list(targets)
         heard = [self._heard(t, vocabulary) if isinstance(t, Prompts) else None for t in targets]
         targets = [t if h is None else h[0] for t, h in zip(targets, heard)]
@@ -369,8 +385,10 @@ class SeemPredictor:
             raise PromptError(f"{len(memories)} previous masks for {len(targets)} targets")
         if max_masks < 1:
             raise PromptError("max_masks must be at least 1")
-        started = time.perf_counter()
-        call = self._decode_call(features, vocabulary, max_masks, draws)
+        return targets, heard, memories
+
+    def _decode_targets(self, call: _DecodeCall, targets: list[Prompts], memories: list) -> list[Segmentation]:
+        """Each target's `Segmentation`, the targets grouped into passes as `decode_many` says."""
         results: list[Segmentation | None] = [None] * len(targets)
         # A referring region: with the v1 models a class embedding first (`_reference_embedding`);
         # with v0 its point features enter the decoder as visual prompts (`_visual_tokens`).
@@ -396,11 +414,6 @@ class SeemPredictor:
                                  [references[i] for i in group])
             for i, seg in zip(group, segs):
                 results[i] = seg
-        elapsed = (time.perf_counter() - started) * 1000
-        for seg, h in zip(results, heard):
-            seg.timings_ms.setdefault("decode", elapsed)
-            if h is not None:
-                seg.transcript = h[1]
         return results  # type: ignore[return-value]
 
     def _heard(self, prompts: Prompts, vocabulary: Vocabulary | Sequence[str] | None) -> tuple[Prompts, str] | None:
