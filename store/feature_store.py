@@ -745,6 +745,8 @@ class FeatureStore:
             if mask_axes is None:
                 raise ValueError("the 'axes' store dtype needs mask_axes= (e.g. predictor.mask_axes)")
             axes = self.writing_axes(features.model_id, mask_axes)
+        elif dtype == "axes":  # already along axes (read from another store): written along them, so store them
+            self.put_mask_axes(features.model_id, features.mask_axes)
         data = serialize_features(features, sha256, dtype=dtype, compress=compress, mask_axes=axes)
         if self.backend.put_atomic(key, data, overwrite=False):
             return PutResult(key, len(data), True)
@@ -779,9 +781,9 @@ class FeatureStore:
     def put_mask_axes(self, model_id: str, axes: MaskAxes) -> str:
         """Store `axes` for `model_id` (immutable, like features); returns the key."""
         key = mask_axes_key(model_id, axes.id)
-        if not self.backend.exists(key):
+        if (model_id, axes.id) not in self._axes and not self.backend.exists(key):
             self.backend.put_atomic(key, serialize_mask_axes(axes, model_id), overwrite=False)
-        self._axes[(model_id, axes.id)] = axes
+        self._axes[(model_id, axes.id)] = axes  # read or written here: known to be in this store
         return key
 
     def writing_axes(self, model_id: str, calibrate: "MaskAxes | Callable[[], MaskAxes]") -> MaskAxes:

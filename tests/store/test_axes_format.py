@@ -186,3 +186,17 @@ def test_object_written_by_format_4_still_loads() -> None:
     exact = axes.components(make_features().tensors["mask_features"])
     step = component_steps(exact, axes.weights, 0.0045, 32.0)  # the first code's S and cap
     assert bool(((got.tensors["mask_features"] - exact).abs().flatten(1).amax(1) <= step / 2 * 1.001 + 1e-6).all())
+
+
+def test_features_copied_into_another_store_bring_their_axes(tmp_path) -> None:
+    first, second = FeatureStore(str(tmp_path / "a")), FeatureStore(str(tmp_path / "b"))
+    axes = make_axes()
+    first.put(make_features(), SHA, dtype="axes", mask_axes=axes)
+    loaded = first.get(MODEL, SHA)
+    second.put(loaded, SHA, dtype="axes")  # along the axes they came with: no calibration needed
+    copied = FeatureStore(second.root_uri).get(MODEL, SHA)
+    assert copied.mask_axes.id == axes.id
+    # Quantised once more: within half a step of what was copied (the steps follow the values).
+    step = component_steps(loaded.tensors["mask_features"], axes.weights, AXES_RELATIVE_STEP, AXES_STEP_CAP)
+    err = (copied.tensors["mask_features"] - loaded.tensors["mask_features"]).abs().flatten(1).amax(1)
+    assert bool((err <= step / 2 * 1.001 + 1e-6).all())
