@@ -27,7 +27,8 @@ hold: the pixel-decoder outputs (`stage pixel_decoder`), and the backbone output
 (`stage backbone`), from which the pixel decoder is re-run on read (`materialize ms`).
 For every (stage, dtype) the object read back is decoded into masks and compared with
 the masks of the float32 pixel-decoder features (the reference): `click IoU` (a 3 x 3
-grid of single clicks, one mask each), `inst IoU` (top-10 instance masks, each matched to
+grid of single clicks, one mask each; `--click-grid N`: N x N, and `click flips` counts the
+clicks under 0.95 IoU, whose mask changed rather than its edge), `inst IoU` (top-10 instance masks, each matched to
 its best reference mask of the same label) and `pan IoU` (panoptic segments likewise;
 "-" when the model finds none, as random weights do); `--all-prompts` adds box, scribble,
 phrase and memory-round IoU (`MaskProbe`). `load ms` = read + decode + materialize: the
@@ -187,12 +188,13 @@ class MaskProbe:
     8 `PROBE_PHRASES` and a second click with the first click's memory (`box_iou`,
     `scribble_iou`, `phrase_iou`, `memory_iou`: mean IoU with the reference's masks)."""
 
-    def __init__(self, predictor, reference: ImageFeatures, all_prompts: bool = False) -> None:
+    def __init__(self, predictor, reference: ImageFeatures, all_prompts: bool = False, click_grid: int = 3) -> None:
         from model import Box, Point, Prompts, Scribble
 
         self.predictor = predictor
         h, w = reference.original_size
-        self.clicks = [Point(w * (i + 1) / 4, h * (j + 1) / 4) for j in range(3) for i in range(3)]
+        n = click_grid  # 3: the 3 x 3 grid every table before format 4 used, at quarters of the image
+        self.clicks = [Point(w * (i + 1) / (n + 1), h * (j + 1) / (n + 1)) for j in range(n) for i in range(n)]
         grid = [(a, b) for a in (0.05, 0.25, 0.45, 0.6) for b in (0.05, 0.3, 0.55)]
         self.others = {} if not all_prompts else {
             "box": [Prompts(spatial=(Box(w * a, h * b, w * (a + 0.35), h * (b + 0.4)),)) for a, b in grid],
@@ -218,8 +220,10 @@ class MaskProbe:
 
     def compare(self, features: ImageFeatures) -> dict:
         got = self.masks(features)
+        clicks = [iou(a.mask, b.mask) for a, b in zip(self.ref["click"], got["click"])]
         out = {
-            "click_iou": sum(iou(a.mask, b.mask) for a, b in zip(self.ref["click"], got["click"])) / len(self.clicks),
+            "click_iou": sum(clicks) / len(clicks),
+            "click_flips": int(sum(v < 0.95 for v in clicks)),  # clicks whose mask changed, not just its edge
             "inst_iou": _matched_iou(self.ref["inst"], got["inst"]),
             "pan_iou": _matched_iou(self.ref["pan"], got["pan"]),
             "pan_segments": len(self.ref["pan"]),
@@ -236,7 +240,7 @@ def run_model(args: argparse.Namespace, store) -> tuple[list[dict], dict]:
     predictor = _load_predictor(args.model, args.weights)
     image = decode_image(Path(args.image).read_bytes())
     reference = predictor.encode([image], stage="pixel_decoder")[0]
-    probe = MaskProbe(predictor, reference, args.all_prompts)
+    probe = MaskProbe(predictor, reference, args.all_prompts, args.click_grid)
     axes = predictor.mask_axes() if "axes" in args.dtypes.split(",") else None
     rows = []
     for stage in args.stages.split(","):
@@ -268,6 +272,7 @@ def run_model(args: argparse.Namespace, store) -> tuple[list[dict], dict]:
     meta = {
         "model": args.model, "model_id": predictor.model_id, "weights": args.weights or "default",
         "image": args.image, "image_size": list(image.shape[:2]), "input_size": list(reference.input_size),
+        "click_grid": args.click_grid,
         "shapes": {stage: {k: list(v.shape) for k, v in f.tensors.items()} for stage, f in
                    (("pixel_decoder", reference), ("backbone", predictor.encode([image], stage="backbone")[0]))},
     }
@@ -282,10 +287,12 @@ def print_model_table(rows: list[dict], meta: dict) -> None:
     header = (f"{'stage':<13} {'dtype':<9} {'codec':<13} {'MB':>6} {'write ms':>8} {'load ms':>8} {'(mat.)':>7} "
               f"{'rel_err':>8} {'click IoU':>9} {'inst IoU':>8} {'pan IoU':>7}")
     others = [k for k in ("box_iou", "scribble_iou", "phrase_iou", "memory_iou") if rows and k in rows[0]]
-    header += "".join(f" {k[:-4] + ' IoU':>12}" for k in others)
+    if rows and meta.get("click_grid", 3) != 3:
+        others.insert(0, "click_flips")
+    header += "".join(f" {'click flips' if k == 'click_flips' else k[:-4] + ' IoU':>12}" for k in others)
     print(header)
     print("-" * len(header))
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else str(v) if isinstance(v, int) else f"{v:.4f}"  # noqa: E731
     for r in rows:
         print(f"{r['stage']:<13} {r['dtype']:<9} {r['codec']:<13} {r['bytes'] / 1e6:6.2f} "
               f"{r['encode_ms'] + r['write_ms']:8.1f} {r['load_ms']:8.1f} {r['materialize_ms']:7.1f} {r['rel_err']:8.1e} "
@@ -319,6 +326,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="weights for --model: a checkpoint, 'random' (seeded) or the default")
     parser.add_argument("--image", help="the image --model encodes")
     parser.add_argument("--stages", default="pixel_decoder,backbone", help="stages measured with --model")
+    parser.add_argument("--click-grid", type=int, default=3,
+                        help="with --model: N x N clicks for click IoU (and `flips`: clicks under 0.95 IoU)")
     parser.add_argument("--all-prompts", action="store_true",
                         help="with --model: also box, scribble, phrase and memory-round IoU (MaskProbe)")
     parser.add_argument("--stat", choices=("median", "min"), default="median", help="summary of the --repeat timings")
