@@ -103,62 +103,76 @@ class PromptRasterizer:
 
     def rasterize(self, prompt: SpatialPrompt) -> np.ndarray:
         """One prompt -> bool mask (input size)."""
-        h, w = self.input_size
         if isinstance(prompt, Point):
-            self._check_xy(prompt.x, prompt.y, "point")
-            x, y = self._map(prompt.x, prompt.y)
-            cx = int(min(max(round(x), 0), w - 1))
-            cy = int(min(max(round(y), 0), h - 1))
-            mask = np.zeros((h, w), dtype=bool)
-            mask[max(cy - 1, 0):cy + 2, max(cx - 1, 0):cx + 2] = True  # the reference's 3x3 click
-            return mask
+            return self._point(prompt)
         if isinstance(prompt, Box):
-            for x, y in ((prompt.x0, prompt.y0), (prompt.x1, prompt.y1)):
-                self._check_xy(x, y, "box corner")
-            if prompt.x1 < prompt.x0 or prompt.y1 < prompt.y0:
-                raise PromptError("box: x1 must be >= x0 and y1 must be >= y0")
-            x0 = int(np.floor(prompt.x0 * self.sx))
-            y0 = int(np.floor(prompt.y0 * self.sy))
-            x1 = int(np.ceil((prompt.x1 + 1) * self.sx)) - 1
-            y1 = int(np.ceil((prompt.y1 + 1) * self.sy)) - 1
-            mask = np.zeros((h, w), dtype=bool)
-            mask[max(y0, 0):min(y1, h - 1) + 1, max(x0, 0):min(x1, w - 1) + 1] = True
-            return mask
+            return self._box(prompt)
         if isinstance(prompt, (Scribble, Polygon)):
-            points = prompt.path if isinstance(prompt, Scribble) else prompt.points
-            what = "scribble point" if isinstance(prompt, Scribble) else "polygon point"
-            if len(points) == 0:
-                raise PromptError(f"{what}s: empty")
-            if isinstance(prompt, Polygon) and len(points) < 3:
-                raise PromptError("polygon: needs at least 3 points")
-            for x, y in points:
-                self._check_xy(x, y, what)
-            mapped = [self._map(x, y) for x, y in points]
-            canvas = Image.new("L", (w, h), 0)
-            draw = ImageDraw.Draw(canvas)
-            if isinstance(prompt, Polygon):
-                draw.polygon(mapped, fill=1, outline=1)
-            else:
-                width = max(1, int(prompt.width))
-                if len(mapped) == 1:
-                    draw.point(mapped, fill=1)
-                else:
-                    draw.line(mapped, fill=1, width=width)
-            mask = np.asarray(canvas, dtype=bool)
-            if not mask.any():  # a degenerate stroke still marks its first point
-                x, y = mapped[0]
-                mask = mask.copy()
-                mask[int(min(max(round(y), 0), h - 1)), int(min(max(round(x), 0), w - 1))] = True
-            return mask
+            return self._stroke(prompt)
         if isinstance(prompt, MaskPrompt):
-            m = np.asarray(prompt.mask)
-            if m.shape != tuple(self.original_size):
-                raise PromptError(f"mask prompt has shape {m.shape}, the image is {self.original_size}")
-            if not m.any():
-                raise PromptError("mask prompt is empty")
-            img = Image.fromarray(m.astype(np.uint8) * 255)
-            return np.asarray(img.resize((w, h), Image.NEAREST)) > 127
+            return self._mask(prompt)
         raise PromptError(f"unknown prompt type {type(prompt).__name__}")
+
+    def _point(self, prompt: Point) -> np.ndarray:
+        h, w = self.input_size
+        self._check_xy(prompt.x, prompt.y, "point")
+        x, y = self._map(prompt.x, prompt.y)
+        cx = int(min(max(round(x), 0), w - 1))
+        cy = int(min(max(round(y), 0), h - 1))
+        mask = np.zeros((h, w), dtype=bool)
+        mask[max(cy - 1, 0):cy + 2, max(cx - 1, 0):cx + 2] = True  # the reference's 3x3 click
+        return mask
+
+    def _box(self, prompt: Box) -> np.ndarray:
+        h, w = self.input_size
+        for x, y in ((prompt.x0, prompt.y0), (prompt.x1, prompt.y1)):
+            self._check_xy(x, y, "box corner")
+        if prompt.x1 < prompt.x0 or prompt.y1 < prompt.y0:
+            raise PromptError("box: x1 must be >= x0 and y1 must be >= y0")
+        x0 = int(np.floor(prompt.x0 * self.sx))
+        y0 = int(np.floor(prompt.y0 * self.sy))
+        x1 = int(np.ceil((prompt.x1 + 1) * self.sx)) - 1
+        y1 = int(np.ceil((prompt.y1 + 1) * self.sy)) - 1
+        mask = np.zeros((h, w), dtype=bool)
+        mask[max(y0, 0):min(y1, h - 1) + 1, max(x0, 0):min(x1, w - 1) + 1] = True
+        return mask
+
+    def _stroke(self, prompt: Scribble | Polygon) -> np.ndarray:
+        """A scribble (a polyline `width` pixels wide) or a filled polygon."""
+        h, w = self.input_size
+        points = prompt.path if isinstance(prompt, Scribble) else prompt.points
+        what = "scribble point" if isinstance(prompt, Scribble) else "polygon point"
+        if len(points) == 0:
+            raise PromptError(f"{what}s: empty")
+        if isinstance(prompt, Polygon) and len(points) < 3:
+            raise PromptError("polygon: needs at least 3 points")
+        for x, y in points:
+            self._check_xy(x, y, what)
+        mapped = [self._map(x, y) for x, y in points]
+        canvas = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(canvas)
+        if isinstance(prompt, Polygon):
+            draw.polygon(mapped, fill=1, outline=1)
+        elif len(mapped) == 1:
+            draw.point(mapped, fill=1)
+        else:
+            draw.line(mapped, fill=1, width=max(1, int(prompt.width)))
+        mask = np.asarray(canvas, dtype=bool)
+        if not mask.any():  # a degenerate stroke still marks its first point
+            x, y = mapped[0]
+            mask = mask.copy()
+            mask[int(min(max(round(y), 0), h - 1)), int(min(max(round(x), 0), w - 1))] = True
+        return mask
+
+    def _mask(self, prompt: MaskPrompt) -> np.ndarray:
+        h, w = self.input_size
+        m = np.asarray(prompt.mask)
+        if m.shape != tuple(self.original_size):
+            raise PromptError(f"mask prompt has shape {m.shape}, the image is {self.original_size}")
+        if not m.any():
+            raise PromptError("mask prompt is empty")
+        img = Image.fromarray(m.astype(np.uint8) * 255)
+        return np.asarray(img.resize((w, h), Image.NEAREST)) > 127
 
     def prompt_masks(self, prompts: tuple[SpatialPrompt, ...], padded: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Union of positive and of negative prompts -> (pos, neg), each 1 x Hp x Wp bool."""
