@@ -279,50 +279,60 @@ def from_reference_yaml(data: dict[str, Any], name: str = "custom") -> SeemConfi
     model = data["MODEL"]
     if model.get("NAME") not in ("seem_model_v1", "seem_model_v0", "seem_model_demo"):
         raise ValueError(f"unsupported model {model.get('NAME')!r}: only SEEM v1 (and v0/demo weights) are supported")
-    dec = model["DECODER"]
-    # seem_v0 has its own decoder semantics; the demo decoder (seem_demo) is read as v1.
-    v0 = dec.get("NAME") == "seem_v0"
-    num_queries = int(dec["NUM_OBJECT_QUERIES"])
     text = model["TEXT"]
-    arch = data.get("ATTENTION_ARCH", {})
-    test = dec.get("TEST", {})
-    inp = data.get("INPUT", {})
     backbone = _backbone_from_yaml(model["BACKBONE"])
-    is_vit = isinstance(backbone, ViTConfig)
     return SeemConfig(
         name=name,
         backbone=backbone,
-        pixel_decoder=_pixel_decoder_from_yaml(model["ENCODER"], dec),
+        pixel_decoder=_pixel_decoder_from_yaml(model["ENCODER"], model["DECODER"]),
         text=TextConfig(
             context_length=int(text["CONTEXT_LENGTH"]),
             width=int(text["WIDTH"]),
             heads=int(text["HEADS"]),
             layers=int(text["LAYERS"]),
         ),
-        decoder=DecoderConfig(
-            hidden_dim=int(dec["HIDDEN_DIM"]),
-            num_queries=num_queries,
-            nheads=int(dec["NHEADS"]),
-            dim_feedforward=int(dec["DIM_FEEDFORWARD"]),
-            num_layers=int(dec["DEC_LAYERS"]) - 1,
-            pre_norm=bool(dec.get("PRE_NORM", False)),
-            mask_dim=int(model["ENCODER"]["MASK_DIM"]),
-            dim_proj=int(model["DIM_PROJ"]),
-            spatial_memories=int(arch.get("SPATIAL_MEMORIES", 32)),
-            queries_per_prompt=num_queries if v0 else int(arch.get("QUERY_NUMBER", 3)),
-            max_spatial_len=tuple(dec.get("MAX_SPATIAL_LEN", (512, 512, 512, 512))),
-            variant="v0" if v0 else "v1",
-        ),
-        inference=InferenceConfig(
-            pixel_mean=tuple(inp.get("PIXEL_MEAN", (123.675, 116.28, 103.53))),
-            pixel_std=tuple(inp.get("PIXEL_STD", (58.395, 57.12, 57.375))),
-            size_divisibility=int(dec.get("SIZE_DIVISIBILITY", 32)),
-            resize_shortest_edge=min(512, backbone.img_size) if is_vit else 512,
-            resize_max_size=backbone.img_size if is_vit else None,
-            object_mask_threshold=float(test.get("OBJECT_MASK_THRESHOLD", 0.8)),
-            overlap_threshold=float(test.get("OVERLAP_THRESHOLD", 0.8)),
-            detections_per_image=int(data.get("TEST", {}).get("DETECTIONS_PER_IMAGE", 100)),
-        ),
+        decoder=_decoder_from_yaml(data),
+        inference=_inference_from_yaml(data, backbone),
+    )
+
+
+def _decoder_from_yaml(data: dict[str, Any]) -> DecoderConfig:
+    model = data["MODEL"]
+    dec = model["DECODER"]
+    arch = data.get("ATTENTION_ARCH", {})
+    # seem_v0 has its own decoder semantics; the demo decoder (seem_demo) is read as v1.
+    v0 = dec.get("NAME") == "seem_v0"
+    num_queries = int(dec["NUM_OBJECT_QUERIES"])
+    return DecoderConfig(
+        hidden_dim=int(dec["HIDDEN_DIM"]),
+        num_queries=num_queries,
+        nheads=int(dec["NHEADS"]),
+        dim_feedforward=int(dec["DIM_FEEDFORWARD"]),
+        num_layers=int(dec["DEC_LAYERS"]) - 1,
+        pre_norm=bool(dec.get("PRE_NORM", False)),
+        mask_dim=int(model["ENCODER"]["MASK_DIM"]),
+        dim_proj=int(model["DIM_PROJ"]),
+        spatial_memories=int(arch.get("SPATIAL_MEMORIES", 32)),
+        queries_per_prompt=num_queries if v0 else int(arch.get("QUERY_NUMBER", 3)),
+        max_spatial_len=tuple(dec.get("MAX_SPATIAL_LEN", (512, 512, 512, 512))),
+        variant="v0" if v0 else "v1",
+    )
+
+
+def _inference_from_yaml(data: dict[str, Any], backbone: FocalConfig | ViTConfig) -> InferenceConfig:
+    dec = data["MODEL"]["DECODER"]
+    test = dec.get("TEST", {})
+    inp = data.get("INPUT", {})
+    is_vit = isinstance(backbone, ViTConfig)
+    return InferenceConfig(
+        pixel_mean=tuple(inp.get("PIXEL_MEAN", (123.675, 116.28, 103.53))),
+        pixel_std=tuple(inp.get("PIXEL_STD", (58.395, 57.12, 57.375))),
+        size_divisibility=int(dec.get("SIZE_DIVISIBILITY", 32)),
+        resize_shortest_edge=min(512, backbone.img_size) if is_vit else 512,
+        resize_max_size=backbone.img_size if is_vit else None,
+        object_mask_threshold=float(test.get("OBJECT_MASK_THRESHOLD", 0.8)),
+        overlap_threshold=float(test.get("OVERLAP_THRESHOLD", 0.8)),
+        detections_per_image=int(data.get("TEST", {}).get("DETECTIONS_PER_IMAGE", 100)),
     )
 
 
