@@ -106,13 +106,29 @@ class TrainingModel(nn.Module):
     def forward(self, batch: Batch, generator: torch.Generator, rng: random.Random):
         seem = self.seem
         dev = seem.device
-        qpp = seem.cfg.decoder.queries_per_prompt
         pixels = seem.normalize_and_pad([s.image for s in batch.samples])
         mask_features, ms = seem.encode_image(pixels)
         vocab_emb = self.vocabulary_embeddings(batch.vocabulary, rng)
         grounding, sentences = self.grounding(batch)
+        spatial, gt_prompt, counts = self._visual_prompts(batch, mask_features, ms, generator, rng)
+        out = seem.decoder(ms, mask_features, object_queries=True, grounding=grounding, spatial=spatial,
+                           full_masks="all")
+        rounds_pred = [self._round_predictions(heads, len(batch.samples), vocab_emb, sentences, spatial, counts)
+                       for heads in out.rounds]
+        targets = [Targets(masks=batch.pad(s.masks).float().to(dev), labels=s.labels.to(dev),
+                           phrase_masks=batch.pad(s.masks[s.phrase_targets]).float().to(dev),
+                           prompt_masks=gt_prompt[b].float())
+                   for b, s in enumerate(batch.samples)]
+        return rounds_pred, targets
 
-        # Visual prompts, padded per image; counts may differ between images.
+    def _visual_prompts(self, batch: Batch, mask_features: torch.Tensor, ms: list[torch.Tensor],
+                        generator: torch.Generator, rng: random.Random):
+        """(the spatial input of the trained pass or None, each image's prompted target masks,
+        its prompt count): prompts padded per image (counts may differ), after 0 to
+        `max_rounds` untrained rounds whose errors add corrective clicks, as interactive use does."""
+        seem = self.seem
+        dev = seem.device
+        qpp = seem.cfg.decoder.queries_per_prompt
         pos = [batch.pad(s.prompt_pos).to(dev) for s in batch.samples]
         neg = [batch.pad(s.prompt_neg).to(dev) for s in batch.samples]
         gt_prompt = [batch.pad(s.masks[s.prompt_targets]).to(dev) for s in batch.samples]
@@ -129,41 +145,35 @@ class TrainingModel(nn.Module):
                     prev_mask = self._selected_masks(out.final[SPATIAL], spatial, qpp, ns)
                     self._add_clicks(batch, pos, neg, gt_prompt, prev_mask, counts)
             spatial = self._spatial_input(pos, neg, mask_features, ms, prev_mask, generator, ns)
+        return spatial, gt_prompt, counts
 
-        out = seem.decoder(ms, mask_features, object_queries=True, grounding=grounding, spatial=spatial,
-                           full_masks="all")
-        rounds_pred: list[list[RoundPrediction]] = []
-        logit_scale = seem.text_encoder.logit_scale
+    def _round_predictions(self, heads, images: int, vocab_emb, sentences, spatial, counts) -> list[RoundPrediction]:
+        """One decoder round's outputs as each image's `RoundPrediction`."""
+        seem = self.seem
+        qpp = seem.cfg.decoder.queries_per_prompt
         # Per-image views by unbind: one backward node per tensor, not one per image
         # (indexing would make each backward materialise the whole batch's gradient).
-        for heads in out.rounds:
-            obj_logits = seem.class_logits(heads[OBJECT].class_emb, vocab_emb).unbind(0)
-            obj_masks = heads[OBJECT].masks.unbind(0)
-            per_image = [RoundPrediction(object_logits=obj_logits[b], object_masks=obj_masks[b])
-                         for b in range(len(batch.samples))]
-            if grounding is not None:
-                g = heads[GROUNDING]
-                g_emb, g_masks = g.class_emb.unbind(0), g.masks.unbind(0)
-                for b, pred in enumerate(per_image):
-                    if sentences[b] is not None:
-                        pred.grounding_scores = grounding_scores(g_emb[b], sentences[b], logit_scale,
-                                                                 seem.cfg.inference.grounding_temperature_max)
-                        pred.grounding_masks = g_masks[b]
-            if spatial is not None:
-                sp = heads[SPATIAL]
-                s_emb, s_masks = sp.mask_emb.unbind(0), sp.masks.unbind(0)
-                for b, pred in enumerate(per_image):
-                    if counts[b] > 0:
-                        n = counts[b] * qpp
-                        pred.spatial_selection = spatial_selection_logits(
-                            s_emb[b][:n], spatial.pos_embed[b, : counts[b]], qpp)
-                        pred.spatial_masks = s_masks[b][:n]
-            rounds_pred.append(per_image)
-        targets = [Targets(masks=batch.pad(s.masks).float().to(dev), labels=s.labels.to(dev),
-                           phrase_masks=batch.pad(s.masks[s.phrase_targets]).float().to(dev),
-                           prompt_masks=gt_prompt[b].float())
-                   for b, s in enumerate(batch.samples)]
-        return rounds_pred, targets
+        obj_logits = seem.class_logits(heads[OBJECT].class_emb, vocab_emb).unbind(0)
+        obj_masks = heads[OBJECT].masks.unbind(0)
+        per_image = [RoundPrediction(object_logits=obj_logits[b], object_masks=obj_masks[b]) for b in range(images)]
+        if GROUNDING in heads:
+            g = heads[GROUNDING]
+            g_emb, g_masks = g.class_emb.unbind(0), g.masks.unbind(0)
+            for b, pred in enumerate(per_image):
+                if sentences[b] is not None:
+                    pred.grounding_scores = grounding_scores(g_emb[b], sentences[b], seem.text_encoder.logit_scale,
+                                                             seem.cfg.inference.grounding_temperature_max)
+                    pred.grounding_masks = g_masks[b]
+        if spatial is not None:
+            sp = heads[SPATIAL]
+            s_emb, s_masks = sp.mask_emb.unbind(0), sp.masks.unbind(0)
+            for b, pred in enumerate(per_image):
+                if counts[b] > 0:
+                    n = counts[b] * qpp
+                    pred.spatial_selection = spatial_selection_logits(
+                        s_emb[b][:n], spatial.pos_embed[b, : counts[b]], qpp)
+                    pred.spatial_masks = s_masks[b][:n]
+        return per_image
 
     def _spatial_input(self, pos, neg, mask_features, ms, prev_mask, generator, ns):
         seem = self.seem
