@@ -155,62 +155,83 @@ def panoptic_threshold_sweep(predictor: SeemPredictor, thresholds: Sequence[floa
 def evaluate(predictor: SeemPredictor, seed: int = 12345, images: int = 200, progress: bool = True,
              split: str = "test") -> dict[str, float]:
     vocab = default_vocabulary()
-    acc = PanopticAccumulator(len(CATEGORIES))
-    ref_inter = ref_union = 0.0
-    ref_ious: list[float] = []
-    noc: dict[float, list[int]] = {0.85: [], 0.9: []}
-    one: dict[str, list[float]] = {k: [] for k in PROMPT_KINDS}
-    text_alone: list[float] = []
-    text_click: list[float] = []
+    tally = _Tally(PanopticAccumulator(len(CATEGORIES)))
     started = time.time()
     for scene in _scenes(split, images, seed, progress, "eval"):
         rng = np.random.default_rng([seed, scene.seed])
         features = predictor.encode([scene.image])[0]
-        # Generic segmentation.
+        tally.add_generic(predictor, features, scene, vocab)
+        tally.add_referring(predictor, features, scene, vocab)
+        tally.add_interactive(predictor, features, scene, vocab, rng)
+    return tally.result(images, time.time() - started)
+
+
+@dataclass
+class _Tally:
+    """What `evaluate` sums over scenes, one method per task."""
+
+    acc: PanopticAccumulator
+    ref_inter: float = 0.0
+    ref_union: float = 0.0
+    ref_ious: list[float] = field(default_factory=list)
+    noc: dict[float, list[int]] = field(default_factory=lambda: {0.85: [], 0.9: []})
+    one: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in PROMPT_KINDS})
+    text_alone: list[float] = field(default_factory=list)
+    text_click: list[float] = field(default_factory=list)
+
+    def add_generic(self, predictor: SeemPredictor, features, scene: Scene, vocab) -> None:
+        """Panoptic and semantic segmentation of the scene."""
         pan = predictor.panoptic(features, vocab, semantic=True)
         gt_segments = _gt_segments(scene)
-        acc.add_panoptic(gt_segments, _panoptic_segments(pan))
+        self.acc.add_panoptic(gt_segments, _panoptic_segments(pan))
         gt_sem = np.full(scene.segment_map.shape, -1)
         for c, m in gt_segments:
             gt_sem[m] = c
-        acc.add_semantic(gt_sem, pan.semantic.argmax(0))
-        # Referring.
+        self.acc.add_semantic(gt_sem, pan.semantic.argmax(0))
+
+    def add_referring(self, predictor: SeemPredictor, features, scene: Scene, vocab) -> None:
+        """Every phrase of the scene alone."""
         for text, seg_id in scene.phrases:
             gt = scene.mask(seg_id)
             pred = predictor.decode(features, Prompts(text=text), vocabulary=vocab).masks[0].mask
-            ref_inter += np.logical_and(gt, pred).sum()
-            ref_union += np.logical_or(gt, pred).sum()
-            ref_ious.append(iou(gt, pred))
-        # Interactive, on every thing.
+            self.ref_inter += np.logical_and(gt, pred).sum()
+            self.ref_union += np.logical_or(gt, pred).sum()
+            self.ref_ious.append(iou(gt, pred))
+
+    def add_interactive(self, predictor: SeemPredictor, features, scene: Scene, vocab, rng) -> None:
+        """Every thing: clicks to reach 85/90% IoU, one prompt of each kind, its phrase with and
+        without a click."""
         phrase_of = {sid: t for t, sid in scene.phrases}
         for s in scene.things:
             gt = scene.mask(s.id)
             reached = clicks_to_reach(predictor, features, gt, rng, vocab)
-            for t in noc:
-                noc[t].append(reached[t])
+            for t in self.noc:
+                self.noc[t].append(reached[t])
             for kind in PROMPT_KINDS:
                 prompt = sample_prompt(kind, gt, rng)
                 pred = predictor.decode(features, Prompts(spatial=(prompt,)), vocabulary=vocab).masks[0].mask
-                one[kind].append(iou(gt, pred))
+                self.one[kind].append(iou(gt, pred))
             if s.id in phrase_of:
                 text = phrase_of[s.id]
                 alone = predictor.decode(features, Prompts(text=text), vocabulary=vocab).masks[0].mask
                 click: Point = ps.sample_point(gt, rng)
                 both = predictor.decode(features, Prompts(text=text, spatial=(click,)), vocabulary=vocab).masks[0].mask
-                text_alone.append(iou(gt, alone))
-                text_click.append(iou(gt, both))
-    pq, sq, rq = acc.pq()
-    result = {
-        "pq": pq, "sq": sq, "rq": rq, "miou": acc.miou(),
-        "ciou": float(ref_inter / max(ref_union, 1.0)), "referring_miou": float(np.mean(ref_ious)) if ref_ious else 0.0,
-        "noc85": float(np.mean(noc[0.85])), "noc90": float(np.mean(noc[0.9])),
-        **{f"iou1_{k}": float(np.mean(v)) for k, v in one.items()},
-        "text_iou": float(np.mean(text_alone)) if text_alone else 0.0,
-        "text_click_iou": float(np.mean(text_click)) if text_click else 0.0,
-        "images": images, "phrases": len(ref_ious), "objects": len(noc[0.9]),
-        "seconds": time.time() - started,
-    }
-    return result
+                self.text_alone.append(iou(gt, alone))
+                self.text_click.append(iou(gt, both))
+
+    def result(self, images: int, seconds: float) -> dict[str, float]:
+        pq, sq, rq = self.acc.pq()
+        return {
+            "pq": pq, "sq": sq, "rq": rq, "miou": self.acc.miou(),
+            "ciou": float(self.ref_inter / max(self.ref_union, 1.0)),
+            "referring_miou": float(np.mean(self.ref_ious)) if self.ref_ious else 0.0,
+            "noc85": float(np.mean(self.noc[0.85])), "noc90": float(np.mean(self.noc[0.9])),
+            **{f"iou1_{k}": float(np.mean(v)) for k, v in self.one.items()},
+            "text_iou": float(np.mean(self.text_alone)) if self.text_alone else 0.0,
+            "text_click_iou": float(np.mean(self.text_click)) if self.text_click else 0.0,
+            "images": images, "phrases": len(self.ref_ious), "objects": len(self.noc[0.9]),
+            "seconds": seconds,
+        }
 
 
 def format_table(r: dict[str, float]) -> str:
