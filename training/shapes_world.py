@@ -750,6 +750,35 @@ def coco_categories(kind: Literal["panoptic", "instances"] = "panoptic") -> list
     ]
 
 
+def _panoptic_annotation(scene: "Scene", image_id: int, name: str) -> dict:
+    """The scene's panoptic record: every segment (things carry their phrases)."""
+    return {
+        "image_id": image_id,
+        "file_name": name,
+        "segments_info": [
+            {"id": s.id, "category_id": s.category_id + 1, "iscrowd": 0, "bbox": list(s.bbox), "area": s.area,
+             **({"phrases": scene.phrases_for(s.id)} if s.isthing else {})}
+            for s in scene.segments
+        ],
+    }
+
+
+def _instance_annotations(scene: "Scene", image_id: int, first_id: int) -> list[dict]:
+    """One instance record per thing (its visible mask as compressed RLE), ids from `first_id`."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for s in scene.things:
+        rle = mask_utils.encode(np.asfortranarray(scene.mask(s.id).astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        out.append({
+            "id": first_id + len(out), "image_id": image_id, "category_id": s.category_id + 1,
+            "segmentation": rle, "area": s.area, "bbox": list(s.bbox), "iscrowd": 0,
+            "phrases": scene.phrases_for(s.id),
+        })
+    return out
+
+
 def write_coco(
     out_dir: str | Path,
     seeds: Iterable[int],
@@ -782,26 +811,9 @@ def write_coco(
         images.append({"id": image_id, "file_name": name, "height": scene.height, "width": scene.width, "seed": int(seed)})
         if kind == "panoptic":
             Image.fromarray(scene.panoptic_rgb()).save(out / "panoptic" / name)
-            annotations.append({
-                "image_id": image_id,
-                "file_name": name,
-                "segments_info": [
-                    {"id": s.id, "category_id": s.category_id + 1, "iscrowd": 0, "bbox": list(s.bbox), "area": s.area,
-                     **({"phrases": scene.phrases_for(s.id)} if s.isthing else {})}
-                    for s in scene.segments
-                ],
-            })
+            annotations.append(_panoptic_annotation(scene, image_id, name))
         else:
-            from pycocotools import mask as mask_utils
-
-            for s in scene.things:
-                rle = mask_utils.encode(np.asfortranarray(scene.mask(s.id).astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode("ascii")
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_id, "category_id": s.category_id + 1,
-                    "segmentation": rle, "area": s.area, "bbox": list(s.bbox), "iscrowd": 0,
-                    "phrases": scene.phrases_for(s.id),
-                })
+            annotations += _instance_annotations(scene, image_id, first_id=len(annotations) + 1)
     data = {
         "info": {"description": "Shapes World (seem-ray procedural dataset)", "version": "1"},
         "images": images,
