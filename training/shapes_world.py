@@ -750,7 +750,7 @@ def coco_categories(kind: Literal["panoptic", "instances"] = "panoptic") -> list
     ]
 
 
-def _panoptic_annotation(scene: "Scene", image_id: int, name: str) -> dict:
+def _panoptic_annotation(scene: Scene, image_id: int, name: str) -> dict:
     """The scene's panoptic record: every segment (things carry their phrases)."""
     return {
         "image_id": image_id,
@@ -763,7 +763,7 @@ def _panoptic_annotation(scene: "Scene", image_id: int, name: str) -> dict:
     }
 
 
-def _instance_annotations(scene: "Scene", image_id: int, first_id: int) -> list[dict]:
+def _instance_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
     """One instance record per thing (its visible mask as compressed RLE), ids from `first_id`."""
     from pycocotools import mask as mask_utils
 
