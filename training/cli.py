@@ -8,6 +8,11 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_train(subparsers)
+    _register_eval(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser(
         "train", help="train SEEM on Ray Train (Shapes World or a COCO dataset)",
         description="Trains (or fine-tunes) SEEM with the seeds' losses on Ray Train. A run with the same "
@@ -40,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--export", default=None, help="write the final weights (safetensors) here")
     t.set_defaults(func=_train)
 
+
+def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser(
         "eval", help="the paper's metrics on held-out Shapes World scenes",
         description="PQ/mIoU, referring cIoU/mIoU, NoC85/NoC90, 1-IoU per prompt type, text vs text+click.")
