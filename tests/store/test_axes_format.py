@@ -56,14 +56,6 @@ class Calibration:
         return self.axes
 
 
-@pytest.fixture(params=["local", "s3"])
-def fstore(request, tmp_path):
-    if request.param == "local":
-        return FeatureStore(str(tmp_path / "store"))
-    bucket = request.getfixturevalue("s3_bucket")
-    return FeatureStore(bucket.uri("axes-root"), endpoint_url=bucket.endpoint_url)
-
-
 def test_axes_objects_are_format_4_and_hold_components_within_half_a_step(fstore) -> None:
     features, axes = make_features(), make_axes()
     calibration = Calibration(axes)

@@ -36,14 +36,6 @@ def make_features(seed: int = 0, model_id: str = MODEL) -> ImageFeatures:
     )
 
 
-@pytest.fixture(params=["local", "s3"])
-def fstore(request, tmp_path):
-    if request.param == "local":
-        return FeatureStore(str(tmp_path / "store"))
-    bucket = request.getfixturevalue("s3_bucket")
-    return FeatureStore(bucket.uri("features-root"), endpoint_url=bucket.endpoint_url)
-
-
 SHA = content_sha256(b"image bytes")
 
 
