@@ -18,9 +18,12 @@ from __future__ import annotations
 import functools
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from storage import ObjectStore
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -117,3 +120,15 @@ def s3_bucket(s3_server: str) -> Iterator[S3Bucket]:
         client.delete_bucket(Bucket=bucket.name)
     except Exception:
         pass
+
+
+@pytest.fixture(params=["local", "s3"])
+def object_store(request: pytest.FixtureRequest, tmp_path) -> ObjectStore:
+    """An empty object store on each backend: a local folder, and a prefix of a fresh bucket of
+    the moto server (over HTTP)."""
+    from storage import open_store
+
+    if request.param == "local":
+        return open_store(str(tmp_path / "root"))
+    bucket = request.getfixturevalue("s3_bucket")
+    return open_store(bucket.uri("some/prefix"), endpoint_url=bucket.endpoint_url)

@@ -10,12 +10,10 @@ from storage import local
 from storage import (TEMP_PREFIX, BucketNotFound, LocalStore, NotFound, S3Store, StorageError, open_store)
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return open_store(str(tmp_path / "root"))
-    bucket = request.getfixturevalue("s3_bucket")
-    return open_store(bucket.uri("some/prefix"), endpoint_url=bucket.endpoint_url)
+@pytest.fixture
+def store(object_store):
+    """Each backend (tests/s3_server.py's `object_store`)."""
+    return object_store
 
 
 def test_round_trip(store):

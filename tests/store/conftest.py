@@ -6,9 +6,7 @@ import pytest
 from store import FeatureStore
 
 
-@pytest.fixture(params=["local", "s3"])
-def fstore(request, tmp_path):
-    if request.param == "local":
-        return FeatureStore(str(tmp_path / "store"))
-    bucket = request.getfixturevalue("s3_bucket")
-    return FeatureStore(bucket.uri("features-root"), endpoint_url=bucket.endpoint_url)
+@pytest.fixture
+def fstore(object_store):
+    """A feature store on each backend (tests/s3_server.py's `object_store`)."""
+    return FeatureStore(object_store.root_uri, backend=object_store)
