@@ -21,7 +21,7 @@ script also times the reference's single most expensive operation (the pixel dec
 machines, so the reference's figures can be read at this machine's speed.
 
     .venv/bin/python bench/decode_vs_full.py [--model seem-samvitb-v1] [--repeats 5] [--json out.json] [--decode-only]
-        [--store-bytes]
+        [--store-bytes] [--features-format axes]
 
 SPEED.md measured Focal-T only: for another model the reference columns are left empty.
 """
@@ -72,6 +72,11 @@ def main() -> None:
     predictor.vocabulary_embeddings(vocab)
     features = predictor.encode([image])[0]
     other = predictor.encode([(rng.random((512, 683, 3)) * 255).astype(np.uint8)])[0]  # a referring image
+    if args.features_format != "encode":  # what a cache miss loads from a store object of that format
+        from store.feature_store import as_stored
+
+        axes = predictor.mask_axes() if args.features_format == "axes" else None
+        features, other = (as_stored(f, args.features_format, axes) for f in (features, other))
     r, decode_keys = _time_decodes(predictor, features, other, image, vocab, args.repeats, machine_ratio)
     if args.store_bytes:
         r.update(_store_bytes(features))
@@ -98,6 +103,9 @@ def _parse_args() -> argparse.Namespace:
                              "the work itself, not the wait for a core; the calibration is timed the same way)")
     parser.add_argument("--decode-only", action="store_true",
                         help="time the decode paths only (no encode, full forward or vocabulary rows)")
+    parser.add_argument("--features-format", default="encode",
+                        help="decode features as `encode` returns them (float32, the default) or as a store "
+                             "object of this dtype loads them (float16, int8, int10, axes: `as_stored`)")
     parser.add_argument("--store-bytes", action="store_true",
                         help="also print the bytes of a store object with and without the object pass, per format")
     return parser.parse_args()
@@ -318,7 +326,8 @@ NOT_DECODE_PATHS = ("decode_panoptic_no_pass", "decode_referring_no_pass", "obje
 
 def _print_decode_rows(r: dict[str, float], keys: list[str], conv_ms: float, machine_ratio: float,
                        args: argparse.Namespace) -> None:
-    print(f"model: {args.model}; torch {torch.__version__}, {args.threads} threads, {args.clock} clock")
+    print(f"model: {args.model}; torch {torch.__version__}, {args.threads} threads, {args.clock} clock; "
+          f"features: {args.features_format}")
     print(f"calibration: 3x3 conv 512->512 at 128x176 = {conv_ms:.0f} ms here vs 252 ms in SPEED.md "
           f"(this machine is {machine_ratio:.2f}x the reference machine's time)")
     print(f"{'decode path':<26}{'ours (ms)':>12}{'reference-machine ms':>22}{'<= 150':>8}")
