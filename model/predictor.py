@@ -435,8 +435,9 @@ class SeemPredictor:
     def _grounding(self, call: _DecodeCall, texts: list[str], references: list[torch.Tensor | None]) -> list[Segmentation]:
         m = self.model
         grounding, phrase_emb = m.grounding_input([texts])
-        out = m.decoder(call.ms, call.mask_features, object_queries=False, grounding=grounding,
-                        full_masks="none", image_cache=self._image_cache(call), mask_axes=call.features.mask_axes)  # masks only for the queries kept, below
+        # full_masks "none": masks only for the queries kept, below.
+        out = m.decoder(call.ms, call.mask_features, object_queries=False, grounding=grounding, full_masks="none",
+                        image_cache=self._image_cache(call), mask_axes=call.features.mask_axes)
         self.decoder_caches.trim()
         g = out.final[GROUNDING]
         scores = grounding_scores(g.class_emb[0], phrase_emb[0], m.text_encoder.logit_scale,

@@ -564,8 +564,8 @@ def deserialize_features(
         tensors, quantized = _dequantized(_decoded_tensors(data, header), meta)
         for name, t in tensors.items():
             want = torch.float16 if dtype is None and name in quantized else dtype
-            if axes is not None and name == "mask_features" and want is not None:
-                want = torch.float32 if want == torch.float16 or want == torch.bfloat16 else want
+            if axes is not None and name == "mask_features" and want in (torch.float16, torch.bfloat16):
+                want = None  # components stay float32: their finest steps are below a 16-bit float's rounding
             if want is not None and t.is_floating_point() and t.dtype != want:
                 tensors[name] = t.to(want)
         features = ImageFeatures.from_parts(tensors, meta)
