@@ -115,6 +115,37 @@ def _take_rows(t: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     return torch.gather(t, 1, index)
 
 
+def _block_padding(mask: torch.Tensor, index: dict[str, slice], allowed: list[tuple[str, str]],
+                   padding: dict[str, torch.Tensor]) -> None:
+    """Padded tokens (`padding`: B x T per token group, True = padding) get no attention from
+    or to them (rows and columns), among tokens and towards / from the queries they pair with."""
+    for a, b in allowed:
+        block = mask[:, index[a], index[b]]
+        if a == b and a in padding:
+            block |= padding[a][:, :, None] | padding[a][:, None, :]
+        elif a != b:
+            if a in padding:
+                block |= padding[a][:, :, None]
+            if b in padding:
+                block |= padding[b][:, None, :]
+        mask[:, index[a], index[b]] = block
+
+
+def _pair_by_prompt(mask: torch.Tensor, index: dict[str, slice], spatial_prompt: torch.Tensor | None,
+                    token_prompt: torch.Tensor | None, memory_prompt: torch.Tensor | None) -> None:
+    """Spatial queries, their tokens (`token_prompt`: None without them) and memories see only
+    those of their own prompt."""
+    sp, tp = spatial_prompt, token_prompt
+    if tp is not None:
+        mask[:, index[SPATIAL], index[SPATIAL]] = (sp[:, None] != sp[None, :])[None]
+        mask[:, index[SPATIAL], index[STOKENS]] = sp[None, :, None] != tp[:, None, :]
+        mask[:, index[STOKENS], index[STOKENS]] = tp[:, :, None] != tp[:, None, :]
+    if MEMORY in index:
+        mp = memory_prompt
+        mask[:, index[SPATIAL], index[MEMORY]] = (sp[:, None] != mp[None, :])[None]
+        mask[:, index[MEMORY], index[MEMORY]] = (mp[:, None] != mp[None, :])[None]
+
+
 def _level_resampler(resamplers: dict[tuple[int, int], LevelResampler], mask_features: torch.Tensor,
                      size: tuple[int, int]) -> LevelResampler:
     """The resampler of `size` in `resamplers`, made (and kept there) on first use."""
@@ -448,9 +479,7 @@ class SeemDecoder(nn.Module):
         for n in names:
             index[n] = slice(start, start + content[n].shape[1])
             start += content[n].shape[1]
-        device = content[names[0]].device
-        mask = torch.ones((bs, start, start), dtype=torch.bool, device=device)
-
+        mask = torch.ones((bs, start, start), dtype=torch.bool, device=content[names[0]].device)
         allowed = [(OBJECT, OBJECT), (GROUNDING, GROUNDING), (GROUNDING, GTOKENS),
                    (SPATIAL, SPATIAL), (SPATIAL, STOKENS), (SPATIAL, MEMORY),
                    (GTOKENS, GROUNDING), (GTOKENS, GTOKENS), (STOKENS, STOKENS), (MEMORY, MEMORY)]
@@ -459,33 +488,12 @@ class SeemDecoder(nn.Module):
         allowed = [(a, b) for a, b in allowed if a in index and b in index]
         for a, b in allowed:
             mask[:, index[a], index[b]] = False
-
         padding: dict[str, torch.Tensor] = {}
         if GTOKENS in index:
             padding[GTOKENS] = grounding.padding
         if STOKENS in index:
             padding[STOKENS] = spatial.token_prompt[level] < 0
-        # Padded tokens: no attention from or to them (rows and columns), among tokens
-        # and towards / from the queries they pair with.
-        for a, b in allowed:
-            block = mask[:, index[a], index[b]]
-            if a == b and a in padding:
-                block |= padding[a][:, :, None] | padding[a][:, None, :]
-            elif a != b:
-                if a in padding:
-                    block |= padding[a][:, :, None]
-                if b in padding:
-                    block |= padding[b][:, None, :]
-            mask[:, index[a], index[b]] = block
-
-        if SPATIAL in index and STOKENS in index:
-            sp = spatial_prompt
-            tp = spatial.token_prompt[level]
-            mask[:, index[SPATIAL], index[SPATIAL]] = (sp[:, None] != sp[None, :])[None]
-            mask[:, index[SPATIAL], index[STOKENS]] = sp[None, :, None] != tp[:, None, :]
-            mask[:, index[STOKENS], index[STOKENS]] = tp[:, :, None] != tp[:, None, :]
-        if MEMORY in index:
-            mp = memory_prompt
-            mask[:, index[SPATIAL], index[MEMORY]] = (spatial_prompt[:, None] != mp[None, :])[None]
-            mask[:, index[MEMORY], index[MEMORY]] = (mp[:, None] != mp[None, :])[None]
+        _block_padding(mask, index, allowed, padding)
+        token_prompt = spatial.token_prompt[level] if SPATIAL in index and STOKENS in index else None
+        _pair_by_prompt(mask, index, spatial_prompt, token_prompt, memory_prompt)
         return mask
