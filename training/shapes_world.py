@@ -350,62 +350,95 @@ def _rgb(*channels: np.ndarray | float) -> np.ndarray:
 def _texture(name: str, h: int, w: int, r0: int, r1: int, rng: Generator) -> np.ndarray:
     """Float (r1 - r0) x W x 3 texture of one stuff class (muted hue family + its own
     pattern) on rows r0..r1-1 of an h x w image; only the rows a region needs are made."""
+    paint = _TEXTURES.get(name)
+    if paint is None:
+        raise ValueError(f"unknown stuff class {name!r}")
     y = np.arange(r0, r1, dtype=np.float64)[:, None]
     x = np.arange(w, dtype=np.float64)[None, :]
     grain = rng.random((r1 - r0, w)) - 0.5
-    if name == "sky":
-        # Pale blue gradient, lighter towards the bottom, with soft clouds.
-        t = y / max(h - 1, 1)
-        base = _rgb(122 + 72 * t, 170 + 50 * t, 224 + 16 * t)
-        clouds = _value_noise(h, w, 26.0, 44.0, rng, r0, r1) * 0.6 + _value_noise(h, w, 11.0, 19.0, rng, r0, r1) * 0.4
-        c = np.clip((clouds - 0.55) * 2.5, 0.0, 0.85)[..., None]
-        out = base + (np.array([238.0, 241.0, 246.0]) - base) * c + grain[..., None] * 4.0
-    elif name == "grass":
-        # Dull green; vertical streaks read as blades, large patches as uneven lawn.
-        blades = _value_noise(h, w, 7.0, 1.6, rng, r0, r1) - 0.5
-        patches = _value_noise(h, w, 40.0, 40.0, rng, r0, r1) - 0.5
-        out = _rgb(78 + 28 * blades + 18 * patches, 126 + 40 * blades + 24 * patches, 58 + 18 * blades + 8 * patches)
-        out = out + grain[..., None] * 18.0
-    elif name == "sand":
-        # Light beige with diagonal ripples and a coarse grain.
-        period = 8.0 + 5.0 * rng.random()
-        warp = _value_noise(h, w, 30.0, 30.0, rng, r0, r1)
-        ripple = _tri((0.8 * x + y + 7.0 * warp) / period) - 0.5
-        out = _rgb(212 + 20 * ripple, 189 + 18 * ripple, 144 + 14 * ripple) + grain[..., None] * 26.0
-    elif name == "water":
-        # Dark muted blue-teal with bright horizontal wave crests.
-        period = 7.0 + 5.0 * rng.random()
-        phase0 = rng.random()
-        wave = (y + 3.0 * _tri(x / 29.0 + phase0)) / period
-        crest = np.clip(1.0 - (wave - np.floor(wave)) / 0.2, 0.0, 1.0) * 0.6
-        body = _value_noise(h, w, 24.0, 48.0, rng, r0, r1) - 0.5
-        base = _rgb(42 + 10 * body, 92 + 14 * body, 138 + 18 * body)
-        out = base + (np.array([98.0, 152.0, 192.0]) - base) * crest[..., None] + grain[..., None] * 6.0
-    elif name == "wall":
-        # Grey bricks in staggered courses with light mortar.
-        bh = int(rng.integers(12, 21))
-        bw = 2 * bh + int(rng.integers(0, 7))
-        oy, ox = int(rng.integers(0, bh)), int(rng.integers(0, bw))
-        yi = np.arange(r0, r1)[:, None] + oy
-        row = yi // bh
-        xi = np.arange(w)[None, :] + ox + (row % 2) * (bw // 2)
-        col = xi // bw
-        # One shade per brick of the whole image, whichever rows are drawn.
-        shade = rng.integers(-14, 15, size=((h - 1 + oy) // bh + 1, (w - 1 + ox + bw // 2) // bw + 1)).astype(np.float64)
-        brick = shade[row, col]
-        mortar = ((yi % bh) < 2) | ((xi % bw) < 2)
-        out = _rgb(128 + brick, 124 + brick, 132 + brick) + grain[..., None] * 12.0
-        out = np.where(mortar[..., None], np.array([186.0, 183.0, 176.0]) + grain[..., None] * 6.0, out)
-    elif name == "floor":
-        # Two-tone brown-grey checks (tiles).
-        tile = int(rng.integers(14, 31))
-        oy, ox = int(rng.integers(0, tile)), int(rng.integers(0, tile))
-        check = ((np.arange(r0, r1)[:, None] + oy) // tile + (np.arange(w)[None, :] + ox) // tile) % 2
-        out = np.where(check[..., None] == 0, np.array([168.0, 150.0, 122.0]), np.array([110.0, 98.0, 82.0]))
-        out = out + grain[..., None] * 16.0
-    else:
-        raise ValueError(f"unknown stuff class {name!r}")
-    return out
+    return paint(_Rows(h, w, r0, r1, y, x, grain), rng)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows r0..r1-1 of an h x w image a texture is made on: their y and x coordinates
+    (column and row vectors) and per-pixel grain in [-0.5, 0.5)."""
+
+    h: int
+    w: int
+    r0: int
+    r1: int
+    y: np.ndarray
+    x: np.ndarray
+    grain: np.ndarray
+
+    def noise(self, scale_y: float, scale_x: float, rng: Generator) -> np.ndarray:
+        return _value_noise(self.h, self.w, scale_y, scale_x, rng, self.r0, self.r1)
+
+
+def _sky(r: _Rows, rng: Generator) -> np.ndarray:
+    # Pale blue gradient, lighter towards the bottom, with soft clouds.
+    t = r.y / max(r.h - 1, 1)
+    base = _rgb(122 + 72 * t, 170 + 50 * t, 224 + 16 * t)
+    clouds = r.noise(26.0, 44.0, rng) * 0.6 + r.noise(11.0, 19.0, rng) * 0.4
+    c = np.clip((clouds - 0.55) * 2.5, 0.0, 0.85)[..., None]
+    return base + (np.array([238.0, 241.0, 246.0]) - base) * c + r.grain[..., None] * 4.0
+
+
+def _grass(r: _Rows, rng: Generator) -> np.ndarray:
+    # Dull green; vertical streaks read as blades, large patches as uneven lawn.
+    blades = r.noise(7.0, 1.6, rng) - 0.5
+    patches = r.noise(40.0, 40.0, rng) - 0.5
+    out = _rgb(78 + 28 * blades + 18 * patches, 126 + 40 * blades + 24 * patches, 58 + 18 * blades + 8 * patches)
+    return out + r.grain[..., None] * 18.0
+
+
+def _sand(r: _Rows, rng: Generator) -> np.ndarray:
+    # Light beige with diagonal ripples and a coarse grain.
+    period = 8.0 + 5.0 * rng.random()
+    warp = r.noise(30.0, 30.0, rng)
+    ripple = _tri((0.8 * r.x + r.y + 7.0 * warp) / period) - 0.5
+    return _rgb(212 + 20 * ripple, 189 + 18 * ripple, 144 + 14 * ripple) + r.grain[..., None] * 26.0
+
+
+def _water(r: _Rows, rng: Generator) -> np.ndarray:
+    # Dark muted blue-teal with bright horizontal wave crests.
+    period = 7.0 + 5.0 * rng.random()
+    phase0 = rng.random()
+    wave = (r.y + 3.0 * _tri(r.x / 29.0 + phase0)) / period
+    crest = np.clip(1.0 - (wave - np.floor(wave)) / 0.2, 0.0, 1.0) * 0.6
+    body = r.noise(24.0, 48.0, rng) - 0.5
+    base = _rgb(42 + 10 * body, 92 + 14 * body, 138 + 18 * body)
+    return base + (np.array([98.0, 152.0, 192.0]) - base) * crest[..., None] + r.grain[..., None] * 6.0
+
+
+def _wall(r: _Rows, rng: Generator) -> np.ndarray:
+    # Grey bricks in staggered courses with light mortar.
+    bh = int(rng.integers(12, 21))
+    bw = 2 * bh + int(rng.integers(0, 7))
+    oy, ox = int(rng.integers(0, bh)), int(rng.integers(0, bw))
+    yi = np.arange(r.r0, r.r1)[:, None] + oy
+    row = yi // bh
+    xi = np.arange(r.w)[None, :] + ox + (row % 2) * (bw // 2)
+    col = xi // bw
+    # One shade per brick of the whole image, whichever rows are drawn.
+    shade = rng.integers(-14, 15, size=((r.h - 1 + oy) // bh + 1, (r.w - 1 + ox + bw // 2) // bw + 1)).astype(np.float64)
+    brick = shade[row, col]
+    mortar = ((yi % bh) < 2) | ((xi % bw) < 2)
+    out = _rgb(128 + brick, 124 + brick, 132 + brick) + r.grain[..., None] * 12.0
+    return np.where(mortar[..., None], np.array([186.0, 183.0, 176.0]) + r.grain[..., None] * 6.0, out)
+
+
+def _floor(r: _Rows, rng: Generator) -> np.ndarray:
+    # Two-tone brown-grey checks (tiles).
+    tile = int(rng.integers(14, 31))
+    oy, ox = int(rng.integers(0, tile)), int(rng.integers(0, tile))
+    check = ((np.arange(r.r0, r.r1)[:, None] + oy) // tile + (np.arange(r.w)[None, :] + ox) // tile) % 2
+    out = np.where(check[..., None] == 0, np.array([168.0, 150.0, 122.0]), np.array([110.0, 98.0, 82.0]))
+    return out + r.grain[..., None] * 16.0
+
+
+_TEXTURES = {"sky": _sky, "grass": _grass, "sand": _sand, "water": _water, "wall": _wall, "floor": _floor}
 
 
 def _to_uint8(v: np.ndarray) -> np.ndarray:
