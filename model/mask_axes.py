@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["MaskAxes", "axes_from_embeddings", "change_frame", "empty_in_frame"]
+__all__ = ["MaskAxes", "axes_from_embeddings", "change_frame", "empty_in_frame", "same_frame"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,10 +91,15 @@ def axes_from_embeddings(embeddings: torch.Tensor) -> MaskAxes:
     return MaskAxes(axes.to(torch.float32).contiguous(), weights.to(torch.float32).contiguous())
 
 
+def same_frame(a: MaskAxes | None, b: MaskAxes | None) -> bool:
+    """Whether two frames (None: channels) are the same axes."""
+    return a is b or (a is not None and b is not None and a.id == b.id)
+
+
 def change_frame(vectors: torch.Tensor, source: MaskAxes | None, target: MaskAxes | None) -> torch.Tensor:
     """... x C mask-space vectors in the frame of `source` -> the same vectors in `target`'s
     (None: channels)."""
-    if source is target or (source is not None and target is not None and source.id == target.id):
+    if same_frame(source, target):
         return vectors
     if source is not None:
         vectors = vectors @ source.axes.T.to(vectors)

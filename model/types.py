@@ -15,7 +15,7 @@ from typing import Iterable, Literal, Sequence, Union
 import numpy as np
 import torch
 
-from .mask_axes import MaskAxes, change_frame
+from .mask_axes import MaskAxes, change_frame, same_frame
 
 FEATURE_FORMAT_VERSION = 1
 
@@ -165,8 +165,7 @@ class ImageFeatures:
     def in_frame(self, axes: MaskAxes | None) -> "ImageFeatures":
         """These features with `mask_features` and `object_mask_emb` along `axes` (None:
         channels); the other maps are not in the mask space and stay as they are."""
-        same = axes is self.mask_axes or (axes is not None and self.mask_axes is not None and axes.id == self.mask_axes.id)
-        if same:
+        if same_frame(axes, self.mask_axes):
             return self
         if self.stage != "pixel_decoder":
             raise ValueError("only pixel-decoder features have mask features to rotate")

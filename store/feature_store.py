@@ -449,7 +449,8 @@ def serialize_features(
     version = FORMAT_V1 if not quant else {"int8": FORMAT_V2, "int10": FORMAT_V3}.get(str(dtype), FORMAT_V4)
     delta = sorted(quant) if version == FORMAT_V2 and codec != "none" else []
     metadata = _object_metadata(features, image_sha256, version, codec, logical, quant, delta)
-    metadata["dtype"] = str(dtype) if quant else metadata["dtype"]
+    if quant:  # quantised objects name their scheme, float ones the first tensor's stored dtype
+        metadata["dtype"] = str(dtype)
     stored, chunks = _stored_tensors(logical, codec, level, delta)
     metadata["store.checksum"] = _checksum(metadata, chunks)
     return save(stored, metadata=metadata)

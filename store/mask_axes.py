@@ -21,8 +21,6 @@ format-4 feature object names the id it was written along.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 
@@ -117,12 +115,15 @@ def deserialize_mask_axes(data: bytes, *, uri: str, expect_id: str, expect_model
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    from store.feature_store import _parse_header  # the framing checks feature objects get
+
     try:
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(bytes(data[8:8 + header_len])).get("__metadata__") or {}
+        meta = _parse_header(data, uri).metadata
         tensors = load(bytes(data))
         axes = MaskAxes(tensors["axes"], tensors["weights"])
-    except (SafetensorError, KeyError, ValueError, UnicodeDecodeError, RuntimeError) as e:
+    except CorruptObject as e:
+        raise CorruptObject(uri, f"unreadable mask axes: {e.reason}") from None
+    except (SafetensorError, KeyError, ValueError, RuntimeError) as e:
         raise CorruptObject(uri, f"unreadable mask axes: {type(e).__name__}: {e}") from None
     if meta.get("store.format") != MASK_AXES_FORMAT or meta.get("model_id") != expect_model_id:
         raise CorruptObject(uri, f"not the mask axes of model {expect_model_id!r} (metadata {meta!r})")
