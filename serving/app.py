@@ -125,7 +125,6 @@ class Encoder:
     def _encode_items(self, items: list[tuple[str, bytes]]) -> list[Any]:
         from model.image_io import ImageDecodeError, ImageTooLarge, decode_image
         from store import StoreError
-        from store.feature_store import as_stored
 
         started = time.perf_counter()
         model_id = self.predictor.model_id
@@ -160,8 +159,9 @@ class Encoder:
                     try:
                         dtype = self.config.store_dtype
                         axes = self.store.writing_axes(model_id, self.predictor.mask_axes) if dtype == "axes" else None
-                        self.store.put(feats, image_id, dtype=dtype, compress=self.config.store_codec, mask_axes=axes)
-                        out[i] = as_stored(feats, dtype, axes)  # what a cache miss would load
+                        # What a cache miss would load, decoded from the bytes written (no second quantisation).
+                        _, out[i] = self.store.put_and_read(feats, image_id, dtype=dtype,
+                                                            compress=self.config.store_codec, mask_axes=axes)
                     except StoreError as e:
                         out[i] = ApiError("unavailable", f"feature store: {e}")
                     except Exception as e:

@@ -263,12 +263,7 @@ def test_as_stored_is_what_a_reader_of_the_object_gets(tmp_path, dtype) -> None:
     later cache miss's load, so masks do not depend on where the features came from."""
     fs = FeatureStore(str(tmp_path / "store"))
     features = make_features()
-    g = torch.Generator().manual_seed(1)  # with the object queries' pass (Q x D), as encode() makes them
-    features.tensors.update({name: torch.randn(5, 8, generator=g) for name in OBJECT_PASS_TENSORS})
-    axes = None
-    if dtype == "axes":  # (format 4: along the model's mask axes; tests/store/test_axes_format.py)
-        q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
-        axes = MaskAxes(q.to(torch.float32).contiguous(), torch.logspace(0, -3, 8))
+    axes = _with_pass_and_axes(features, dtype)  # ("axes": format 4, tests/store/test_axes_format.py)
     fs.put(features, SHA, dtype=dtype, compress="shuffle+zstd", mask_axes=axes)
     got, fresh = fs.get(MODEL, SHA, dtype=None), as_stored(features, dtype, axes)
     assert set(got.tensors) == set(features.tensors) and got.has_object_pass
@@ -281,6 +276,39 @@ def test_as_stored_is_what_a_reader_of_the_object_gets(tmp_path, dtype) -> None:
         assert torch.equal(got.tensors[name], want), name
     with pytest.raises(ValueError, match="choose one of float16, bfloat16, float32, int8"):
         as_stored(features, "int4")
+
+
+def _with_pass_and_axes(features: ImageFeatures, dtype: str, seed: int = 1) -> MaskAxes | None:
+    """Adds the object queries' pass to `features` (as encode() makes them); the mask axes an
+    "axes" object is written along (None for other dtypes)."""
+    g = torch.Generator().manual_seed(seed)
+    features.tensors.update({name: torch.randn(5, 8, generator=g) for name in OBJECT_PASS_TENSORS})
+    if dtype != "axes":
+        return None
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    return MaskAxes(q.to(torch.float32).contiguous(), torch.logspace(0, -3, 8))
+
+
+@pytest.mark.parametrize("dtype", STORE_DTYPES)
+def test_put_and_read_gives_what_a_later_reader_gets(tmp_path, dtype) -> None:
+    """What serving's encoder hands its decoders: the features a cache miss loads later (in
+    another process: a fresh store object), bit for bit; and, when the image was stored
+    already, the stored features rather than the new ones."""
+    fs = FeatureStore(str(tmp_path / "store"))
+    features = make_features()
+    axes = _with_pass_and_axes(features, dtype)
+    result, fresh = fs.put_and_read(features, SHA, dtype=dtype, compress="shuffle+zstd", mask_axes=axes)
+    assert result.written and result.size == fs.backend.stat(result.key).size
+    got = FeatureStore(str(tmp_path / "store")).get(MODEL, SHA, dtype=None)
+    assert set(fresh.tensors) == set(got.tensors)
+    assert getattr(fresh.mask_axes, "id", None) == getattr(got.mask_axes, "id", None) == getattr(axes, "id", None)
+    for name, t in got.tensors.items():
+        assert t.dtype == fresh.tensors[name].dtype and torch.equal(t, fresh.tensors[name]), name
+    other = make_features(seed=5)
+    again, stored = fs.put_and_read(other, SHA, dtype=dtype, compress="shuffle+zstd", mask_axes=axes)
+    assert not again.written and torch.equal(stored.tensors["mask_features"], got.tensors["mask_features"])
+    with pytest.raises(ValueError, match="choose one of float16"):
+        fs.put_and_read(features, content_sha256(b"other"), dtype="int4")
 
 
 @pytest.mark.parametrize("compress", [False, "shuffle+zstd"])
