@@ -623,7 +623,34 @@ def scrape_series(text: str) -> dict[str, set[str]]:
     return series
 
 
+def _check_panel_queries(targets: list[dict], title: str, report: Report) -> int:
+    """Errors of one panel's queries into `report` (each present, with a unique refId, a
+    PromQL expression that parses, balances and selects only Ray-exported series);
+    returns how many queries it has."""
+    if not targets:
+        report.errors.append(f"panel {title!r}: no queries")
+    refs = [t.get("refId") for t in targets]
+    if len(set(refs)) != len(refs) or not all(refs):
+        report.errors.append(f"panel {title!r}: refIds must be present and unique")
+    for t in targets:
+        try:
+            selectors, _ = parse_promql(t.get("expr", ""))
+        except ValueError as e:
+            report.errors.append(f"panel {title!r}: {e}")
+            continue
+        if not t.get("expr") or not selectors:
+            report.errors.append(f"panel {title!r}: query {t.get('refId')} selects no series")
+        if not _balanced(t.get("expr", "")):
+            report.errors.append(f"panel {title!r}: unbalanced brackets in {t.get('expr')!r}")
+        for s in selectors:
+            if not s.metric.startswith("ray_"):
+                report.errors.append(f"panel {title!r}: {s.metric} is not a Ray-exported series (ray_ prefix)")
+    return len(targets)
+
+
 def check_dashboard(path: Path | str, dashboard: dict | None = None) -> Report:
+    """A Grafana dashboard's errors: required keys, panel ids and grid positions, each panel
+    on the dashboard's datasource variable, and its queries (`_check_panel_queries`)."""
     report = Report(_rel(path))
     try:
         dash = dashboard if dashboard is not None else json.loads(Path(path).read_text(encoding="utf-8"))
@@ -651,26 +678,7 @@ def check_dashboard(path: Path | str, dashboard: dict | None = None) -> Report:
         m = re.fullmatch(r"\$\{?(\w+)\}?", ds)
         if not m or variables.get(m.group(1), {}).get("type") != "datasource":
             report.errors.append(f"panel {title!r}: datasource {ds!r} is not the dashboard's datasource variable")
-        targets = panel.get("targets") or []
-        if not targets:
-            report.errors.append(f"panel {title!r}: no queries")
-        refs = [t.get("refId") for t in targets]
-        if len(set(refs)) != len(refs) or not all(refs):
-            report.errors.append(f"panel {title!r}: refIds must be present and unique")
-        for t in targets:
-            queries += 1
-            try:
-                selectors, _ = parse_promql(t.get("expr", ""))
-            except ValueError as e:
-                report.errors.append(f"panel {title!r}: {e}")
-                continue
-            if not t.get("expr") or not selectors:
-                report.errors.append(f"panel {title!r}: query {t.get('refId')} selects no series")
-            if not _balanced(t.get("expr", "")):
-                report.errors.append(f"panel {title!r}: unbalanced brackets in {t.get('expr')!r}")
-            for s in selectors:
-                if not s.metric.startswith("ray_"):
-                    report.errors.append(f"panel {title!r}: {s.metric} is not a Ray-exported series (ray_ prefix)")
+        queries += _check_panel_queries(panel.get("targets") or [], title, report)
     report.notes.append(f"{len(ids)} panels, {queries} queries "
                         "(whether the series are exported: tests/infra/test_metrics_exported.py)")
     return report

@@ -237,6 +237,21 @@ def load_predictor(spec: ModelSpec, *, encode_batch_size: int = 4, torch_threads
 
 
 # --------------------------------------------------------------------------- decode stage
+def _read_source(uri: str, size: int | None, options: DecodeOptions, reader: Callable[[str], bytes] | None,
+                 row: dict[str, Any]) -> bytes | None:
+    """The item's bytes, or None with the read error in `row` (over the size cap, unreadable)."""
+    from pipeline.sources import read_bytes
+
+    if size is not None and size > options.max_bytes:
+        row["error"] = error_text("read", f"object too large: {size} bytes > cap {options.max_bytes}")
+        return None
+    try:
+        return reader(uri) if reader else read_bytes(uri, endpoint_url=options.endpoint_url)
+    except Exception as e:  # one unreadable object must not stop the job
+        row["error"] = error_text("read", _exception_reason(e))
+        return None
+
+
 def decode_item(
     uri: str,
     size: int | None,
@@ -249,16 +264,9 @@ def decode_item(
     reader: Callable[[str], bytes] | None = None,
 ) -> dict[str, Any]:
     """Read, hash and decode one source item; one `DECODED_SCHEMA` row (never raises)."""
-    from pipeline.sources import read_bytes
-
     row: dict[str, Any] = {"uri": uri, "size": size, "etag": etag, "state": "error"}
-    if size is not None and size > options.max_bytes:
-        row["error"] = error_text("read", f"object too large: {size} bytes > cap {options.max_bytes}")
-        return row
-    try:
-        data = reader(uri) if reader else read_bytes(uri, endpoint_url=options.endpoint_url)
-    except Exception as e:  # one unreadable object must not stop the job
-        row["error"] = error_text("read", _exception_reason(e))
+    data = _read_source(uri, size, options, reader, row)
+    if data is None:
         return row
     row["size"] = len(data)  # the bytes actually hashed (a listing can be stale)
     sha = hashlib.sha256(data).hexdigest()

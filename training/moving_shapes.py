@@ -25,7 +25,7 @@ things composited with their coverage in drawing order); the truth is what is vi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 from numpy.random import Generator
@@ -127,7 +127,6 @@ def _plan(kind: str, rng: Generator, h: int, w: int, frames: int) -> tuple[list[
     pick = lambda: others[int(rng.integers(len(others)))]  # noqa: E731
     movers = [target]
     lookalike = None
-    mid = frames // 2
     if kind == "exit":
         target.start = (w / 2 + (rng.random() - 0.5) * w * 0.2, h / 2 + (rng.random() - 0.5) * h * 0.2)
         direction = rng.integers(4)
@@ -147,23 +146,7 @@ def _plan(kind: str, rng: Generator, h: int, w: int, frames: int) -> tuple[list[
         lookalike = 1
     if kind in ("occlusion", "crossing_in_view"):
         twin = kind == "crossing_in_view"
-        other = _random_mover(rng, side, shape=target.shape if twin else None,
-                              color=target.color if twin else pick(), size="large" if twin else None)
-        if twin:
-            other.radius = target.radius * rng.uniform(0.85, 1.15)
-        # Pass the target's centre at the middle frame, off to one side: a look-alike close
-        # enough to merge with it, an occluder so as to hide about half of it at most.
-        v = _speed(rng, 3.0, 5.0)
-        norm = max(np.hypot(*v), 1e-6)
-        if norm * mid < 2.2 * (r + other.radius):  # start clear of the target on frame 0
-            v = (v[0] / norm * 2.2 * (r + other.radius) / mid, v[1] / norm * 2.2 * (r + other.radius) / mid)
-            norm = np.hypot(*v)
-        side_off = (0.3 if twin else 0.4) * (r + other.radius) * (1 if rng.random() < 0.5 else -1)
-        centre = target.at(mid, frames)[:2]
-        meet = (centre[0] - v[1] / norm * side_off, centre[1] + v[0] / norm * side_off)
-        other.velocity = v
-        other.start = (meet[0] - v[0] * mid, meet[1] - v[1] * mid)
-        movers.append(other)
+        movers.append(_passing_mover(rng, target, twin, side, frames, pick))
         lookalike = 1 if twin else None
     for _ in range(int(rng.integers(1, 3))):  # distractors of other colours, slow
         d = _random_mover(rng, side, color=pick())
@@ -171,6 +154,29 @@ def _plan(kind: str, rng: Generator, h: int, w: int, frames: int) -> tuple[list[
         d.velocity = _speed(rng, 0.5, 2.0)
         movers.append(d)
     return movers, lookalike
+
+
+def _passing_mover(rng: Generator, target: _Mover, twin: bool, side: int, frames: int,
+                   pick: Callable[[], str]) -> _Mover:
+    """A mover that passes the target's centre at the middle frame, off to one side: a
+    look-alike (`twin`) close enough to merge with it, else an occluder of another colour
+    (`pick`) placed so as to hide about half of it at most."""
+    r, mid = target.radius, frames // 2
+    other = _random_mover(rng, side, shape=target.shape if twin else None,
+                          color=target.color if twin else pick(), size="large" if twin else None)
+    if twin:
+        other.radius = target.radius * rng.uniform(0.85, 1.15)
+    v = _speed(rng, 3.0, 5.0)
+    norm = max(np.hypot(*v), 1e-6)
+    if norm * mid < 2.2 * (r + other.radius):  # start clear of the target on frame 0
+        v = (v[0] / norm * 2.2 * (r + other.radius) / mid, v[1] / norm * 2.2 * (r + other.radius) / mid)
+        norm = np.hypot(*v)
+    side_off = (0.3 if twin else 0.4) * (r + other.radius) * (1 if rng.random() < 0.5 else -1)
+    centre = target.at(mid, frames)[:2]
+    meet = (centre[0] - v[1] / norm * side_off, centre[1] + v[0] / norm * side_off)
+    other.velocity = v
+    other.start = (meet[0] - v[0] * mid, meet[1] - v[1] * mid)
+    return other
 
 
 def _entering_twin(rng: Generator, target: _Mover, side: int, w: int, h: int, frames: int) -> _Mover:

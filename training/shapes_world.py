@@ -524,35 +524,47 @@ def _place_things(h: int, w: int, n_things: int, rng: Generator) -> tuple[list[_
         hard = coverage >= (_SS * _SS) // 2
         near = binary_dilation(hard, iterations=2)
         full_area = int(np.count_nonzero(hard))
-        n = 2 * b + 1
-        # The shape lies fully inside the image (its footprint lies within b-3 of the centre).
-        lo_x, hi_x, lo_y, hi_y = b - 3, w - 1 - (b - 3), b - 3, h - 1 - (b - 3)
-        if hi_x < lo_x or hi_y < lo_y:
-            continue
-        for _ in range(_MAX_TRIES):
-            cx, cy = int(rng.integers(lo_x, hi_x + 1)), int(rng.integers(lo_y, hi_y + 1))
-            y0, x0 = cy - b, cx - b
-            # The canvas may stick out of the image by its 3 px margin: clip the window.
-            wy0, wx0, wy1, wx1 = max(y0, 0), max(x0, 0), min(y0 + n, h), min(x0 + n, w)
-            win = owner[wy0:wy1, wx0:wx1]
-            sl = (slice(wy0 - y0, wy1 - y0), slice(wx0 - x0, wx1 - x0))
-            hidden = win[hard[sl]]
-            lost = np.bincount(hidden[hidden >= 0], minlength=len(placed))
-            if not _stays_visible(placed, visible, lost) or _touches_same_colour(win[near[sl]], placed, color):
-                continue
-            # Draw it, then check that no occluded thing fell apart; undo if one did.
-            footprint = hard[sl]
-            before = win[footprint]
-            win[footprint] = len(placed)
-            if _splits_an_occluded_thing(owner, placed, visible, lost):
-                win[footprint] = before
-                continue
-            for i in range(len(placed)):
-                visible[i] -= int(lost[i])
+        corner = _draw_where_it_fits(owner, placed, visible, hard, near, b, color, rng)
+        if corner is not None:
             visible.append(full_area)
-            placed.append(_Placed(shape, color, size, radius, rotation, rgb, coverage, hard, y0, x0, full_area))
-            break
+            placed.append(_Placed(shape, color, size, radius, rotation, rgb, coverage, hard, *corner, full_area))
     return placed, owner
+
+
+def _draw_where_it_fits(owner: np.ndarray, placed: list[_Placed], visible: list[int], hard: np.ndarray,
+                        near: np.ndarray, b: int, color: str, rng: Generator) -> tuple[int, int] | None:
+    """Tries up to _MAX_TRIES random positions for a thing (`hard`: its footprint on a canvas
+    of half-size `b`; `near`: that grown by 2 px) and draws it into `owner` at the first one
+    that `_place_things`'s rules accept, taking what it hides off `visible`. Returns the
+    canvas's top-left corner (y0, x0), or None when no position was accepted."""
+    h, w = owner.shape
+    n = 2 * b + 1
+    # The shape lies fully inside the image (its footprint lies within b-3 of the centre).
+    lo_x, hi_x, lo_y, hi_y = b - 3, w - 1 - (b - 3), b - 3, h - 1 - (b - 3)
+    if hi_x < lo_x or hi_y < lo_y:
+        return None
+    for _ in range(_MAX_TRIES):
+        cx, cy = int(rng.integers(lo_x, hi_x + 1)), int(rng.integers(lo_y, hi_y + 1))
+        y0, x0 = cy - b, cx - b
+        # The canvas may stick out of the image by its 3 px margin: clip the window.
+        wy0, wx0, wy1, wx1 = max(y0, 0), max(x0, 0), min(y0 + n, h), min(x0 + n, w)
+        win = owner[wy0:wy1, wx0:wx1]
+        sl = (slice(wy0 - y0, wy1 - y0), slice(wx0 - x0, wx1 - x0))
+        hidden = win[hard[sl]]
+        lost = np.bincount(hidden[hidden >= 0], minlength=len(placed))
+        if not _stays_visible(placed, visible, lost) or _touches_same_colour(win[near[sl]], placed, color):
+            continue
+        # Draw it, then check that no occluded thing fell apart; undo if one did.
+        footprint = hard[sl]
+        before = win[footprint]
+        win[footprint] = len(placed)
+        if _splits_an_occluded_thing(owner, placed, visible, lost):
+            win[footprint] = before
+            continue
+        for i in range(len(placed)):
+            visible[i] -= int(lost[i])
+        return y0, x0
+    return None
 
 
 def _stays_visible(placed: list[_Placed], visible: list[int], lost: np.ndarray) -> bool:

@@ -14,6 +14,7 @@ go to a local folder or S3 and a run with the same name resumes from its last on
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -22,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -321,30 +322,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window: list[dict[str, float]] = []
     for step in range(start, cfg.steps):
         index = step % cfg.repeat_batches if cfg.repeat_batches else step
-        metrics = train_step(module, criterion, optimizer, data.batch(index), step, cfg, generator, rng)
-        window.append(metrics)
-        last = step == cfg.steps - 1
-        if (step + 1) % cfg.checkpoint_every == 0 or last:
-            report = _mean(window, step, started, start)
-            history.append(report)
+        window.append(train_step(module, criterion, optimizer, data.batch(index), step, cfg, generator, rng))
+        save = functools.partial(save_training_state, seem=seem, optimizer=optimizer, step=step, cfg=cfg,
+                                 generator=generator, rng=rng, history=history)
+        if _report_window(window, history, step, cfg, rank, started, start, save):
             window = []
-            if rank == 0:
-                with tempfile.TemporaryDirectory() as tmp:
-                    save_training_state(Path(tmp), seem, optimizer, step, cfg, generator, rng, history)
-                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(report)
-        elif (step + 1) % cfg.log_every == 0:
-            report = _mean(window, step, started, start)
-            history.append(report)
-            ray.train.report(report)
-            window = []
-        else:
-            continue
-        if rank == 0:  # progress for whoever watches the run's log
-            # Four significant digits: the learning rate is ~1e-5 late in a run.
-            shown = {k: float(f"{v:.4g}") for k, v in report.items() if k in _SHOWN}
-            print(f"step {step + 1}/{cfg.steps} {json.dumps(shown)}", flush=True)
+
+
+def _report_window(window: list[dict[str, float]], history: list[dict[str, float]], step: int, cfg: TrainConfig,
+                   rank: int, started: float, start: int, save: Callable[[Path], None]) -> bool:
+    """At a logging or checkpoint step, reports the mean of the steps since the last report to
+    Ray Train (at a checkpoint step, rank 0 attaches a checkpoint that `save` writes) and
+    prints it on rank 0; returns whether it reported (the caller then starts a new window)."""
+    import ray.train
+
+    checkpoint_now = (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1
+    if not checkpoint_now and (step + 1) % cfg.log_every != 0:
+        return False
+    report = _mean(window, step, started, start)
+    history.append(report)
+    if checkpoint_now and rank == 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            save(Path(tmp))
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(report)
+    if rank == 0:  # progress for whoever watches the run's log
+        # Four significant digits: the learning rate is ~1e-5 late in a run.
+        shown = {k: float(f"{v:.4g}") for k, v in report.items() if k in _SHOWN}
+        print(f"step {step + 1}/{cfg.steps} {json.dumps(shown)}", flush=True)
+    return True
 
 
 _SHOWN = ("loss", "object_class", "object_mask", "object_dice", "grounding_class", "grounding_dice", "spatial_class",
