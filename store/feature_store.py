@@ -363,31 +363,15 @@ def _in_store_frame(features: ImageFeatures, dtype: StoreDType | torch.dtype,
 
 def as_stored(features: ImageFeatures, dtype: StoreDType, mask_axes: MaskAxes | None = None) -> ImageFeatures:
     """`features` as `FeatureStore.get(..., dtype=None)` returns them from an object written
-    with `dtype` (along `mask_axes` for "axes"): the float dtype itself, or float16 after the
-    quantisation round trip (float32 for components along mask axes, whose finest steps are
-    below float16's rounding).
-
-    A server that hands fresh features to its decoders uses this, so that masks do not
-    depend on whether an image's features came from the encoder or from the store."""
+    with `dtype` (along `mask_axes` for "axes"), without a store: the float dtype itself, or
+    float16 after the quantisation round trip (float32 for components along mask axes, whose
+    finest steps are below float16's rounding). Benchmarks decode what a cache miss loads
+    with it; a server that stores features takes them from `FeatureStore.put_and_read`."""
     check_store_dtype(dtype)
     features = _in_store_frame(features, dtype, mask_axes)
-    if dtype in _STORE_DTYPES:
-        return features.to(dtype=_STORE_DTYPES[dtype])
-    tensors = dict(features.tensors)
-    for name, t in features.tensors.items():
-        if not t.is_floating_point():
-            continue
-        t = t.detach().to("cpu")
-        if name in OBJECT_PASS_TENSORS:
-            tensors[name] = t.to(OBJECT_PASS_DTYPE)
-        elif dtype == "axes" and name == "mask_features":
-            tensors[name] = dequantize_components(*quantize_components(t, features.mask_axes.weights).values())
-        elif dtype == "int8":
-            tensors[name] = dequantize_int8(*quantize_int8(t)).to(torch.float16)
-        else:
-            parts = quantize_levels(t, _int10_bits(name))
-            tensors[name] = dequantize_levels(*parts.values()).to(torch.float16)
-    return dataclasses.replace(features, tensors=tensors)
+    logical, quant = _logical_tensors(features, dtype)
+    meta = {**features.metadata(), "store.format": _format_version(dtype, quant), "store.quant": json.dumps(quant)}
+    return _features_of(logical, meta, None, features.mask_axes)
 
 
 # --------------------------------------------------------------------------- (de)serialise
@@ -437,6 +421,14 @@ def serialize_features(
     or a codec name from `CODECS`; `level` is the codec's compression level (zlib 1, zstd 3
     when None).
     """
+    return _encode_object(features, image_sha256, dtype, compress, level, mask_axes)[0]
+
+
+def _encode_object(features: ImageFeatures, image_sha256: str, dtype: StoreDType | torch.dtype,
+                   compress: bool | str, level: int | None,
+                   mask_axes: MaskAxes | None) -> tuple[bytes, dict[str, torch.Tensor], dict[str, str]]:
+    """`serialize_features`, also returning what a reader decodes from the bytes: the
+    object's tensors before compression and its metadata (`_features_of` reads them)."""
     from safetensors.torch import save
 
     _check_sha256(image_sha256)
@@ -446,14 +438,21 @@ def serialize_features(
         raise ValueError("ImageFeatures has no tensors")
     features = _in_store_frame(features, dtype, mask_axes)
     logical, quant = _logical_tensors(features, dtype)
-    version = FORMAT_V1 if not quant else {"int8": FORMAT_V2, "int10": FORMAT_V3}.get(str(dtype), FORMAT_V4)
+    version = _format_version(dtype, quant)
     delta = sorted(quant) if version == FORMAT_V2 and codec != "none" else []
     metadata = _object_metadata(features, image_sha256, version, codec, logical, quant, delta)
     if quant:  # quantised objects name their scheme, float ones the first tensor's stored dtype
         metadata["dtype"] = str(dtype)
     stored, chunks = _stored_tensors(logical, codec, level, delta)
     metadata["store.checksum"] = _checksum(metadata, chunks)
-    return save(stored, metadata=metadata)
+    return save(stored, metadata=metadata), logical, metadata
+
+
+def _format_version(dtype: StoreDType | torch.dtype, quant: dict[str, str]) -> str:
+    """The format version of an object of `dtype` whose quantised tensors are `quant`."""
+    if not quant:
+        return FORMAT_V1
+    return {"int8": FORMAT_V2, "int10": FORMAT_V3}.get(str(dtype), FORMAT_V4)
 
 
 def _object_metadata(features: ImageFeatures, image_sha256: str, version: str, codec: str,
@@ -562,21 +561,28 @@ def deserialize_features(
     _verify_object(data, header, uri, expect_sha256, expect_model_id)
     axes = _object_axes(meta, uri, mask_axes)
     try:
-        tensors, quantized = _dequantized(_decoded_tensors(data, header), meta)
-        for name, t in tensors.items():
-            want = torch.float16 if dtype is None and name in quantized else dtype
-            if axes is not None and name == "mask_features" and want in (torch.float16, torch.bfloat16):
-                want = None  # components stay float32: their finest steps are below a 16-bit float's rounding
-            if want is not None and t.is_floating_point() and t.dtype != want:
-                tensors[name] = t.to(want)
-        features = ImageFeatures.from_parts(tensors, meta)
-        if axes is not None and axes.channels != features.tensors["mask_features"].shape[0]:
-            raise ValueError(f"{axes.channels} mask axes for {features.tensors['mask_features'].shape[0]} channels")
-        return dataclasses.replace(features, mask_axes=axes)
+        return _features_of(_decoded_tensors(data, header), meta, dtype, axes)
     except CorruptObject:
         raise
     except Exception as e:  # checksum passed, so this is a foreign/inconsistent object
         raise CorruptObject(uri, f"cannot decode: {type(e).__name__}: {e}") from e
+
+
+def _features_of(logical: dict[str, torch.Tensor], meta: dict[str, str], dtype: torch.dtype | None,
+                 axes: MaskAxes | None) -> ImageFeatures:
+    """The features of an object whose tensors before compression are `logical` (see
+    `deserialize_features` for `dtype`; `axes`: those of a version 4 object)."""
+    tensors, quantized = _dequantized(logical, meta)
+    for name, t in tensors.items():
+        want = torch.float16 if dtype is None and name in quantized else dtype
+        if axes is not None and name == "mask_features" and want in (torch.float16, torch.bfloat16):
+            want = None  # components stay float32: their finest steps are below a 16-bit float's rounding
+        if want is not None and t.is_floating_point() and t.dtype != want:
+            tensors[name] = t.to(want)
+    features = ImageFeatures.from_parts(tensors, meta)
+    if axes is not None and axes.channels != features.tensors["mask_features"].shape[0]:
+        raise ValueError(f"{axes.channels} mask axes for {features.tensors['mask_features'].shape[0]} channels")
+    return dataclasses.replace(features, mask_axes=axes)
 
 
 def _object_axes(meta: dict[str, str], uri: str, mask_axes: "Callable[[str], MaskAxes] | None") -> MaskAxes | None:
@@ -751,21 +757,21 @@ class FeatureStore:
         the object back: a server hands these to its decoders, so that masks do not depend on
         whether an image's features came from its encoder or from the store.
 
-        A quantised object written here is decoded from the bytes just written (its quantiser
-        runs once: for "axes" ~0.6 s of one core per Focal-T image at 512 px, against ~45 ms
-        to decode); a float dtype is a cast; an object that was there already is read."""
+        Made from the tensors just written, before compression, as a reader decodes them (a
+        quantised dtype's quantiser runs once); an object that was there already is read."""
         check_store_dtype(dtype)
-        result, data = self._put(features, sha256, dtype, compress, mask_axes)
-        if data is None:
+        result, written = self._put(features, sha256, dtype, compress, mask_axes)
+        if written is None:
             return result, self.get(features.model_id, sha256, dtype=None)
-        if dtype not in _QUANTIZED:
-            return result, as_stored(features, dtype)
-        return result, deserialize_features(data, uri=self.backend.uri(result.key), dtype=None,
-                                            mask_axes=functools.partial(self.get_mask_axes, features.model_id))
+        logical, meta = written
+        uri, axes_of = self.backend.uri(result.key), functools.partial(self.get_mask_axes, features.model_id)
+        return result, _features_of(logical, meta, None, _object_axes(meta, uri, axes_of))
 
     def _put(self, features: ImageFeatures, sha256: str, dtype: StoreDType | torch.dtype, compress: bool | str,
-             mask_axes: "MaskAxes | Callable[[], MaskAxes] | None") -> tuple[PutResult, bytes | None]:
-        """`put_info`, also returning the object's bytes when this call wrote them (else None)."""
+             mask_axes: "MaskAxes | Callable[[], MaskAxes] | None",
+             ) -> tuple[PutResult, tuple[dict[str, torch.Tensor], dict[str, str]] | None]:
+        """`put_info`, also returning the written object's tensors before compression and its
+        metadata (None when this call wrote nothing)."""
         key = self.key(features.model_id, sha256)
         try:
             return PutResult(key, self.backend.stat(key).size, False), None
@@ -778,9 +784,9 @@ class FeatureStore:
             axes = self.writing_axes(features.model_id, mask_axes)
         elif dtype == "axes":  # already along axes (read from another store): written along them, so store them
             self.put_mask_axes(features.model_id, features.mask_axes)
-        data = serialize_features(features, sha256, dtype=dtype, compress=compress, mask_axes=axes)
+        data, logical, meta = _encode_object(features, sha256, dtype, compress, None, axes)
         if self.backend.put_atomic(key, data, overwrite=False):
-            return PutResult(key, len(data), True), data
+            return PutResult(key, len(data), True), (logical, meta)
         # Lost a race to another writer of the same image: its object stands.
         return PutResult(key, self.backend.stat(key).size, False), None
 
