@@ -19,7 +19,10 @@ is either an object written by the store or any safetensors file whose metadata 
 Columns: `MB` stored bytes per image; `encode`/`decode` CPU time to (de)serialise
 (including the checksum, compression and the cast to float32 on read); `write`/`read`
 time of the backend put/get; `rel_err` RMS error relative to the features' RMS (0 for
-lossless float32); medians (or `--stat min`) over `--repeat` runs.
+lossless float32); `serve ms` what serving's encoder spends per upload to store the object and
+get the features it hands its decoders (`FeatureStore.put_and_read`), `put+as_st.` the same
+the way it did before (`put`, then `as_stored`: the quantiser twice), alternating with it;
+medians (or `--stat min`) over `--repeat` runs.
 
 `--model NAME --image PATH` (optionally `--weights`; "random" = seeded random weights)
 encodes a real image with the predictor and measures both things a store object can
@@ -58,6 +61,8 @@ from training.prompt_sampling import iou  # noqa: E402
 from store.feature_store import (  # noqa: E402
     CODECS,
     CorruptObject,
+    FeatureStore,
+    as_stored,
     content_sha256,
     deserialize_features,
     feature_key,
@@ -143,7 +148,7 @@ def measure(features: ImageFeatures, store, dtype: str, codec: str, repeat: int,
         decode_s.append(t4 - t3)
     store.delete(key)
     assert got is not None
-    return {
+    return {**_serve_path_ms(features, store, dtype, codec, repeat, mask_axes), **{
         "dtype": dtype,
         "codec": codec,
         "bytes": size,
@@ -152,7 +157,28 @@ def measure(features: ImageFeatures, store, dtype: str, codec: str, repeat: int,
         "read_ms": 1e3 * _STAT(read_s),
         "decode_ms": 1e3 * _STAT(decode_s),
         "rel_err": rel_rms_error(features, got),
-    }
+    }}
+
+
+def _serve_path_ms(features: ImageFeatures, store, dtype: str, codec: str, repeat: int, mask_axes=None) -> dict:
+    """What serving's encoder spends per upload once the image is encoded: storing the object
+    and getting the features its decoders are handed, `FeatureStore.put_and_read`
+    (`serve_ms`), against `put` then `as_stored`, which it ran before (`put_as_stored_ms`);
+    the two alternate, each on a new image key."""
+    fs = FeatureStore("", backend=store)
+    serve_s, before_s = [], []
+    for i in range(repeat):
+        for way, times in (("after", serve_s), ("before", before_s)):
+            sha = content_sha256(f"serve/{dtype}/{codec}/{way}/{i}".encode())
+            t0 = _CLOCK()
+            if way == "after":
+                fs.put_and_read(features, sha, dtype=dtype, compress=codec, mask_axes=mask_axes)
+            else:
+                fs.put(features, sha, dtype=dtype, compress=codec, mask_axes=mask_axes)
+                as_stored(features, dtype, mask_axes)
+            times.append(_CLOCK() - t0)
+            store.delete(fs.key(features.model_id, sha))
+    return {"serve_ms": 1e3 * _STAT(serve_s), "put_as_stored_ms": 1e3 * _STAT(before_s)}
 
 
 # --------------------------------------------------------------------------- real features
@@ -284,7 +310,8 @@ def print_model_table(rows: list[dict], meta: dict) -> None:
           f"{meta['image_size'][1]}x{meta['image_size'][0]} -> input {meta['input_size'][1]}x{meta['input_size'][0]}")
     for stage, shapes in meta["shapes"].items():
         print(f"  {stage}: " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items()))
-    header = (f"{'stage':<13} {'dtype':<9} {'codec':<13} {'MB':>6} {'write ms':>8} {'load ms':>8} {'(mat.)':>7} "
+    header = (f"{'stage':<13} {'dtype':<9} {'codec':<13} {'MB':>6} {'write ms':>8} {'serve ms':>8} {'put+as_st.':>10} "
+              f"{'load ms':>8} {'(mat.)':>7} "
               f"{'rel_err':>8} {'click IoU':>9} {'inst IoU':>8} {'pan IoU':>7}")
     others = [k for k in ("box_iou", "scribble_iou", "phrase_iou", "memory_iou") if rows and k in rows[0]]
     if rows and meta.get("click_grid", 3) != 3:
@@ -295,7 +322,8 @@ def print_model_table(rows: list[dict], meta: dict) -> None:
     fmt = lambda v: "-" if v is None else str(v) if isinstance(v, int) else f"{v:.4f}"  # noqa: E731
     for r in rows:
         print(f"{r['stage']:<13} {r['dtype']:<9} {r['codec']:<13} {r['bytes'] / 1e6:6.2f} "
-              f"{r['encode_ms'] + r['write_ms']:8.1f} {r['load_ms']:8.1f} {r['materialize_ms']:7.1f} {r['rel_err']:8.1e} "
+              f"{r['encode_ms'] + r['write_ms']:8.1f} {r['serve_ms']:8.1f} {r['put_as_stored_ms']:10.1f} "
+              f"{r['load_ms']:8.1f} {r['materialize_ms']:7.1f} {r['rel_err']:8.1e} "
               f"{fmt(r['click_iou']):>9} {fmt(r['inst_iou']):>8} {fmt(r['pan_iou']):>7}"
               + "".join(f" {fmt(r[k]):>12}" for k in others))
 
@@ -375,14 +403,15 @@ def _main_features(args: argparse.Namespace) -> int:
     print(f"store: {args.store or 'local temp dir'}{' (no fsync)' if args.no_fsync else ''}; repeat {args.repeat}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    header = f"{'dtype':<9} {'codec':<13} {'MB':>7} {'ratio':>6} {'encode ms':>10} {'write ms':>9} {'read ms':>8} {'decode ms':>10} {'rel_err':>9}"
+    header = f"{'dtype':<9} {'codec':<13} {'MB':>7} {'ratio':>6} {'encode ms':>10} {'write ms':>9} {'read ms':>8} {'decode ms':>10} {'serve ms':>9} {'put+as_st.':>10} {'rel_err':>9}"
     print(header)
     print("-" * len(header))
     base = max(r["bytes"] for r in rows)
     for r in rows:
         print(
             f"{r['dtype']:<9} {r['codec']:<13} {r['bytes'] / 1e6:7.2f} {base / r['bytes']:6.2f} "
-            f"{r['encode_ms']:10.1f} {r['write_ms']:9.1f} {r['read_ms']:8.1f} {r['decode_ms']:10.1f} {r['rel_err']:9.2e}"
+            f"{r['encode_ms']:10.1f} {r['write_ms']:9.1f} {r['read_ms']:8.1f} {r['decode_ms']:10.1f} "
+            f"{r['serve_ms']:9.1f} {r['put_as_stored_ms']:10.1f} {r['rel_err']:9.2e}"
         )
     if args.json:
         meta = {"features": args.features or "synthetic-focalt-v1", "store": args.store or "local-tmp",
