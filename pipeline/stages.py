@@ -24,7 +24,6 @@ segment; `pipeline.exports` splits them for errors.parquet.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import logging

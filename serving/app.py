@@ -159,7 +159,7 @@ class Encoder:
                     try:
                         dtype = self.config.store_dtype
                         axes = self.store.writing_axes(model_id, self.predictor.mask_axes) if dtype == "axes" else None
-                        # What a cache miss would load, decoded from the bytes written (no second quantisation).
+                        # What a cache miss would load (put_and_read: a quantised dtype's quantiser runs once).
                         _, out[i] = self.store.put_and_read(feats, image_id, dtype=dtype,
                                                             compress=self.config.store_codec, mask_axes=axes)
                     except StoreError as e:

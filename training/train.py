@@ -320,20 +320,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     criterion = SeemCriterion(cfg.loss, num_classes)
     started = time.time()
     window: list[dict[str, float]] = []
+    save = functools.partial(save_training_state, seem=seem, optimizer=optimizer, cfg=cfg, generator=generator,
+                             rng=rng, history=history)
     for step in range(start, cfg.steps):
         index = step % cfg.repeat_batches if cfg.repeat_batches else step
         window.append(train_step(module, criterion, optimizer, data.batch(index), step, cfg, generator, rng))
-        save = functools.partial(save_training_state, seem=seem, optimizer=optimizer, step=step, cfg=cfg,
-                                 generator=generator, rng=rng, history=history)
         if _report_window(window, history, step, cfg, rank, started, start, save):
             window = []
 
 
 def _report_window(window: list[dict[str, float]], history: list[dict[str, float]], step: int, cfg: TrainConfig,
-                   rank: int, started: float, start: int, save: Callable[[Path], None]) -> bool:
+                   rank: int, started: float, start: int, save: Callable[..., None]) -> bool:
     """At a logging or checkpoint step, reports the mean of the steps since the last report to
-    Ray Train (at a checkpoint step, rank 0 attaches a checkpoint that `save` writes) and
-    prints it on rank 0; returns whether it reported (the caller then starts a new window)."""
+    Ray Train (at a checkpoint step, rank 0 attaches a checkpoint that `save(directory,
+    step=step)` writes) and prints it on rank 0; returns whether it reported (the caller then
+    starts a new window)."""
     import ray.train
 
     checkpoint_now = (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1
@@ -343,7 +344,7 @@ def _report_window(window: list[dict[str, float]], history: list[dict[str, float
     history.append(report)
     if checkpoint_now and rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
-            save(Path(tmp))
+            save(Path(tmp), step=step)
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(report)
