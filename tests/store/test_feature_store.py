@@ -291,9 +291,9 @@ def _with_pass_and_axes(features: ImageFeatures, dtype: str, seed: int = 1) -> M
 
 @pytest.mark.parametrize("dtype", STORE_DTYPES)
 def test_put_and_read_gives_what_a_later_reader_gets(tmp_path, dtype) -> None:
-    """What serving's encoder hands its decoders: the features a cache miss loads later (in
-    another process: a fresh store object), bit for bit; and, when the image was stored
-    already, the stored features rather than the new ones."""
+    """What serving's encoder hands its decoders: the features a cache miss loads later (a
+    new FeatureStore on the same root, as another process has), bit for bit; and, when the
+    image was stored already, the stored features rather than the new ones."""
     fs = FeatureStore(str(tmp_path / "store"))
     features = make_features()
     axes = _with_pass_and_axes(features, dtype)
