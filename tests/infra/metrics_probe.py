@@ -63,6 +63,62 @@ def record_app_metrics() -> list[str]:
     return recorded
 
 
+def _serve_probe(http_port: int) -> dict:
+    """Starts Serve with a deployment that records the app's metrics, calls it a few times
+    (so that request series exist) and returns what it recorded."""
+    from ray import serve
+
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25},
+                      autoscaling_config={"min_replicas": 1, "max_replicas": 1})
+    class Probe:
+        def __init__(self) -> None:
+            self.recorded = record_app_metrics()
+
+        async def __call__(self, request) -> str:
+            return json.dumps(self.recorded)
+
+    serve.run(Probe.bind(), name="probe", route_prefix="/", blocking=False)
+    recorded: dict = {}
+    for _ in range(5):
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/", timeout=30) as r:
+            recorded = json.loads(r.read())
+    return recorded
+
+
+def _start_slow_dataset() -> threading.Thread:
+    """A Ray Data job with an autoscaling actor pool, running in the background while the
+    series are scraped (so that Ray Data's operator series exist)."""
+    import ray.data
+
+    class Slow:
+        def __call__(self, batch):
+            time.sleep(0.8)
+            return batch
+
+    dataset = ray.data.range(600, override_num_blocks=60).map_batches(
+        Slow, batch_size=10, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.25)
+    job = threading.Thread(target=dataset.materialize, daemon=True)
+    job.start()
+    return job
+
+
+def _scrape_until(metrics_port: int, wanted: set[str], timeout_s: float) -> dict[str, set[str]]:
+    """Series names -> label names scraped from the node's metrics endpoint once a second,
+    until every `wanted` series showed up or `timeout_s` passed."""
+    seen: dict[str, set[str]] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as r:
+            for name, labels in check.scrape_series(r.read().decode()).items():
+                seen.setdefault(name, set()).update(labels)
+        if wanted <= set(seen):
+            break
+    return seen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -72,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
 
     import ray
-    import ray.data
     from ray import serve
 
     from rayinit import start_or_join
@@ -87,42 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                   logging_level="ERROR")
     result: dict = {"metrics_port": metrics_port}
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-
-        @serve.deployment(ray_actor_options={"num_cpus": 0.25},
-                          autoscaling_config={"min_replicas": 1, "max_replicas": 1})
-        class Probe:
-            def __init__(self) -> None:
-                self.recorded = record_app_metrics()
-
-            async def __call__(self, request) -> str:
-                return json.dumps(self.recorded)
-
-        serve.run(Probe.bind(), name="probe", route_prefix="/", blocking=False)
-        for _ in range(5):
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/", timeout=30) as r:
-                result["recorded"] = json.loads(r.read())
-
-        class Slow:
-            def __call__(self, batch):
-                time.sleep(0.8)
-                return batch
-
-        dataset = ray.data.range(600, override_num_blocks=60).map_batches(
-            Slow, batch_size=10, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.25)
-        job = threading.Thread(target=dataset.materialize, daemon=True)
-        job.start()
-
+        result["recorded"] = _serve_probe(http_port)
+        job = _start_slow_dataset()
         wanted = wanted_series()
-        seen: dict[str, set[str]] = {}
-        deadline = time.monotonic() + args.timeout_s
-        while time.monotonic() < deadline:
-            time.sleep(1.0)
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as r:
-                for name, labels in check.scrape_series(r.read().decode()).items():
-                    seen.setdefault(name, set()).update(labels)
-            if wanted <= set(seen):
-                break
+        seen = _scrape_until(metrics_port, wanted, args.timeout_s)
         result["series"] = {k: sorted(v) for k, v in seen.items()}
         result["waited_for_missing"] = sorted(wanted - set(seen))
         node = ray._private.worker.global_worker.node
