@@ -242,26 +242,35 @@ def _time_decodes(predictor, features, other, image: np.ndarray, vocab: list[str
                                                             vocabulary=vocab), repeats)
     r["decode_box"] = first_call(lambda f, o: box)
     r.update(_time_phrases(predictor, features, vocab, repeats, first_call))
-    r["decode_panoptic"] = median_ms(lambda: predictor.panoptic(replace(features), vocab), repeats)
-    r["decode_panoptic_warm"] = median_ms(lambda: predictor.panoptic(features, vocab), repeats)
+    r.update(_time_object_pass_paths(predictor, features, other, region, vocab, repeats))
+    keys = ["decode_click", "decode_click2", "decode_box", *more, "decode_referring", "decode_referring_same_image",
+            "decode_phrase", "decode_phrase_new_words", "decode_phrase_warm", "decode_panoptic",
+            "decode_panoptic_warm", "decode_referring_warm", "decode_panoptic_no_pass", "decode_referring_no_pass"]
+    after_kept = keys.index("decode_phrase_warm") + 1
+    keys[after_kept:after_kept] = [k for k in ("decode_phrase_warmed", "warm_step_max", "warm_all_layers") if k in r]
+    keys += [k for k in ("object_pass_at_encode",) if k in r]
+    for key in keys:
+        r[key + "_reference_machine"] = r[key] / machine_ratio
+    return r, keys
+
+
+def _time_object_pass_paths(predictor, features, other, region: tuple, vocab: list[str],
+                            repeats: int) -> dict[str, float]:
+    """Panoptic and a referring region, which read the object queries' pass: on a new features
+    object, on one whose pass the predictor kept (`_warm`), on features without a stored pass
+    (older store objects: the predictor runs it on first use), and the pass itself as encode
+    runs it."""
+    r = {"decode_panoptic": median_ms(lambda: predictor.panoptic(replace(features), vocab), repeats),
+         "decode_panoptic_warm": median_ms(lambda: predictor.panoptic(features, vocab), repeats)}
     r["decode_referring_warm"] = median_ms(lambda: predictor.decode(
         features, Prompts(referring=(ReferringRegion(replace(other), region),)), vocabulary=vocab), repeats)
-    # Features without a stored pass (older store objects): the predictor runs it on first use.
     bare, other_bare = _without_pass(features), _without_pass(other)
     r["decode_panoptic_no_pass"] = median_ms(lambda: predictor.panoptic(replace(bare), vocab), repeats)
     r["decode_referring_no_pass"] = median_ms(lambda: predictor.decode(
         replace(bare), Prompts(referring=(ReferringRegion(replace(other_bare), region),)), vocabulary=vocab), repeats)
-    keys = ["decode_click", "decode_click2", "decode_box", *more, "decode_referring", "decode_referring_same_image",
-            "decode_phrase", "decode_phrase_new_words", "decode_phrase_warm", "decode_panoptic", "decode_panoptic_warm", "decode_referring_warm",
-            "decode_panoptic_no_pass", "decode_referring_no_pass"]
-    after_kept = keys.index("decode_phrase_warm") + 1
-    keys[after_kept:after_kept] = [k for k in ("decode_phrase_warmed", "warm_step_max", "warm_all_layers") if k in r]
     if hasattr(predictor, "with_object_pass"):  # what the pass adds to an encode
         r["object_pass_at_encode"] = median_ms(lambda: predictor.with_object_pass(replace(bare)), repeats)
-        keys.append("object_pass_at_encode")
-    for key in keys:
-        r[key + "_reference_machine"] = r[key] / machine_ratio
-    return r, keys
+    return r
 
 
 def _time_phrases(predictor, features, vocab: list[str], repeats: int, first_call) -> dict[str, float]:

@@ -70,6 +70,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -221,23 +222,27 @@ def _project(predictor, y: torch.Tensor) -> torch.Tensor:
         return predictor.model.pixel_decoder.mask_features(y[None])[0]
 
 
+def _relu_coding(q: np.ndarray, step: np.ndarray, coding: str) -> tuple[list[bytes], Callable[[], torch.Tensor]]:
+    """The compressed blobs of the levels `q` in `coding`, and how to read y back from them."""
+    if coding == "zeromap":
+        blobs = encode_zeromap(q)
+        return blobs, functools.partial(decode_zeromap, blobs, q.shape, step)
+    if coding == "planes":
+        blobs = encode_planes(q)
+        return blobs, functools.partial(decode_planes, blobs, q.shape, step)
+    if coding == "up":
+        blobs = list(encode_residuals(np.swapaxes(residuals(np.swapaxes(q, 1, 2), "left"), 1, 2)))
+        zero = np.zeros_like(step)[:, None, None]
+        return blobs, functools.partial(decode_residuals, blobs, q.shape, "up", zero, step[:, None, None])
+    raise ValueError(f"unknown coding {coding!r}")
+
+
 def measure_relu_candidate(features: ImageFeatures, y: torch.Tensor, predictor, name: str,
                            repeat: int) -> tuple[dict, ImageFeatures]:
     """A `reluB/MS_SCHEME/CODING` candidate: y instead of `mask_features` (module docstring)."""
     bits, ms_scheme, coding = int(name.split("/")[0][4:]), *name.split("/")[1:]
     q, step = quantize_relu(y.numpy().astype(np.float64), bits)
-    if coding == "zeromap":
-        blobs = encode_zeromap(q)
-        decode = functools.partial(decode_zeromap, blobs, q.shape, step)
-    elif coding == "planes":
-        blobs = encode_planes(q)
-        decode = functools.partial(decode_planes, blobs, q.shape, step)
-    elif coding == "up":
-        blobs = list(encode_residuals(np.swapaxes(residuals(np.swapaxes(q, 1, 2), "left"), 1, 2)))
-        zero = np.zeros_like(step)[:, None, None]
-        decode = lambda: decode_residuals(blobs, q.shape, "up", zero, step[:, None, None])  # noqa: E731
-    else:
-        raise ValueError(f"unknown coding {coding!r}")
+    blobs, decode = _relu_coding(q, step, coding)
     nbytes = sum(map(len, blobs)) + 4 * step.size
     if not ms_scheme.startswith("asym"):
         raise ValueError(f"{name}: the other maps take the store's asymB levels (format 3's code)")
@@ -406,7 +411,7 @@ def measure_candidate(features: ImageFeatures, name: str, repeat: int,
     return row, got
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="seem-focalt-v1")
     parser.add_argument("--weights", default="random", help="a checkpoint, 'random' (seeded) or 'default'")
@@ -418,18 +423,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--axes-image", default="pipeline/samples/chelsea.jpg",
                         help="the calibration image whose mask embeddings give `axes` candidates their axes")
     parser.add_argument("--json", help="write the rows here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _reference_and_activation(predictor, image) -> tuple[ImageFeatures, torch.Tensor]:
+    """The image's float32 pixel-decoder features and its layer_1 output: the y that `relu`
+    candidates store (both pixel decoders name it so)."""
+    activation = {}
+    hook = predictor.model.pixel_decoder.layer_1.register_forward_hook(
+        lambda module, inputs, out: activation.__setitem__("y", out.detach()[0].clone()))
+    reference = predictor.encode([image], stage="pixel_decoder")[0]
+    hook.remove()
+    return reference.to(dtype=torch.float32), activation["y"].to(torch.float32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     from model.image_io import decode_image
 
     predictor = _load_predictor(args.model, args.weights)
-    activation = {}  # layer_1's output: the y that `relu` candidates store (both pixel decoders name it so)
-    hook = predictor.model.pixel_decoder.layer_1.register_forward_hook(
-        lambda module, inputs, out: activation.__setitem__("y", out.detach()[0].clone()))
-    reference = predictor.encode([decode_image(Path(args.image).read_bytes())], stage="pixel_decoder")[0]
-    hook.remove()
-    reference = reference.to(dtype=torch.float32)
-    y = activation["y"].to(torch.float32)
+    reference, y = _reference_and_activation(predictor, decode_image(Path(args.image).read_bytes()))
     probe = MaskProbe(predictor, reference)
     basis = None
     if any(name.startswith("klt") for name in args.candidates.split(",")):

@@ -120,8 +120,21 @@ def bench_rss(counts: list[int], side: int) -> None:
         subprocess.run([sys.executable, __file__, "_rss", "--frames", str(n), "--side", str(side)], check=True)
 
 
-def bench_bulk(videos: int, frames: int, actors: int) -> None:
+def _write_videos(src: Path, videos: int, frames: int) -> list[dict]:
+    """`videos` synthetic MP4s in `src`, and a prompt-file line for each (a box on frame 0)."""
     from model.video_io import OverlayWriter
+
+    src.mkdir()
+    lines = []
+    for i in range(videos):
+        with OverlayWriter(str(src / f"v{i}.mp4"), 10.0, (128, 170)) as w:
+            for f in synthetic_frames(frames, 128, seed=i):
+                w.write(f)
+        lines.append({"video": f"v{i}.mp4", "prompts": [{"type": "box", "xyxy": [0, 48, 32, 80]}]})
+    return lines
+
+
+def bench_bulk(videos: int, frames: int, actors: int) -> None:
     from pipeline.stages import ModelSpec, load_predictor
     from pipeline.video import open_source, parse_objects, segment_video
     from pipeline.video_jobs import VideoJobOptions, video_job
@@ -129,13 +142,7 @@ def bench_bulk(videos: int, frames: int, actors: int) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "videos"
-        src.mkdir()
-        lines = []
-        for i in range(videos):
-            with OverlayWriter(str(src / f"v{i}.mp4"), 10.0, (128, 170)) as w:
-                for f in synthetic_frames(frames, 128, seed=i):
-                    w.write(f)
-            lines.append({"video": f"v{i}.mp4", "prompts": [{"type": "box", "xyxy": [0, 48, 32, 80]}]})
+        lines = _write_videos(src, videos, frames)
         prompts = Path(tmp) / "prompts.jsonl"
         prompts.write_text("\n".join(json.dumps(line) for line in lines))
         predictor = load_predictor(ModelSpec())

@@ -95,22 +95,12 @@ def serving(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     from rayinit import start_or_join
     from serving.app import APP_NAME, build_app
-    from tests.s3_server import _client
-    from training.shapes_world import generate_scene
 
     root = tmp_path_factory.mktemp("serving")
     store_dir, allowed_dir, secret_dir = root / "store", root / "allowed", root / "secret"
-    for d in (store_dir, allowed_dir, secret_dir):
-        d.mkdir()
-    image = png_bytes(generate_scene(7).image)
-    (allowed_dir / "scene7.png").write_bytes(image)
-    (secret_dir / "scene7.png").write_bytes(image)
-    (allowed_dir / "not-an-image.png").write_bytes(b"hello, I am text")
     bucket = "seem-serving-tests"
-    s3 = _client(s3_server)
-    s3.create_bucket(Bucket=bucket)
-    s3.put_object(Bucket=bucket, Key="allowed/scene7.png", Body=image)
-    s3.put_object(Bucket=bucket, Key="private/scene7.png", Body=image)
+    _write_sources(allowed_dir, secret_dir, s3_server, bucket)
+    store_dir.mkdir()
 
     metrics_port, http_port = free_port(), free_port()
     from serving.proxy_guard import CALLBACK_ENV, CALLBACK_PATH
@@ -125,28 +115,12 @@ def serving(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                   include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        app = build_app({
-            "store": str(store_dir),
-            "endpoint_url": s3_server,
-            "api_keys": [API_KEY, OTHER_KEY],
-            "allowed_uri_prefixes": [f"s3://{bucket}/allowed/", str(allowed_dir) + "/"],
-            "limits": LIMITS,
-            "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-                            "upscale_delay_s": 1, "downscale_delay_s": 5, "look_back_period_s": 2,
-                            "metrics_interval_s": 0.5},
-            "decoder": {"num_cpus": 0.25, "cache_size": 8, "max_ongoing_requests": 8},
-            "encoder": {"num_cpus": 0.25},
-            "speech": {"num_cpus": 0.1},
-            "request_timeout_s": 30,
-        })
+        app = build_app(_app_config(store_dir, allowed_dir, bucket, s3_server))
         started = time.monotonic()
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         env = ServingEnv(f"http://127.0.0.1:{http_port}", metrics_port, store_dir, allowed_dir, secret_dir,
                          bucket, s3_server, APP_NAME)
-        deadline = time.monotonic() + 60
-        while requests.get(env.url("/healthz"), timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, "the app did not become healthy"
-            time.sleep(0.5)
+        _wait_until_healthy(env, timeout_s=60)
         print(f"serving app up in {time.monotonic() - started:.1f} s at {env.base_url}")
         yield env
     finally:
@@ -154,6 +128,48 @@ def serving(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def _write_sources(allowed_dir: Path, secret_dir: Path, s3_server: str, bucket: str) -> None:
+    """Images an `image_uri` may name (the allowed folder and prefix) and copies it may not
+    (a secret folder, a private prefix), and a text file under an image's name."""
+    from tests.s3_server import _client
+    from training.shapes_world import generate_scene
+
+    image = png_bytes(generate_scene(7).image)
+    for d in (allowed_dir, secret_dir):
+        d.mkdir()
+        (d / "scene7.png").write_bytes(image)
+    (allowed_dir / "not-an-image.png").write_bytes(b"hello, I am text")
+    s3 = _client(s3_server)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="allowed/scene7.png", Body=image)
+    s3.put_object(Bucket=bucket, Key="private/scene7.png", Body=image)
+
+
+def _app_config(store_dir: Path, allowed_dir: Path, bucket: str, s3_server: str) -> dict:
+    """The tests' app: two API keys, small limits, a decoder autoscaled 1 -> 2 quickly."""
+    return {
+        "store": str(store_dir),
+        "endpoint_url": s3_server,
+        "api_keys": [API_KEY, OTHER_KEY],
+        "allowed_uri_prefixes": [f"s3://{bucket}/allowed/", str(allowed_dir) + "/"],
+        "limits": LIMITS,
+        "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
+                        "upscale_delay_s": 1, "downscale_delay_s": 5, "look_back_period_s": 2,
+                        "metrics_interval_s": 0.5},
+        "decoder": {"num_cpus": 0.25, "cache_size": 8, "max_ongoing_requests": 8},
+        "encoder": {"num_cpus": 0.25},
+        "speech": {"num_cpus": 0.1},
+        "request_timeout_s": 30,
+    }
+
+
+def _wait_until_healthy(env: ServingEnv, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while requests.get(env.url("/healthz"), timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "the app did not become healthy"
+        time.sleep(0.5)
 
 
 def sha256(data: bytes) -> str:
