@@ -87,36 +87,19 @@ def test_web_page_round_after_round(serving: ServingEnv, chromium: str, tmp_path
     with page_session(serving, chromium, tmp_path) as (page, sent, _):
         page.set_input_files("#file", str(image_path))
         page.wait_for_function("document.getElementById('status').textContent.includes('ready')", timeout=60_000)
-
-        def at(xy: list[float]) -> dict:
-            """Image pixel -> position on the (CSS-scaled) overlay canvas."""
-            box = page.locator("#overlay").bounding_box()
-            assert box is not None
-            return {"x": (xy[0] + 0.5) * box["width"] / scene.width,
-                    "y": (xy[1] + 0.5) * box["height"] / scene.height}
-
-        def drag(start: dict, end: dict, steps: int) -> None:
-            """Press at `start`, move to `end`, release (positions as `at` gives them)."""
-            box = page.locator("#overlay").bounding_box()
-            page.mouse.move(box["x"] + start["x"], box["y"] + start["y"])
-            page.mouse.down()
-            page.mouse.move(box["x"] + end["x"], box["y"] + end["y"], steps=steps)
-            page.mouse.up()
-
-        def wait_round(n: int) -> None:
-            page.wait_for_function(f"window.seem.round === {n} && !window.seem.busy", timeout=60_000)
+        d = Driver(page, scene, sent)
 
         # Round 1: a positive click -> a mask and its label appear.
-        page.locator("#overlay").click(position=at(inside))
-        wait_round(1)
-        assert int(page.locator("#overlay").get_attribute("data-mask-area")) > 0
+        d.click(inside)
+        d.wait_round(1)
+        assert d.mask_area() > 0
         label = page.locator("#result").inner_text()
         assert label and "px" in label, label
         page.screenshot(path=str(ARTIFACTS / "webpage-click.png"), full_page=True)
 
         # Round 2: a negative click (shift) sends both clicks and the last mask back.
-        page.locator("#overlay").click(position=at(outside), modifiers=["Shift"])
-        wait_round(2)
+        d.click(outside, modifiers=("Shift",))
+        d.wait_round(2)
         assert sent[-1]["image_id"] == page.evaluate("window.seem.imageId")
         assert [q["positive"] for q in sent[-1]["prompts"]] == [True, False]
         assert sent[-1]["previous_mask"]["size"] == [scene.height, scene.width]
@@ -124,25 +107,23 @@ def test_web_page_round_after_round(serving: ServingEnv, chromium: str, tmp_path
         # Round 3: drag a box.
         page.check("input[name=tool][value=box]")
         x, y, w, h = target.bbox
-        start, end = at([x, y]), at([x + w - 1, y + h - 1])
-        drag(start, end, steps=5)
-        wait_round(3)
+        d.drag([[x, y], [x + w - 1, y + h - 1]])
+        d.wait_round(3)
         assert sent[-1]["prompts"][-1]["type"] == "box"
 
         # Round 4: a scribble across the object.
         page.check("input[name=tool][value=scribble]")
-        a, b = at([x + w * 0.3, y + h * 0.5]), at([x + w * 0.7, y + h * 0.5])
-        drag(a, b, steps=8)
-        wait_round(4)
+        d.drag([[x + w * 0.3, y + h * 0.5], [x + w * 0.7, y + h * 0.5]])
+        d.wait_round(4)
         assert sent[-1]["prompts"][-1]["type"] == "scribble"
         assert len(sent[-1]["prompts"][-1]["path"]) >= 2
 
         # Round 5: a phrase joins the prompts.
         page.fill("#text", target.category)
         page.click("#text-go")
-        wait_round(5)
+        d.wait_round(5)
         assert sent[-1]["prompts"][0] == {"type": "text", "text": target.category}
-        assert int(page.locator("#overlay").get_attribute("data-mask-area")) > 0
+        assert d.mask_area() > 0
         page.screenshot(path=str(ARTIFACTS / "webpage.png"), full_page=True)
 
         page.click("#reset")
@@ -176,9 +157,14 @@ class Driver:
         h, w = size or (self.scene.height, self.scene.width)
         return {"x": box["x"] + (xy[0] + 0.5) * box["width"] / w, "y": box["y"] + (xy[1] + 0.5) * box["height"] / h}
 
-    def click(self, xy: list[float]) -> None:
+    def click(self, xy: list[float], modifiers: tuple[str, ...] = ()) -> None:
+        """A click at image pixel `xy`, with `modifiers` (e.g. "Shift") held."""
         p = self.at(xy)
+        for key in modifiers:
+            self.page.keyboard.down(key)
         self.page.mouse.click(p["x"], p["y"])
+        for key in reversed(modifiers):
+            self.page.keyboard.up(key)
 
     def drag(self, path: list[list[float]], selector: str = "#overlay", size: tuple[int, int] | None = None) -> None:
         points = [self.at(xy, selector, size) for xy in path]
