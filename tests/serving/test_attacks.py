@@ -65,8 +65,8 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen:
 def _slow_bodies(port: int, n: int) -> list[socket.socket]:
     """`n` connections that send headers and one byte of a 100 kB body, then nothing."""
     socks = []
-    head = (f"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: 100000\r\n\r\n{{").encode()
+    head = ("POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100000\r\n\r\n{").encode()
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(head)
@@ -111,54 +111,10 @@ def test_attacks_against_seem_serve(tmp_path: Path) -> None:
         sha = r.json()["image_id"]
         assert _segment(base, sha, [{"type": "point", "xy": [20, 20]}]).status_code == 200
 
-        # 1. Half-sent bodies: the API stays up while they hang, and each is cut off.
-        socks = _slow_bodies(port, SLOW_CLIENTS)
-        try:
-            started = time.monotonic()
-            assert requests.get(base + "/healthz", timeout=5).status_code == 200
-            ok = _segment(base, sha, [{"type": "point", "xy": [30, 30]}], timeout=30)
-            assert ok.status_code == 200, ok.text
-            assert time.monotonic() - started < 20, "a normal request waited behind the slow bodies"
-            answers = [_status_line(s, BODY_TIMEOUT_S + 15) for s in socks]
-        finally:
-            for s in socks:
-                s.close()
-        assert all(" 408 " in a for a in answers), sorted(set(answers))
-
-        # 2. A 1 MB header block: refused at once, nothing kept.
-        r = requests.get(base + "/healthz", headers={"X-Big": "a" * (1 << 20)}, timeout=30)
-        assert r.status_code in (400, 431), r.status_code
-        assert requests.get(base + "/healthz", timeout=5).status_code == 200
-
-        # 3. The 165-byte RLE bomb: refused in < 1 s; a normal request is unaffected.
-        bomb = {"type": "mask", "rle": {"size": [46340, 46340], "counts": "`PZmoo1"}}
-        started = time.monotonic()
-        r = _segment(base, sha, [bomb])
-        assert r.status_code == 422 and time.monotonic() - started < 1.0, (r.status_code, r.text)
-        assert _segment(base, sha, [{"type": "point", "xy": [25, 25]}]).status_code == 200
-
-        # 4. Booleans are not coordinates; 5. an image over every limit is 413 too_many_pixels.
-        r = _segment(base, sha, [{"type": "point", "xy": [True, False]}])
-        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", r.text
-        buf = io.BytesIO()
-        Image.new("1", (20000, 20000)).save(buf, format="PNG")
-        r = requests.post(base + "/v1/images", data=buf.getvalue(), headers={**AUTH, "Content-Type": "image/png"},
-                          timeout=60)
-        assert (r.status_code, r.json()["error"]["code"]) == (413, "too_many_pixels"), r.text
-
-        # 6. A decoder replica killed under load: 503 + Retry-After (or a retried 200), never 500.
-        victims = _decoder_pids(proc.pid)
-        assert victims, "no decoder replica process found"
-        codes = []
-        for i in range(8):
-            if i == 1:
-                for pid in victims:
-                    os.kill(pid, signal.SIGKILL)
-            r = _segment(base, sha, [{"type": "point", "xy": [10 + i, 10]}], timeout=60)
-            codes.append(r.status_code)
-            if r.status_code == 503:
-                assert r.headers.get("retry-after"), r.headers
-        assert set(codes) <= {200, 503}, codes
+        _half_sent_bodies(base, port, sha)  # 1
+        _huge_headers_and_rle_bomb(base, sha)  # 2, 3
+        _bad_values(base, sha)  # 4, 5
+        _replica_killed_under_load(base, sha, proc.pid)  # 6
 
         # 7. SIGTERM to the whole process group (what Kubernetes and systemd send) stops it cleanly.
         started = time.monotonic()
@@ -173,6 +129,62 @@ def test_attacks_against_seem_serve(tmp_path: Path) -> None:
     assert "SIGTERM, shutting down" in out and "stopped" in out, out[-4000:]
     print(f"seem serve stopped {stop_s:.1f} s after SIGTERM to its process group")
     assert stop_s < 20, f"stopping took {stop_s:.1f} s (goal: a few seconds; the floor here allows a loaded machine)"
+
+
+def _half_sent_bodies(base: str, port: int, sha: str) -> None:
+    """1. Half-sent bodies: the API stays up while they hang, and each is cut off (408)."""
+    socks = _slow_bodies(port, SLOW_CLIENTS)
+    try:
+        started = time.monotonic()
+        assert requests.get(base + "/healthz", timeout=5).status_code == 200
+        ok = _segment(base, sha, [{"type": "point", "xy": [30, 30]}], timeout=30)
+        assert ok.status_code == 200, ok.text
+        assert time.monotonic() - started < 20, "a normal request waited behind the slow bodies"
+        answers = [_status_line(s, BODY_TIMEOUT_S + 15) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    assert all(" 408 " in a for a in answers), sorted(set(answers))
+
+
+def _huge_headers_and_rle_bomb(base: str, sha: str) -> None:
+    """2. A 1 MB header block: refused at once, nothing kept. 3. The 165-byte RLE bomb:
+    refused in < 1 s; a normal request is unaffected."""
+    r = requests.get(base + "/healthz", headers={"X-Big": "a" * (1 << 20)}, timeout=30)
+    assert r.status_code in (400, 431), r.status_code
+    assert requests.get(base + "/healthz", timeout=5).status_code == 200
+    bomb = {"type": "mask", "rle": {"size": [46340, 46340], "counts": "`PZmoo1"}}
+    started = time.monotonic()
+    r = _segment(base, sha, [bomb])
+    assert r.status_code == 422 and time.monotonic() - started < 1.0, (r.status_code, r.text)
+    assert _segment(base, sha, [{"type": "point", "xy": [25, 25]}]).status_code == 200
+
+
+def _bad_values(base: str, sha: str) -> None:
+    """4. Booleans are not coordinates; 5. an image over every limit is 413 too_many_pixels."""
+    r = _segment(base, sha, [{"type": "point", "xy": [True, False]}])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", r.text
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    r = requests.post(base + "/v1/images", data=buf.getvalue(), headers={**AUTH, "Content-Type": "image/png"},
+                      timeout=60)
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "too_many_pixels"), r.text
+
+
+def _replica_killed_under_load(base: str, sha: str, serve_pid: int) -> None:
+    """6. A decoder replica killed under load: 503 + Retry-After (or a retried 200), never 500."""
+    victims = _decoder_pids(serve_pid)
+    assert victims, "no decoder replica process found"
+    codes = []
+    for i in range(8):
+        if i == 1:
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+        r = _segment(base, sha, [{"type": "point", "xy": [10 + i, 10]}], timeout=60)
+        codes.append(r.status_code)
+        if r.status_code == 503:
+            assert r.headers.get("retry-after"), r.headers
+    assert set(codes) <= {200, 503}, codes
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0"])
