@@ -45,37 +45,8 @@ def test_local_end_to_end_rerun_grow_and_new_model(ray_address, mixed_source, tm
     assert summary.segmented == len(valid) and summary.failed == len(broken)
 
     coco = COCO(str(out / "annotations.json"))
-    images = coco.loadImgs(coco.getImgIds())
-    assert [i["file_name"] for i in images] == sorted(str(src / n) for n in valid)  # every valid image, uri order
-    assert [i["id"] for i in images] == list(range(1, len(valid) + 1))
-    for img in images:
-        name = img["file_name"][len(str(src)) + 1:]
-        assert (img["width"], img["height"]) == valid[name]
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
-        sources = [a["source"] for a in anns]
-        if min(img["width"], img["height"]) >= 8:  # a 1 x 1 or 4000 x 2 image may have no non-empty mask
-            assert "panoptic" in sources and "text" in sources, name
-        assert [a["prompt"] for a in anns if a["source"] == "text"] == [t for t in TEXTS if t in
-                                                                         {a.get("prompt") for a in anns}]
-        for a in anns:
-            mask = coco.annToMask(a)
-            assert mask.shape == (img["height"], img["width"]) and mask.sum() == a["area"] > 0
-        overlay = decode_image((out / img["overlay"]).read_bytes())
-        if max(img["width"], img["height"]) <= 1600:  # larger ones are drawn scaled down
-            assert overlay.shape[:2] == (img["height"], img["width"])
-
-    cats = {c["name"]: c for c in coco.loadCats(coco.getCatIds())}
-    assert set(TEXTS) <= set(cats) and cats["a red circle"]["supercategory"] == "text prompt"
-    masks = pq.read_table(out / "masks.parquet").to_pylist()
-    anns = coco.loadAnns(coco.getAnnIds())
-    assert [m["mask_id"] for m in masks] == [a["id"] for a in anns] == list(range(1, len(anns) + 1))
-    for m, a in zip(masks, anns):
-        assert (m["image_id"], m["category_id"], m["area"], list(m["bbox"])) == (a["image_id"], a["category_id"], a["area"], a["bbox"])
-        assert m["rle"]["counts"] == a["segmentation"]["counts"] and cats[m["label"]]["id"] == m["category_id"]
-    errors = {r["uri"][len(str(src)) + 1:]: r for r in pq.read_table(out / "errors.parquet").to_pylist()}
-    assert set(errors) == set(broken)
-    for name, reason in broken.items():
-        assert errors[name]["stage"] == "decode" and reason in errors[name]["reason"], errors[name]
+    _check_images_and_annotations(coco, out, src, valid)
+    _check_masks_table_and_errors(coco, out, src, broken)
 
     fstore = FeatureStore(str(store))
     manifest = fstore.manifest(enc.model_id)
@@ -109,6 +80,46 @@ def test_local_end_to_end_rerun_grow_and_new_model(ray_address, mixed_source, tm
     # The duplicate bytes are encoded once when they meet in a batch; in different
     # batches in flight at the same time both may be encoded (the object is written once).
     assert other.encoded >= len(valid) + 2
+
+
+def _check_images_and_annotations(coco: COCO, out: Path, src: Path, valid: dict[str, tuple[int, int]]) -> None:
+    """Every valid image in uri order, at its size, with panoptic and text masks (each
+    non-empty, its area its pixel count) and an overlay."""
+    images = coco.loadImgs(coco.getImgIds())
+    assert [i["file_name"] for i in images] == sorted(str(src / n) for n in valid)  # every valid image, uri order
+    assert [i["id"] for i in images] == list(range(1, len(valid) + 1))
+    for img in images:
+        name = img["file_name"][len(str(src)) + 1:]
+        assert (img["width"], img["height"]) == valid[name]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
+        sources = [a["source"] for a in anns]
+        if min(img["width"], img["height"]) >= 8:  # a 1 x 1 or 4000 x 2 image may have no non-empty mask
+            assert "panoptic" in sources and "text" in sources, name
+        assert [a["prompt"] for a in anns if a["source"] == "text"] == [t for t in TEXTS if t in
+                                                                         {a.get("prompt") for a in anns}]
+        for a in anns:
+            mask = coco.annToMask(a)
+            assert mask.shape == (img["height"], img["width"]) and mask.sum() == a["area"] > 0
+        overlay = decode_image((out / img["overlay"]).read_bytes())
+        if max(img["width"], img["height"]) <= 1600:  # larger ones are drawn scaled down
+            assert overlay.shape[:2] == (img["height"], img["width"])
+
+
+def _check_masks_table_and_errors(coco: COCO, out: Path, src: Path, broken: dict[str, str]) -> None:
+    """The text prompts are categories of their own; masks.parquet row for row as the COCO
+    annotations; errors.parquet names every broken file with its reason at the decode stage."""
+    cats = {c["name"]: c for c in coco.loadCats(coco.getCatIds())}
+    assert set(TEXTS) <= set(cats) and cats["a red circle"]["supercategory"] == "text prompt"
+    masks = pq.read_table(out / "masks.parquet").to_pylist()
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert [m["mask_id"] for m in masks] == [a["id"] for a in anns] == list(range(1, len(anns) + 1))
+    for m, a in zip(masks, anns):
+        assert (m["image_id"], m["category_id"], m["area"], list(m["bbox"])) == (a["image_id"], a["category_id"], a["area"], a["bbox"])
+        assert m["rle"]["counts"] == a["segmentation"]["counts"] and cats[m["label"]]["id"] == m["category_id"]
+    errors = {r["uri"][len(str(src)) + 1:]: r for r in pq.read_table(out / "errors.parquet").to_pylist()}
+    assert set(errors) == set(broken)
+    for name, reason in broken.items():
+        assert errors[name]["stage"] == "decode" and reason in errors[name]["reason"], errors[name]
 
 
 def _vocab(model: ModelSpec) -> list[str]:
