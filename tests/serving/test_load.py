@@ -19,6 +19,43 @@ MAX_SECONDS = 60.0
 MAX_REQUESTS = 20_000
 
 
+def _one_click_client(serving: ServingEnv, images: list[tuple[str, list[float]]], k: int,
+                      results: list[tuple[int, float]], lock: threading.Lock, stop: threading.Event) -> None:
+    """Client k: one-click requests round-robin over `images` (from the k-th on), each
+    answer's status and ms into `results`, until `stop` (set here at MAX_REQUESTS answers)."""
+    session = requests.Session()
+    i = k
+    while not stop.is_set():
+        image_id, xy = images[i % len(images)]
+        i += 1
+        body = {"image_id": image_id, "prompts": [{"type": "point", "xy": xy}]}
+        t0 = time.perf_counter()
+        try:
+            status = session.post(serving.url("/v1/segment"), json=body, timeout=30,
+                                  headers={**serving.headers, "Serve-Multiplexed-Model-Id": image_id}).status_code
+        except requests.RequestException:
+            status = 599  # a dropped connection counts as a server failure
+        with lock:
+            results.append((status, (time.perf_counter() - t0) * 1000))
+            if len(results) >= MAX_REQUESTS:
+                stop.set()
+
+
+def _watch_scale_out(serving: ServingEnv, stop: threading.Event, started: float) -> tuple[int, float | None]:
+    """The most decoder replicas seen, and when (s after `started`) the second appeared:
+    watched until the scale-out has been seen and the new replica has served a while, the
+    clients stopped, or MAX_SECONDS passed."""
+    most, scaled_at = 1, None
+    while not stop.is_set() and time.monotonic() - started < MAX_SECONDS:
+        most = max(most, serving.decoder_replicas())
+        if most >= 2 and scaled_at is None:
+            scaled_at = time.monotonic() - started
+        if scaled_at is not None and time.monotonic() - started > scaled_at + 10:
+            break
+        time.sleep(0.5)
+    return most, scaled_at
+
+
 def test_load_scales_the_decoder_out_without_5xx(serving: ServingEnv) -> None:
     images = []
     for seed in (301, 302, 303, 304):
@@ -36,38 +73,12 @@ def test_load_scales_the_decoder_out_without_5xx(serving: ServingEnv) -> None:
     stop = threading.Event()
     started = time.monotonic()
 
-    def client(k: int) -> None:
-        session = requests.Session()
-        i = k
-        while not stop.is_set():
-            image_id, xy = images[i % len(images)]
-            i += 1
-            body = {"image_id": image_id, "prompts": [{"type": "point", "xy": xy}]}
-            t0 = time.perf_counter()
-            try:
-                status = session.post(serving.url("/v1/segment"), json=body, timeout=30,
-                                      headers={**serving.headers, "Serve-Multiplexed-Model-Id": image_id}).status_code
-            except requests.RequestException:
-                status = 599  # a dropped connection counts as a server failure
-            with lock:
-                results.append((status, (time.perf_counter() - t0) * 1000))
-                if len(results) >= MAX_REQUESTS:
-                    stop.set()
-
-    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(CLIENTS)]
+    threads = [threading.Thread(target=_one_click_client, args=(serving, images, k, results, lock, stop), daemon=True)
+               for k in range(CLIENTS)]
     for t in threads:
         t.start()
-    most = 1
-    scaled_at = None
     try:
-        # Run until the scale-out has been seen and the new replica has served a while, or the time is up.
-        while not stop.is_set() and time.monotonic() - started < MAX_SECONDS:
-            most = max(most, serving.decoder_replicas())
-            if most >= 2 and scaled_at is None:
-                scaled_at = time.monotonic() - started
-            if scaled_at is not None and time.monotonic() - started > scaled_at + 10:
-                break
-            time.sleep(0.5)
+        most, scaled_at = _watch_scale_out(serving, stop, started)
     finally:
         stop.set()
         for t in threads:
